@@ -1,0 +1,118 @@
+//! One normalised description of every supported decoder-only transformer.
+
+/// The checkpoint families the engine loads; `models/` maps each onto [`ModelConfig`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Gpt2,
+    Phi,
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "GPT2LMHeadModel (gpt2)",
+    "PhiForCausalLM (phi)",
+    "LlamaForCausalLM (llama)",
+    "MistralForCausalLM (mistral)",
+    "Qwen2ForCausalLM (qwen2)",
+];
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Gpt2 => "gpt2",
+            Arch::Phi => "phi",
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// LayerNorm: centre, scale by 1/std, then gamma and beta.
+    LayerNorm,
+    /// RMSNorm: scale by 1/rms, then gamma.
+    RmsNorm,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// GELU with the tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// Exact GELU (`gelu`).
+    GeluErf,
+    Silu,
+}
+
+impl Activation {
+    pub fn from_hf(name: &str) -> crate::Result<Self> {
+        match name {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
+            "gelu" => Ok(Self::GeluErf),
+            "silu" | "swish" => Ok(Self::Silu),
+            other => Err(crate::EngineError::BadConfig(format!(
+                "unsupported activation `{other}`"
+            ))),
+        }
+    }
+}
+
+/// Shapes and flavours of a model, independent of its checkpoint's naming.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub d_mlp: usize,
+    pub norm: NormKind,
+    pub norm_eps: f64,
+    /// Learned absolute positions (GPT-2) when 0; else rotary on the first `rotary_dims` of each head.
+    pub rotary_dims: usize,
+    pub rope_theta: f64,
+    pub max_positions: usize,
+    /// Phi: attention and MLP read the same normed input and add in parallel.
+    pub parallel_block: bool,
+    /// Llama family: down(act(gate(x)) * up(x)).
+    pub gated_mlp: bool,
+    pub activation: Activation,
+    pub sliding_window: Option<usize>,
+    pub tie_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl ModelConfig {
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+    /// Sanity checks shared by every loader.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::EngineError::BadConfig(m));
+        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!(
+                "{} attention heads cannot be grouped over {} key/value heads",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.rotary_dims % 2 != 0 || self.rotary_dims > self.head_dim {
+            return bad(format!(
+                "rotary dims {} must be even and at most head_dim {}",
+                self.rotary_dims, self.head_dim
+            ));
+        }
+        if self.vocab_size == 0 || self.d_model == 0 || self.n_layers == 0 {
+            return bad("vocab_size, hidden size and layer count must be positive".into());
+        }
+        Ok(())
+    }
+}

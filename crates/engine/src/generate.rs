@@ -1,0 +1,110 @@
+//! The sampling loop: prefill, then one token at a time with a KV cache.
+
+use candle_core::{DType, Tensor, D};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::transformer::{KvCache, Transformer};
+use crate::Result;
+
+#[derive(Clone, Debug)]
+pub struct SamplingParams {
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+    /// Token ids that end generation (not emitted).
+    pub stop_tokens: Vec<u32>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 16,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_tokens: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+}
+
+/// Generates a continuation of `prompt`, calling `on_token` for each new token as it is chosen
+/// (return false to stop early). Returns the new tokens and timings.
+pub fn generate(
+    model: &Transformer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, GenerationStats)> {
+    if prompt.is_empty() {
+        return Err(crate::EngineError::InvalidInput("the prompt is empty".into()));
+    }
+    let mut rng = StdRng::seed_from_u64(params.seed);
+    let mut cache = KvCache::default();
+    let mut stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let start = std::time::Instant::now();
+    let mut input = prompt.to_vec();
+    for step in 0..params.max_tokens {
+        let ids = Tensor::new(input.as_slice(), model.device())?.unsqueeze(0)?;
+        let valid = vec![vec![true; input.len()]];
+        let hidden = model.forward(&ids, &valid, Some(&mut cache), None)?;
+        let last = hidden.narrow(1, input.len() - 1, 1)?;
+        let logits = model.logits(&last)?.flatten_all()?.to_dtype(DType::F32)?;
+        let next = sample(&logits, params, &mut rng)?;
+        if step == 0 {
+            stats.prefill_seconds = start.elapsed().as_secs_f64();
+        }
+        if params.stop_tokens.contains(&next) {
+            break;
+        }
+        out.push(next);
+        if !on_token(next) {
+            break;
+        }
+        input = vec![next];
+    }
+    stats.generated_tokens = out.len();
+    stats.decode_seconds = start.elapsed().as_secs_f64() - stats.prefill_seconds;
+    Ok((out, stats))
+}
+
+/// Greedy when temperature is 0; else temperature + nucleus (top-p) sampling.
+pub fn sample(logits: &Tensor, params: &SamplingParams, rng: &mut StdRng) -> Result<u32> {
+    if params.temperature <= 0.0 {
+        return Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?);
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&(logits / params.temperature)?)?;
+    let probs: Vec<f32> = probs.to_vec1()?;
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let mut kept = Vec::new();
+    let mut mass = 0.0f64;
+    for &i in &order {
+        kept.push(i);
+        mass += probs[i] as f64;
+        if mass >= params.top_p {
+            break;
+        }
+    }
+    let mut r = rng.random::<f64>() * mass;
+    for &i in &kept {
+        r -= probs[i] as f64;
+        if r <= 0.0 {
+            return Ok(i as u32);
+        }
+    }
+    Ok(*kept.last().expect("at least one token kept") as u32)
+}

@@ -1,0 +1,199 @@
+//! GGUF files (llama.cpp): dequantised to dense f32 weights under HF tensor names, with an
+//! HF-style config and the tokenizer rebuilt from the metadata.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value as GValue};
+use candle_core::{Device, Tensor};
+use serde_json::{json, Value};
+use tokenizers::Tokenizer;
+
+use crate::tokenizer::{from_gguf_bpe, GgufBpe};
+use crate::{EngineError, Result};
+
+pub struct GgufModel {
+    /// An HF config.json equivalent.
+    pub config: Value,
+    /// Dense tensors under HF names, in the HF layout (q/k rows un-permuted).
+    pub tensors: HashMap<String, Tensor>,
+    pub tokenizer: Tokenizer,
+}
+
+/// Reads a GGUF file fully onto `device`.
+pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
+    let bad = |reason: String| EngineError::BadGguf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader).map_err(|e| bad(e.to_string()))?;
+    let meta = Meta {
+        content: &content,
+        bad: &bad,
+    };
+    let arch = meta.str("general.architecture")?;
+    if arch != "llama" {
+        return Err(EngineError::UnsupportedArchitecture {
+            found: format!("GGUF `{arch}`"),
+        });
+    }
+    let n_heads = meta.u32("llama.attention.head_count")? as usize;
+    let n_kv = meta
+        .u32("llama.attention.head_count_kv")
+        .map_or(n_heads, |n| n as usize);
+    let d_model = meta.u32("llama.embedding_length")? as usize;
+    let n_layers = meta.u32("llama.block_count")? as usize;
+    let tokens: Vec<String> = meta
+        .vec("tokenizer.ggml.tokens")?
+        .iter()
+        .map(|v| v.to_string().cloned())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad(format!("tokenizer.ggml.tokens: {e}")))?;
+    let tied = !content.tensor_infos.contains_key("output.weight");
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": tokens.len(),
+        "hidden_size": d_model,
+        "intermediate_size": meta.u32("llama.feed_forward_length")?,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv,
+        "head_dim": meta.u32("llama.attention.key_length").map_or(d_model / n_heads, |n| n as usize),
+        "rms_norm_eps": meta.f32("llama.attention.layer_norm_rms_epsilon")?,
+        "rope_theta": meta.f32("llama.rope.freq_base").unwrap_or(10_000.0),
+        "max_position_embeddings": meta.u32("llama.context_length")?,
+        "tie_word_embeddings": tied,
+        "hidden_act": "silu",
+        "bos_token_id": meta.u32("tokenizer.ggml.bos_token_id").ok(),
+        "eos_token_id": meta.u32("tokenizer.ggml.eos_token_id").ok(),
+    });
+    if meta.str("tokenizer.ggml.model")? != "gpt2" {
+        return Err(bad(format!(
+            "tokenizer model `{}` is not supported (only byte-level BPE, `gpt2`)",
+            meta.str("tokenizer.ggml.model")?
+        )));
+    }
+    let token_types: Vec<i32> = meta
+        .vec("tokenizer.ggml.token_type")?
+        .iter()
+        .map(GValue::to_i32)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad(format!("tokenizer.ggml.token_type: {e}")))?;
+    let merges: Vec<String> = meta
+        .vec("tokenizer.ggml.merges")?
+        .iter()
+        .map(|v| v.to_string().cloned())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad(format!("tokenizer.ggml.merges: {e}")))?;
+    let pre = meta.str("tokenizer.ggml.pre").unwrap_or("default");
+    let tokenizer = from_gguf_bpe(&GgufBpe {
+        tokens: &tokens,
+        token_types: &token_types,
+        merges: &merges,
+        pre,
+    })?;
+
+    let mut tensors = HashMap::new();
+    for name in content.tensor_infos.keys() {
+        let qt = content
+            .tensor(&mut reader, name, device)
+            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        let mut t = qt.dequantize(device)?;
+        let Some(hf) = hf_name(name) else {
+            continue;
+        };
+        if name.ends_with("attn_q.weight") {
+            t = unpermute(&t, n_heads)?;
+        } else if name.ends_with("attn_k.weight") {
+            t = unpermute(&t, n_kv)?;
+        }
+        tensors.insert(hf, t);
+    }
+    Ok(GgufModel {
+        config,
+        tensors,
+        tokenizer,
+    })
+}
+
+/// llama.cpp's converter permutes q/k rows per head for interleaved rotary:
+/// w.reshape(h, 2, d/2, in).swapaxes(1, 2). This undoes it.
+fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, d_in) = w.dims2()?;
+    let half = out / heads / 2;
+    Ok(w.reshape((heads, half, 2, d_in))?
+        .transpose(1, 2)?
+        .reshape((out, d_in))?
+        .contiguous()?)
+}
+
+/// llama.cpp tensor names -> HF Llama names.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let (part, kind) = tail.rsplit_once('.')?;
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+struct Meta<'a, F: Fn(String) -> EngineError> {
+    content: &'a Content,
+    bad: &'a F,
+}
+
+impl<F: Fn(String) -> EngineError> Meta<'_, F> {
+    fn get(&self, key: &str) -> Result<&GValue> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| (self.bad)(format!("metadata lacks `{key}`")))
+    }
+    fn u32(&self, key: &str) -> Result<u32> {
+        let v = self.get(key)?;
+        v.to_u32()
+            .or_else(|_| v.to_u64().map(|n| n as u32))
+            .or_else(|_| v.to_i32().map(|n| n as u32))
+            .map_err(|e| (self.bad)(format!("`{key}`: {e}")))
+    }
+    fn f32(&self, key: &str) -> Result<f32> {
+        self.get(key)?
+            .to_f32()
+            .map_err(|e| (self.bad)(format!("`{key}`: {e}")))
+    }
+    fn str(&self, key: &str) -> Result<&str> {
+        self.get(key)?
+            .to_string()
+            .map(String::as_str)
+            .map_err(|e| (self.bad)(format!("`{key}`: {e}")))
+    }
+    fn vec(&self, key: &str) -> Result<&Vec<GValue>> {
+        self.get(key)?
+            .to_vec()
+            .map_err(|e| (self.bad)(format!("`{key}`: {e}")))
+    }
+}

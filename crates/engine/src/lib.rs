@@ -1,0 +1,19 @@
+//! eigenprune's tensor engine: model loading, a traceable forward pass, generation,
+//! and (in later modules) SVD, attribution and edits. No HTTP, SQL or async here.
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod loading;
+pub mod models;
+pub mod tokenizer;
+pub mod trace;
+pub mod transformer;
+pub mod weights;
+
+pub use config::{Activation, Arch, ModelConfig, NormKind};
+pub use error::{EngineError, Result};
+pub use loading::{load_model, LoadOptions, LoadedModel, ModelSource};
+pub use trace::{Component, Trace};
+pub use transformer::{KvCache, Transformer};

@@ -1,0 +1,178 @@
+//! Per-family mapping from a checkpoint (HF config.json + tensor names) to the engine's
+//! normalised [`ModelConfig`] and [`Weights`], and back for export.
+
+pub mod gpt2;
+pub mod llama;
+pub mod phi;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use serde_json::Value;
+
+use crate::config::{Arch, ModelConfig};
+use crate::transformer::Transformer;
+use crate::weights::{Linear, Norm};
+use crate::{EngineError, Result};
+
+/// Checkpoint tensors by their HF name; loaders take what they need, with shape checks.
+pub struct TensorMap {
+    tensors: HashMap<String, Tensor>,
+}
+
+impl TensorMap {
+    pub fn new(tensors: HashMap<String, Tensor>) -> Self {
+        Self { tensors }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Removes `name`, checks its shape, converts it to f32.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| EngineError::MissingTensor(name.to_string()))?;
+        if t.dims() != shape {
+            return Err(EngineError::ShapeMismatch {
+                name: name.to_string(),
+                found: t.dims().to_vec(),
+                expected: shape.to_vec(),
+            });
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.contains(name) {
+            self.take(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A `[out, in]` linear map with an optional bias.
+    pub fn linear(&mut self, prefix: &str, d_out: usize, d_in: usize, bias: bool) -> Result<Linear> {
+        let weight = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let bias = if bias {
+            Some(self.take(&format!("{prefix}.bias"), &[d_out])?)
+        } else {
+            self.take_opt(&format!("{prefix}.bias"), &[d_out])?
+        };
+        Ok(Linear::new(weight, bias))
+    }
+
+    pub fn norm(&mut self, prefix: &str, d: usize, with_bias: bool) -> Result<Norm> {
+        Ok(Norm {
+            weight: self.take(&format!("{prefix}.weight"), &[d])?,
+            bias: if with_bias {
+                Some(self.take(&format!("{prefix}.bias"), &[d])?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// Which family a config.json describes.
+pub fn arch_of(config: &Value) -> Result<Arch> {
+    let model_type = config.get("model_type").and_then(Value::as_str);
+    let first_arch = config
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str);
+    let arch = match (model_type, first_arch) {
+        (Some("gpt2"), _) | (_, Some("GPT2LMHeadModel")) => Arch::Gpt2,
+        (Some("phi"), _) | (_, Some("PhiForCausalLM")) => Arch::Phi,
+        (Some("llama"), _) | (_, Some("LlamaForCausalLM")) => Arch::Llama,
+        (Some("mistral"), _) | (_, Some("MistralForCausalLM")) => Arch::Mistral,
+        (Some("qwen2"), _) | (_, Some("Qwen2ForCausalLM")) => Arch::Qwen2,
+        _ => {
+            return Err(EngineError::UnsupportedArchitecture {
+                found: first_arch.or(model_type).unwrap_or("<none>").to_string(),
+            })
+        }
+    };
+    Ok(arch)
+}
+
+/// Builds the model a config.json and its tensors describe.
+pub fn build(config: &Value, mut tensors: TensorMap) -> Result<Transformer> {
+    let (cfg, weights) = match arch_of(config)? {
+        Arch::Gpt2 => gpt2::load(config, &mut tensors)?,
+        Arch::Phi => phi::load(config, &mut tensors)?,
+        arch @ (Arch::Llama | Arch::Mistral | Arch::Qwen2) => {
+            llama::load(arch, config, &mut tensors)?
+        }
+    };
+    Transformer::new(cfg, weights)
+}
+
+/// Typed reads of config.json fields, with clear errors.
+pub(crate) struct Fields<'a>(pub &'a Value);
+
+impl Fields<'_> {
+    pub fn usize(&self, keys: &[&str]) -> Result<usize> {
+        self.usize_opt(keys)?.ok_or_else(|| {
+            EngineError::BadConfig(format!("config.json lacks `{}`", keys.join("` or `")))
+        })
+    }
+    pub fn usize_opt(&self, keys: &[&str]) -> Result<Option<usize>> {
+        for k in keys {
+            match self.0.get(*k) {
+                Some(Value::Null) | None => continue,
+                Some(v) => {
+                    return v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                        EngineError::BadConfig(format!("`{k}` must be a non-negative integer"))
+                    })
+                }
+            }
+        }
+        Ok(None)
+    }
+    pub fn f64_or(&self, keys: &[&str], default: f64) -> f64 {
+        keys.iter()
+            .find_map(|k| self.0.get(*k).and_then(Value::as_f64))
+            .unwrap_or(default)
+    }
+    pub fn bool_or(&self, key: &str, default: bool) -> bool {
+        self.0.get(key).and_then(Value::as_bool).unwrap_or(default)
+    }
+    pub fn str_or<'s>(&'s self, key: &str, default: &'s str) -> &'s str {
+        self.0.get(key).and_then(Value::as_str).unwrap_or(default)
+    }
+    /// rope_theta at the top level (transformers 4) or under rope_parameters (transformers 5).
+    pub fn rope_theta(&self, default: f64) -> Result<f64> {
+        if let Some(params) = self.0.get("rope_parameters").or_else(|| self.0.get("rope_scaling")) {
+            let kind = params
+                .get("rope_type")
+                .or_else(|| params.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            if kind != "default" && !params.is_null() {
+                return Err(EngineError::BadConfig(format!(
+                    "rope scaling `{kind}` is not supported (only the default rotary embedding)"
+                )));
+            }
+            if let Some(t) = params.get("rope_theta").and_then(Value::as_f64) {
+                return Ok(t);
+            }
+        }
+        Ok(self.f64_or(&["rope_theta"], default))
+    }
+    pub fn token_ids(&self, key: &str) -> Vec<u32> {
+        match self.0.get(key) {
+            Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The common tail of every config: token ids.
+pub(crate) fn special_tokens(f: &Fields, cfg: &mut ModelConfig) {
+    cfg.bos_token_id = f.token_ids("bos_token_id").first().copied();
+    cfg.eos_token_ids = f.token_ids("eos_token_id");
+}

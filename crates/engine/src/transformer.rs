@@ -1,0 +1,367 @@
+//! The one forward pass behind every architecture, with an optional trace and KV cache.
+//!
+//! Serving uses candle's fused kernels; a traced forward (one that will be differentiated)
+//! uses composite forms, because the fused softmax, norms and rotary have no backward.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::{Activation, ModelConfig, NormKind};
+use crate::trace::{Component, Trace};
+use crate::weights::{Norm, Weights};
+use crate::{EngineError, Result};
+
+/// Added to the attention scores of keys a query must not see.
+const MASKED: f32 = -1e9;
+
+pub struct Transformer {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    /// [max_positions, rotary_dims / 2] each; empty for learned positions.
+    rope_cos: Option<Tensor>,
+    rope_sin: Option<Tensor>,
+}
+
+/// Keys and values of past positions, per layer, plus which of them are real (not padding).
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Per row: one flag per cached position.
+    valid: Vec<Vec<bool>>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.valid.first().map_or(0, Vec::len)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Step<'a> {
+    /// [B*T] u32 position of every new token.
+    positions: Tensor,
+    /// [B, 1, T, Tk] additive mask, or None when every key is visible.
+    mask: Option<Tensor>,
+    differentiable: bool,
+    trace: Option<&'a mut Trace>,
+}
+
+impl Transformer {
+    pub fn new(config: ModelConfig, weights: Weights) -> Result<Self> {
+        config.validate()?;
+        let device = weights.embed.device().clone();
+        let (rope_cos, rope_sin) = if config.rotary_dims > 0 {
+            let (c, s) = rope_tables(&config, &device)?;
+            (Some(c), Some(s))
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            config,
+            weights,
+            rope_cos,
+            rope_sin,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.weights.embed.device()
+    }
+
+    /// Runs the blocks over `ids` [B, T] and returns the final normed hidden states [B, T, D].
+    /// `valid[b][t]` is false for padding. With a cache, `ids` continue the cached rows.
+    /// With a trace, the chosen maps are recorded and the result can be differentiated.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        valid: &[Vec<bool>],
+        cache: Option<&mut KvCache>,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if valid.len() != b || valid.iter().any(|r| r.len() != t) {
+            return Err(EngineError::InvalidInput(
+                "validity mask does not match the input ids".into(),
+            ));
+        }
+        let mut cache = cache;
+        if let Some(c) = cache.as_deref_mut() {
+            if c.valid.is_empty() {
+                c.valid = vec![Vec::new(); b];
+                c.layers = vec![None; self.config.n_layers];
+            } else if c.valid.len() != b {
+                return Err(EngineError::InvalidInput(
+                    "batch size differs from the cache's".into(),
+                ));
+            }
+        }
+        let past: Vec<Vec<bool>> = cache
+            .as_deref()
+            .map_or_else(|| vec![Vec::new(); b], |c| c.valid.clone());
+        let (positions, mask) = self.positions_and_mask(&past, valid)?;
+        if let Some(c) = cache.as_deref_mut() {
+            for (row, new) in c.valid.iter_mut().zip(valid) {
+                row.extend_from_slice(new);
+            }
+        }
+        let differentiable = trace.is_some();
+        let mut step = Step {
+            positions,
+            mask,
+            differentiable,
+            trace,
+        };
+        let mut h = self.weights.embed.index_select(&ids.flatten_all()?, 0)?;
+        if let Some(pe) = &self.weights.pos_embed {
+            h = (h + pe.index_select(&step.positions, 0)?)?;
+        }
+        let mut h = h.reshape((b, t, self.config.d_model))?;
+        for layer in 0..self.config.n_layers {
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[layer]);
+            h = self.block(layer, &h, kv, &mut step)?;
+        }
+        Ok(self.norm(&h, &self.weights.final_norm, differentiable)?)
+    }
+
+    /// Logits [.., vocab] of hidden states [.., D].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.weights.lm_head.forward(hidden)?)
+    }
+
+    fn block(
+        &self,
+        layer: usize,
+        h: &Tensor,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        step: &mut Step,
+    ) -> Result<Tensor> {
+        let blk = &self.weights.blocks[layer];
+        let x = self.norm(h, &blk.ln1, step.differentiable)?;
+        let q = step.tap(layer, Component::Q, &x, Some(h), blk.q.forward(&x)?)?;
+        let k = step.tap(layer, Component::K, &x, Some(h), blk.k.forward(&x)?)?;
+        let v = step.tap(layer, Component::V, &x, Some(h), blk.v.forward(&x)?)?;
+        let ctx = self.attention(&q, &k, &v, kv, step)?;
+        let attn_out = step.tap(layer, Component::O, &ctx, None, blk.o.forward(&ctx)?)?;
+        let (mlp_in, mlp_resid) = match &blk.ln2 {
+            None => (x, h.clone()),
+            Some(ln2) => {
+                let mid = (h + &attn_out)?;
+                (self.norm(&mid, ln2, step.differentiable)?, mid)
+            }
+        };
+        let up = blk.up.forward(&mlp_in)?;
+        let up = step.tap(layer, Component::MlpIn, &mlp_in, Some(&mlp_resid), up)?;
+        let act = match &blk.gate {
+            Some(gate) => (activate(&gate.forward(&mlp_in)?, self.config.activation)? * &up)?,
+            None => activate(&up, self.config.activation)?,
+        };
+        let down = step.tap(layer, Component::MlpOut, &act, None, blk.down.forward(&act)?)?;
+        Ok(if blk.ln2.is_none() {
+            ((h + attn_out)? + down)?
+        } else {
+            (mlp_resid + down)?
+        })
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        step: &Step,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = q.dims3()?;
+        let heads = |x: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+            x.reshape((b, t, n, c.head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let q = self.rotate(&heads(q, c.n_heads)?, &step.positions)?;
+        let mut k = self.rotate(&heads(k, c.n_kv_heads)?, &step.positions)?;
+        let mut v = heads(v, c.n_kv_heads)?;
+        if let Some(slot) = kv {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let k = repeat_kv(&k, c.n_heads / c.n_kv_heads)?;
+        let v = repeat_kv(&v, c.n_heads / c.n_kv_heads)?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(mask) = &step.mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = if step.differentiable {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let ctx = probs.matmul(&v)?;
+        Ok(ctx.transpose(1, 2)?.reshape((b, t, c.q_dim()))?)
+    }
+
+    /// Rotary embedding (HF "rotate half" layout) on the first `rotary_dims` of each head.
+    fn rotate(&self, x: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
+        let (Some(cos), Some(sin)) = (&self.rope_cos, &self.rope_sin) else {
+            return Ok(x.clone());
+        };
+        let (b, _h, t, hd) = x.dims4()?;
+        let rot = self.config.rotary_dims;
+        let half = rot / 2;
+        let cos = cos.index_select(positions, 0)?.reshape((b, 1, t, half))?;
+        let sin = sin.index_select(positions, 0)?.reshape((b, 1, t, half))?;
+        let x1 = x.narrow(3, 0, half)?;
+        let x2 = x.narrow(3, half, half)?;
+        let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        if rot == hd {
+            Tensor::cat(&[r1, r2], 3)
+        } else {
+            Tensor::cat(&[r1, r2, x.narrow(3, rot, hd - rot)?], 3)
+        }
+    }
+
+    fn norm(&self, x: &Tensor, n: &Norm, differentiable: bool) -> candle_core::Result<Tensor> {
+        let eps = self.config.norm_eps;
+        match (self.config.norm, differentiable) {
+            (NormKind::RmsNorm, false) => candle_nn::ops::rms_norm(x, &n.weight, eps as f32),
+            (NormKind::RmsNorm, true) => {
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_div(&(ms + eps)?.sqrt()?)?
+                    .broadcast_mul(&n.weight)
+            }
+            (NormKind::LayerNorm, differentiable) => {
+                let zeros;
+                let bias = match &n.bias {
+                    Some(b) => b,
+                    None => {
+                        zeros = n.weight.zeros_like()?;
+                        &zeros
+                    }
+                };
+                if !differentiable {
+                    return candle_nn::ops::layer_norm(x, &n.weight, bias, eps as f32);
+                }
+                let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+                let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+                centred
+                    .broadcast_div(&(var + eps)?.sqrt()?)?
+                    .broadcast_mul(&n.weight)?
+                    .broadcast_add(bias)
+            }
+        }
+    }
+
+    /// Positions of the new tokens and the additive attention mask over past + new keys.
+    fn positions_and_mask(
+        &self,
+        past: &[Vec<bool>],
+        valid: &[Vec<bool>],
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let b = valid.len();
+        let t = valid.first().map_or(0, Vec::len);
+        let p = past.first().map_or(0, Vec::len);
+        let tk = p + t;
+        let mut positions = Vec::with_capacity(b * t);
+        let mut key_pos = vec![0u32; b * tk];
+        let mut key_ok = vec![false; b * tk];
+        for row in 0..b {
+            let mut n = 0u32;
+            for (j, &ok) in past[row].iter().chain(&valid[row]).enumerate() {
+                key_ok[row * tk + j] = ok;
+                if ok {
+                    key_pos[row * tk + j] = n;
+                    n += 1;
+                } else {
+                    key_pos[row * tk + j] = n.saturating_sub(1);
+                }
+                if j >= p {
+                    positions.push(key_pos[row * tk + j]);
+                }
+            }
+        }
+        if let Some(&max) = positions.iter().max() {
+            if max as usize >= self.config.max_positions {
+                return Err(EngineError::InvalidInput(format!(
+                    "sequence of {} tokens exceeds the model's {} positions",
+                    max + 1,
+                    self.config.max_positions
+                )));
+            }
+        }
+        let device = self.device();
+        let positions_t = Tensor::from_vec(positions.clone(), b * t, device)?;
+        let window = self.config.sliding_window;
+        let all_valid = key_ok.iter().all(|&ok| ok);
+        if t == 1 && all_valid && window.is_none_or(|w| tk <= w) {
+            return Ok((positions_t, None));
+        }
+        let mut mask = vec![MASKED; b * t * tk];
+        for row in 0..b {
+            for i in 0..t {
+                let qi = p + i;
+                let qpos = positions[row * t + i];
+                for j in 0..=qi {
+                    let seen = key_ok[row * tk + j]
+                        && window.is_none_or(|w| (qpos - key_pos[row * tk + j]) < w as u32);
+                    if seen {
+                        mask[(row * t + i) * tk + j] = 0.0;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, t, tk), device)?;
+        Ok((positions_t, Some(mask)))
+    }
+}
+
+impl Step<'_> {
+    fn tap(
+        &mut self,
+        layer: usize,
+        component: Component,
+        input: &Tensor,
+        resid_pre: Option<&Tensor>,
+        output: Tensor,
+    ) -> candle_core::Result<Tensor> {
+        match self.trace.as_deref_mut() {
+            Some(tr) => tr.tap(layer, component, input, resid_pre, output),
+            None => Ok(output),
+        }
+    }
+}
+
+fn repeat_kv(x: &Tensor, rep: usize) -> candle_core::Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, n, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, n, rep, t, d))?
+        .reshape((b, n * rep, t, d))
+}
+
+fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
+    match act {
+        Activation::GeluTanh => x.gelu(),
+        Activation::GeluErf => x.gelu_erf(),
+        Activation::Silu => x.silu(),
+    }
+}
+
+fn rope_tables(config: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = config.rotary_dims / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f64 / config.rotary_dims as f64) as f32)
+        .collect();
+    let n = config.max_positions;
+    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+    let pos = Tensor::arange(0u32, n as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((n, 1))?;
+    let freqs = pos.broadcast_mul(&inv_freq)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
