@@ -33,7 +33,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let loaded = load_model(&args.model, &LoadOptions { device })
         .with_context(|| format!("loading model `{}`", args.model))?;
-    eprintln!("loaded {} in {:.2}s", args.model, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {} in {:.2}s",
+        args.model,
+        t0.elapsed().as_secs_f64()
+    );
     let tok = &loaded.tokenizer;
     let enc = tok
         .encode(args.prompt.as_str(), true)

@@ -5,7 +5,11 @@ mod generate;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "eigenprune", version, about = "Eigenpruning of large language models")]
+#[command(
+    name = "eigenprune",
+    version,
+    about = "Eigenpruning of large language models"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

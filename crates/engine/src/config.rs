@@ -98,13 +98,16 @@ impl ModelConfig {
     /// Sanity checks shared by every loader.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::EngineError::BadConfig(m));
-        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_heads == 0
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
             return bad(format!(
                 "{} attention heads cannot be grouped over {} key/value heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.rotary_dims % 2 != 0 || self.rotary_dims > self.head_dim {
+        if !self.rotary_dims.is_multiple_of(2) || self.rotary_dims > self.head_dim {
             return bad(format!(
                 "rotary dims {} must be even and at most head_dim {}",
                 self.rotary_dims, self.head_dim

@@ -46,7 +46,9 @@ pub fn generate(
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, GenerationStats)> {
     if prompt.is_empty() {
-        return Err(crate::EngineError::InvalidInput("the prompt is empty".into()));
+        return Err(crate::EngineError::InvalidInput(
+            "the prompt is empty".into(),
+        ));
     }
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut cache = KvCache::default();

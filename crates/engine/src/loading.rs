@@ -17,7 +17,10 @@ pub enum ModelSource {
     Directory(PathBuf),
     GgufFile(PathBuf),
     /// A repo id on the Hugging Face hub (HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE honoured).
-    Hub { repo: String, revision: String },
+    Hub {
+        repo: String,
+        revision: String,
+    },
 }
 
 impl ModelSource {
@@ -118,9 +121,12 @@ pub fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string(&index).map_err(|e| EngineError::io(&index, e))?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| EngineError::BadConfig(format!("{}: {e}", index.display())))?;
-        let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
-            EngineError::BadConfig(format!("{} has no weight_map", index.display()))
-        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                EngineError::BadConfig(format!("{} has no weight_map", index.display()))
+            })?;
         let mut files: Vec<PathBuf> = map
             .values()
             .filter_map(Value::as_str)
@@ -160,13 +166,15 @@ pub mod hub {
 
     use crate::{EngineError, Result};
 
+    type Fetch<'a> = Box<dyn Fn(&str) -> Result<PathBuf> + 'a>;
+
     /// Downloads (or finds in the cache) config.json, tokenizer.json and the weights of
     /// `repo` at `revision`; returns the snapshot directory that holds them.
     pub fn fetch(repo: &str, revision: &str) -> Result<PathBuf> {
         let offline = std::env::var("HF_HUB_OFFLINE")
             .is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false");
         let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
-        let get: Box<dyn Fn(&str) -> Result<PathBuf>> = if offline {
+        let get: Fetch<'_> = if offline {
             let cache = Cache::from_env().repo(hub_repo);
             Box::new(move |file: &str| {
                 cache.get(file).ok_or_else(|| {
@@ -190,8 +198,8 @@ pub mod hub {
         get("tokenizer.json")?;
         match get("model.safetensors.index.json") {
             Ok(index) => {
-                let text = std::fs::read_to_string(&index)
-                    .map_err(|e| EngineError::io(&index, e))?;
+                let text =
+                    std::fs::read_to_string(&index).map_err(|e| EngineError::io(&index, e))?;
                 let v: Value = serde_json::from_str(&text)
                     .map_err(|e| EngineError::BadConfig(format!("{}: {e}", index.display())))?;
                 let mut shards: Vec<&str> = v

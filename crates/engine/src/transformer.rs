@@ -156,7 +156,13 @@ impl Transformer {
             Some(gate) => (activate(&gate.forward(&mlp_in)?, self.config.activation)? * &up)?,
             None => activate(&up, self.config.activation)?,
         };
-        let down = step.tap(layer, Component::MlpOut, &act, None, blk.down.forward(&act)?)?;
+        let down = step.tap(
+            layer,
+            Component::MlpOut,
+            &act,
+            None,
+            blk.down.forward(&act)?,
+        )?;
         Ok(if blk.ln2.is_none() {
             ((h + attn_out)? + down)?
         } else {
@@ -175,7 +181,9 @@ impl Transformer {
         let c = &self.config;
         let (b, t, _) = q.dims3()?;
         let heads = |x: &Tensor, n: usize| -> candle_core::Result<Tensor> {
-            x.reshape((b, t, n, c.head_dim))?.transpose(1, 2)?.contiguous()
+            x.reshape((b, t, n, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = self.rotate(&heads(q, c.n_heads)?, &step.positions)?;
         let mut k = self.rotate(&heads(k, c.n_kv_heads)?, &step.positions)?;
@@ -355,7 +363,11 @@ fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
 fn rope_tables(config: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = config.rotary_dims / 2;
     let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f64 / config.rotary_dims as f64) as f32)
+        .map(|i| {
+            1.0 / config
+                .rope_theta
+                .powf(2.0 * i as f64 / config.rotary_dims as f64) as f32
+        })
         .collect();
     let n = config.max_positions;
     let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;

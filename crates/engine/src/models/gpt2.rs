@@ -34,7 +34,9 @@ pub fn config(config: &Value) -> Result<ModelConfig> {
         bos_token_id: None,
         eos_token_ids: Vec::new(),
     };
-    if f.bool_or("scale_attn_by_inverse_layer_idx", false) || f.bool_or("reorder_and_upcast_attn", false) {
+    if f.bool_or("scale_attn_by_inverse_layer_idx", false)
+        || f.bool_or("reorder_and_upcast_attn", false)
+    {
         return Err(crate::EngineError::BadConfig(
             "GPT-2 variants with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn are not supported".into(),
         ));
@@ -66,7 +68,11 @@ pub fn load(config_json: &Value, t: &mut TensorMap) -> Result<(ModelConfig, Weig
         let qkv = conv1d(t, &format!("{b}.attn.c_attn"), d, 3 * d)?;
         let part = |i: usize| -> Result<Linear> {
             let w = qkv.weight.narrow(0, i * d, d)?.contiguous()?;
-            let bias = qkv.bias.as_ref().map(|b| b.narrow(0, i * d, d)).transpose()?;
+            let bias = qkv
+                .bias
+                .as_ref()
+                .map(|b| b.narrow(0, i * d, d))
+                .transpose()?;
             Ok(Linear::new(w, bias))
         };
         blocks.push(Block {
@@ -114,12 +120,20 @@ pub fn export(_cfg: &ModelConfig, w: &Weights) -> Result<Vec<(String, Tensor)>> 
         let qkv_w = Tensor::cat(&[&b.q.weight, &b.k.weight, &b.v.weight], 0)?;
         let bias = |lin: &Linear| lin.bias.clone().expect("GPT-2 qkv has biases");
         let qkv_b = Tensor::cat(&[bias(&b.q), bias(&b.k), bias(&b.v)], 0)?;
-        conv(format!("{p}.attn.c_attn"), &Linear::new(qkv_w, Some(qkv_b)), &mut out)?;
+        conv(
+            format!("{p}.attn.c_attn"),
+            &Linear::new(qkv_w, Some(qkv_b)),
+            &mut out,
+        )?;
         conv(format!("{p}.attn.c_proj"), &b.o, &mut out)?;
         conv(format!("{p}.mlp.c_fc"), &b.up, &mut out)?;
         conv(format!("{p}.mlp.c_proj"), &b.down, &mut out)?;
         push_norm(&mut out, &format!("{p}.ln_1"), &b.ln1);
-        push_norm(&mut out, &format!("{p}.ln_2"), b.ln2.as_ref().expect("GPT-2 has ln_2"));
+        push_norm(
+            &mut out,
+            &format!("{p}.ln_2"),
+            b.ln2.as_ref().expect("GPT-2 has ln_2"),
+        );
     }
     push_norm(&mut out, "transformer.ln_f", &w.final_norm);
     Ok(out)

@@ -54,7 +54,13 @@ impl TensorMap {
     }
 
     /// A `[out, in]` linear map with an optional bias.
-    pub fn linear(&mut self, prefix: &str, d_out: usize, d_in: usize, bias: bool) -> Result<Linear> {
+    pub fn linear(
+        &mut self,
+        prefix: &str,
+        d_out: usize,
+        d_in: usize,
+        bias: bool,
+    ) -> Result<Linear> {
         let weight = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
         let bias = if bias {
             Some(self.take(&format!("{prefix}.bias"), &[d_out])?)
@@ -145,7 +151,11 @@ impl Fields<'_> {
     }
     /// rope_theta at the top level (transformers 4) or under rope_parameters (transformers 5).
     pub fn rope_theta(&self, default: f64) -> Result<f64> {
-        if let Some(params) = self.0.get("rope_parameters").or_else(|| self.0.get("rope_scaling")) {
+        if let Some(params) = self
+            .0
+            .get("rope_parameters")
+            .or_else(|| self.0.get("rope_scaling"))
+        {
             let kind = params
                 .get("rope_type")
                 .or_else(|| params.get("type"))
@@ -165,7 +175,10 @@ impl Fields<'_> {
     pub fn token_ids(&self, key: &str) -> Vec<u32> {
         match self.0.get(key) {
             Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64().map(|n| n as u32))
+                .collect(),
             _ => Vec::new(),
         }
     }

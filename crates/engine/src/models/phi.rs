@@ -71,7 +71,10 @@ pub fn load(config_json: &Value, t: &mut TensorMap) -> Result<(ModelConfig, Weig
     }
     let final_norm = t.norm("model.final_layernorm", d, true)?;
     let lm_head = if cfg.tie_embeddings && !t.contains("lm_head.weight") {
-        Linear::new(embed.clone(), t.take_opt("lm_head.bias", &[cfg.vocab_size])?)
+        Linear::new(
+            embed.clone(),
+            t.take_opt("lm_head.bias", &[cfg.vocab_size])?,
+        )
     } else {
         t.linear("lm_head", cfg.vocab_size, d, false)?
     };

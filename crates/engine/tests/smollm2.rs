@@ -1,0 +1,108 @@
+//! The real SmolLM2-135M-Instruct GGUF (fetched by scripts/fetch-smollm2.sh) runs and knows
+//! that Paris is the capital of France. Skips, saying so, when the file is absent.
+
+use std::path::PathBuf;
+
+use eigenprune_engine::generate::{generate, SamplingParams};
+use eigenprune_engine::{load_model, LoadOptions};
+
+fn gguf() -> Option<PathBuf> {
+    let path = std::env::var_os("EIGENPRUNE_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "SKIPPED: {} not found; run scripts/fetch-smollm2.sh to run this test",
+            path.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn smollm2_greedy_names_paris() {
+    let Some(path) = gguf() else { return };
+    let loaded = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let c = &loaded.model.config;
+    assert_eq!(
+        (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads),
+        (30, 576, 9, 3)
+    );
+    let prompt = loaded
+        .tokenizer
+        .encode("The capital of France is", false)
+        .unwrap();
+    assert_eq!(
+        prompt.get_ids().len(),
+        5,
+        "tokenized as HF does: {:?}",
+        prompt.get_tokens()
+    );
+    let params = SamplingParams {
+        max_tokens: 8,
+        ..Default::default()
+    };
+    let (ids, _) = generate(&loaded.model, prompt.get_ids(), &params, |_| true).unwrap();
+    let text = loaded.tokenizer.decode(&ids, true).unwrap();
+    assert!(text.contains("Paris"), "continuation was {text:?}");
+}
+
+#[test]
+fn smollm2_tokenizer_splits_digits() {
+    let Some(path) = gguf() else { return };
+    let loaded = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let enc = loaded.tokenizer.encode("12 x 7 = 84", false).unwrap();
+    assert_eq!(
+        enc.get_tokens(),
+        ["1", "2", "Ġx", "Ġ", "7", "Ġ=", "Ġ", "8", "4"]
+    );
+}
+
+#[test]
+fn cached_decoding_matches_a_full_forward() {
+    let Some(path) = gguf() else { return };
+    let loaded = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let m = &loaded.model;
+    let ids: Vec<u32> = loaded
+        .tokenizer
+        .encode("One two three four", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let full = candle_core::Tensor::new(ids.as_slice(), m.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let h_full = m
+        .forward(&full, &[vec![true; ids.len()]], None, None)
+        .unwrap();
+    let mut cache = eigenprune_engine::KvCache::default();
+    let head = candle_core::Tensor::new(&ids[..ids.len() - 1], m.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.forward(&head, &[vec![true; ids.len() - 1]], Some(&mut cache), None)
+        .unwrap();
+    let last = candle_core::Tensor::new(&ids[ids.len() - 1..], m.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let h_last = m
+        .forward(&last, &[vec![true]], Some(&mut cache), None)
+        .unwrap();
+    let want = h_full.narrow(1, ids.len() - 1, 1).unwrap();
+    let diff = (h_last - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-3, "cached step differs by {diff}");
+}
