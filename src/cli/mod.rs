@@ -1,6 +1,8 @@
 //! The command line: one subcommand per file.
 
+mod eval;
 mod generate;
+mod prune;
 
 use clap::{Parser, Subcommand};
 
@@ -19,11 +21,17 @@ pub struct Cli {
 pub enum Command {
     /// Generate a continuation of a prompt (streamed to stdout; speed on stderr).
     Generate(generate::GenerateArgs),
+    /// Eigenprune a model for a task: SVD, scoring sweep, selection, edit, evaluation.
+    Prune(prune::PruneArgs),
+    /// Evaluate a model (optionally with an edit) on a task's test split.
+    Eval(eval::EvalArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Prune(args) => prune::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
 
@@ -36,5 +44,76 @@ pub fn parse_device(spec: &str) -> anyhow::Result<candle_core::Device> {
             Ok(candle_core::Device::new_cuda(n)?)
         }
         other => anyhow::bail!("unknown device `{other}` (use cpu or cuda:N)"),
+    }
+}
+
+/// A built-in task name, or a JSONL file (split 80/20 with `seed`).
+pub fn load_task(spec: &str, seed: u64) -> anyhow::Result<eigenprune_engine::tasks::Task> {
+    use eigenprune_engine::tasks;
+    if tasks::BUILTIN_TASKS.contains(&spec) {
+        return Ok(tasks::builtin(spec)?);
+    }
+    let path = std::path::Path::new(spec);
+    anyhow::ensure!(
+        path.exists(),
+        "unknown task `{spec}`: neither a built-in ({}) nor a JSONL file",
+        tasks::BUILTIN_TASKS.join(", ")
+    );
+    let text = std::fs::read_to_string(path)?;
+    let name = path
+        .file_stem()
+        .map_or(spec.into(), |s| s.to_string_lossy().into_owned());
+    Ok(
+        tasks::custom(&name, &text, seed)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+    )
+}
+
+pub fn eval_json(e: &eigenprune_engine::eval::EvalResult) -> serde_json::Value {
+    serde_json::json!({
+        "correct": e.correct,
+        "total": e.total,
+        "accuracy": e.accuracy(),
+        "choice_correct": e.choice_correct,
+        "choice_accuracy": e.choice_accuracy(),
+    })
+}
+
+/// Progress on stderr: phase, done/total, rate; one line per phase.
+#[derive(Default)]
+pub struct Progress {
+    phase: String,
+    started: Option<std::time::Instant>,
+    last_print: Option<std::time::Instant>,
+}
+
+impl Progress {
+    pub fn update(&mut self, phase: &str, done: usize, total: usize) {
+        let now = std::time::Instant::now();
+        if phase != self.phase {
+            if !self.phase.is_empty() {
+                eprintln!();
+            }
+            self.phase = phase.to_string();
+            self.started = Some(now);
+        }
+        let due = self
+            .last_print
+            .is_none_or(|t| now.duration_since(t).as_millis() >= 500);
+        if due || done == total {
+            let secs = self
+                .started
+                .map_or(0.0, |s| now.duration_since(s).as_secs_f64());
+            eprint!(
+                "\r{phase}: {done}/{total} ({:.1}/s, {secs:.1}s)",
+                done as f64 / secs.max(1e-9)
+            );
+            self.last_print = Some(now);
+        }
+    }
+    pub fn finish(&self) {
+        if !self.phase.is_empty() {
+            eprintln!();
+        }
     }
 }

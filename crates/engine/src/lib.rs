@@ -1,12 +1,20 @@
 //! eigenprune's tensor engine: model loading, a traceable forward pass, generation,
 //! and (in later modules) SVD, attribution and edits. No HTTP, SQL or async here.
 
+pub mod attribution;
+pub mod batch;
 pub mod config;
+pub mod edit;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod loading;
 pub mod models;
+pub mod pipeline;
+pub mod prune;
+pub mod svd;
+pub mod tasks;
 pub mod tokenizer;
 pub mod trace;
 pub mod transformer;

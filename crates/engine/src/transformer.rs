@@ -13,6 +13,7 @@ use crate::{EngineError, Result};
 /// Added to the attention scores of keys a query must not see.
 const MASKED: f32 = -1e9;
 
+#[derive(Clone)]
 pub struct Transformer {
     pub config: ModelConfig,
     pub weights: Weights,

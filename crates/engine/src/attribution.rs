@@ -1,0 +1,293 @@
+//! The scoring sweep: one forward/backward per batch of training examples; per singular value,
+//! score = s_i * (U[:, i] . dx) * (Vh[i, :] . g), dx = (previous example's input at the same
+//! position) - (this input), g = d(loss)/d(map output). Aggregated as it goes: memory is
+//! bounded by the batch, never by the data set.
+
+use candle_core::{DType, Tensor, D};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use tokenizers::Tokenizer;
+
+use crate::batch::{answer_targets, encode_example, pack, Sequence};
+use crate::config::NormKind;
+use crate::svd::SiteSvd;
+use crate::tasks::Example;
+use crate::trace::{Component, Trace};
+use crate::transformer::Transformer;
+use crate::{EngineError, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregate {
+    /// Signed maximum over all examples and tokens (the paper's).
+    Max,
+    Mean,
+    MeanAbs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputMode {
+    /// The map's true input: the normalised residual (xhat) for maps behind a norm.
+    Normed,
+    /// The residual stream before the norm (the reference code's choice).
+    ResidPre,
+}
+
+#[derive(Clone, Debug)]
+pub struct SweepSettings {
+    pub batch_size: usize,
+    pub seed: u64,
+    pub aggregate: Aggregate,
+    pub input: InputMode,
+    /// Score only the first N batches (None = all).
+    pub scoring_batches: Option<usize>,
+}
+
+/// Aggregated scores `[site][head][i]` and the mean input of each head's map.
+#[derive(Clone, Debug)]
+pub struct Scores {
+    pub scores: Vec<Vec<Vec<f32>>>,
+    /// Mean over real scoring tokens of the input the SVD acts on, `[site][d_in]`.
+    pub input_means: Vec<Vec<f32>>,
+    pub examples: usize,
+    pub tokens: usize,
+}
+
+struct Accumulator {
+    agg: Aggregate,
+    values: Vec<Vec<Vec<f64>>>,
+    count: f64,
+    input_sums: Vec<Vec<f64>>,
+    tokens: usize,
+}
+
+pub fn sweep(
+    model: &Transformer,
+    tok: &Tokenizer,
+    examples: &[Example],
+    svds: &[SiteSvd],
+    settings: &SweepSettings,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Scores> {
+    if settings.batch_size < 2 {
+        return Err(EngineError::InvalidInput(
+            "batch_size must be at least 2: the corrupted input is the previous example of the same batch, so with 1 every score is 0".into(),
+        ));
+    }
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(settings.seed));
+    let mut batches: Vec<&[usize]> = order
+        .chunks(settings.batch_size)
+        .filter(|c| c.len() >= 2)
+        .collect();
+    if let Some(n) = settings.scoring_batches {
+        batches.truncate(n);
+    }
+    if batches.is_empty() {
+        return Err(EngineError::InvalidInput(
+            "the training split has fewer than 2 examples to score".into(),
+        ));
+    }
+    let mut components: Vec<Component> = svds.iter().map(|s| s.component).collect();
+    components.sort();
+    components.dedup();
+    let init = match settings.aggregate {
+        Aggregate::Max => f64::NEG_INFINITY,
+        _ => 0.0,
+    };
+    let mut acc = Accumulator {
+        agg: settings.aggregate,
+        values: svds
+            .iter()
+            .map(|s| s.heads.iter().map(|h| vec![init; h.rank()]).collect())
+            .collect(),
+        count: 0.0,
+        input_sums: svds
+            .iter()
+            .map(|s| {
+                vec![
+                    0.0;
+                    s.heads
+                        .iter()
+                        .map(|h| h.block.in_off + h.block.in_len)
+                        .max()
+                        .unwrap_or(0)
+                ]
+            })
+            .collect(),
+        tokens: 0,
+    };
+    let total = batches.len();
+    let mut seen = 0;
+    for (done, batch) in batches.into_iter().enumerate() {
+        let seqs: Vec<Sequence> = batch
+            .iter()
+            .map(|&i| encode_example(tok, &examples[i]))
+            .collect::<Result<_>>()?;
+        score_batch(model, &seqs, svds, &components, settings.input, &mut acc)?;
+        seen += seqs.len();
+        progress(done + 1, total);
+    }
+    let scores = acc
+        .values
+        .iter()
+        .map(|site| {
+            site.iter()
+                .map(|head| {
+                    head.iter()
+                        .map(|&v| match acc.agg {
+                            Aggregate::Max => v as f32,
+                            _ => (v / acc.count.max(1.0)) as f32,
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let input_means = acc
+        .input_sums
+        .iter()
+        .map(|s| {
+            s.iter()
+                .map(|&v| (v / acc.tokens.max(1) as f64) as f32)
+                .collect()
+        })
+        .collect();
+    Ok(Scores {
+        scores,
+        input_means,
+        examples: seen,
+        tokens: acc.tokens,
+    })
+}
+
+fn score_batch(
+    model: &Transformer,
+    seqs: &[Sequence],
+    svds: &[SiteSvd],
+    components: &[Component],
+    input: InputMode,
+    acc: &mut Accumulator,
+) -> Result<()> {
+    let device = model.device();
+    let rows: Vec<Vec<u32>> = seqs.iter().map(Sequence::tokens).collect();
+    // Left padding aligns every row's end, so "the same position" means the same role.
+    let packed = pack(&rows, true, 0, device)?;
+    let (b, t) = (rows.len(), packed.width);
+    let mut trace = Trace::new(components);
+    let hidden = model.forward(&packed.ids, &packed.valid, None, Some(&mut trace))?;
+    let refs: Vec<&Sequence> = seqs.iter().collect();
+    let (positions, targets) = answer_targets(&refs, &packed);
+    // Loss: mean over the batch of each example's mean cross-entropy over its answer tokens.
+    let weights: Vec<f32> = seqs
+        .iter()
+        .flat_map(|s| std::iter::repeat_n(1.0 / (b * s.answer.len()) as f32, s.answer.len()))
+        .collect();
+    let d = model.config.d_model;
+    let picked = hidden
+        .reshape((b * t, d))?
+        .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
+    let logp = candle_nn::ops::log_softmax(&model.logits(&picked)?, D::Minus1)?;
+    let lp = logp
+        .gather(&Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?, 1)?
+        .squeeze(1)?;
+    let loss = (lp * Tensor::new(weights.as_slice(), device)?)?
+        .sum_all()?
+        .neg()?;
+    let grads = loss.backward()?;
+
+    // Pairs (b, t) where both this example and the previous one have a real token.
+    let pair_ok: Vec<bool> = (0..b * t)
+        .map(|i| {
+            let (row, pos) = (i / t, i % t);
+            packed.valid[row][pos] && packed.valid[(row + b - 1) % b][pos]
+        })
+        .collect();
+    let pair_mask = Tensor::from_vec(
+        pair_ok
+            .iter()
+            .map(|&ok| if ok { 0f32 } else { f32::NEG_INFINITY })
+            .collect::<Vec<_>>(),
+        (b * t, 1),
+        device,
+    )?;
+    let pair_weight = Tensor::from_vec(
+        pair_ok
+            .iter()
+            .map(|&ok| ok as u8 as f32)
+            .collect::<Vec<_>>(),
+        (b * t, 1),
+        device,
+    )?;
+    let real: Vec<f32> = packed
+        .valid
+        .iter()
+        .flatten()
+        .map(|&ok| ok as u8 as f32)
+        .collect();
+    let real = Tensor::from_vec(real, (b * t, 1), device)?;
+    acc.count += pair_ok.iter().filter(|&&ok| ok).count() as f64;
+    acc.tokens += packed.valid.iter().flatten().filter(|&&ok| ok).count();
+
+    for (si, site) in svds.iter().enumerate() {
+        let rec = trace
+            .get(site.layer, site.component)
+            .ok_or_else(|| EngineError::InvalidInput("trace lacks a site".into()))?;
+        let g = trace
+            .output_grad(&grads, site.layer, site.component)
+            .ok_or_else(|| EngineError::InvalidInput("no gradient at a traced site".into()))?;
+        let resid = rec.resid_pre.as_ref();
+        let xhat = match (site.folded, resid) {
+            (true, Some(r)) => normalise(r, model.config.norm, model.config.norm_eps)?,
+            _ => rec.input.clone(),
+        };
+        let x = match (input, site.folded, resid) {
+            (InputMode::ResidPre, true, Some(r)) => r.clone(),
+            _ => xhat.clone(),
+        };
+        let d_in = x.dim(D::Minus1)?;
+        let x = x.reshape((b * t, d_in))?;
+        let prev = Tensor::cat(
+            &[x.narrow(0, (b - 1) * t, t)?, x.narrow(0, 0, (b - 1) * t)?],
+            0,
+        )?;
+        let dx = (prev - &x)?;
+        let g = g.reshape((b * t, g.dim(D::Minus1)?))?;
+        for (hi, head) in site.heads.iter().enumerate() {
+            let blk = head.block;
+            let a = dx.narrow(1, blk.in_off, blk.in_len)?.matmul(&head.u)?;
+            let gv = g
+                .narrow(1, blk.out_off, blk.out_len)?
+                .matmul(&head.vh.t()?)?;
+            let sc = (a * gv)?.broadcast_mul(&head.s)?;
+            let batch_agg: Vec<f32> = match acc.agg {
+                Aggregate::Max => sc.broadcast_add(&pair_mask)?.max(0)?.to_vec1()?,
+                Aggregate::Mean => sc.broadcast_mul(&pair_weight)?.sum(0)?.to_vec1()?,
+                Aggregate::MeanAbs => sc.abs()?.broadcast_mul(&pair_weight)?.sum(0)?.to_vec1()?,
+            };
+            for (v, new) in acc.values[si][hi].iter_mut().zip(batch_agg) {
+                match acc.agg {
+                    Aggregate::Max => *v = v.max(new as f64),
+                    _ => *v += new as f64,
+                }
+            }
+        }
+        let xs = xhat
+            .reshape((b * t, d_in))?
+            .broadcast_mul(&real)?
+            .sum(0)?
+            .to_dtype(DType::F64)?;
+        for (s, v) in acc.input_sums[si].iter_mut().zip(xs.to_vec1::<f64>()?) {
+            *s += v;
+        }
+    }
+    Ok(())
+}
+
+/// The norm without its affine part: LayerNorm's (x - mean)/std, RMSNorm's x/rms.
+pub fn normalise(x: &Tensor, kind: NormKind, eps: f64) -> candle_core::Result<Tensor> {
+    let x = match kind {
+        NormKind::LayerNorm => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+        NormKind::RmsNorm => x.clone(),
+    };
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + eps)?.sqrt()?)
+}

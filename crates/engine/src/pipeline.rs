@@ -1,0 +1,221 @@
+//! A whole pruning job: SVD, scoring sweep, selection, edit, evaluation before and after.
+//! One sweep serves every portion asked for (scores do not depend on the portion).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use tokenizers::Tokenizer;
+
+use crate::attribution::{sweep, Aggregate, InputMode, Scores, SweepSettings};
+use crate::edit::Edit;
+use crate::eval::{evaluate, EvalResult};
+use crate::prune::{build_edit, ranking, select, BiasMode, Method};
+use crate::svd::{decompose, SiteSvd};
+use crate::tasks::{Example, Task};
+use crate::trace::Component;
+use crate::transformer::Transformer;
+use crate::{EngineError, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Portion {
+    /// Prune floor(N * p) of the N candidates.
+    Fixed(f64),
+    /// Choose among [`AUTO_GRID`] on a dev split carved (seeded) from train.
+    Auto,
+}
+
+pub const AUTO_GRID: &[f64] = &[0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3];
+
+#[derive(Clone, Debug)]
+pub struct PruneSettings {
+    pub components: Vec<Component>,
+    pub portions: Vec<Portion>,
+    pub batch_size: usize,
+    pub method: Method,
+    pub input: InputMode,
+    pub aggregate: Aggregate,
+    pub bias: BiasMode,
+    pub seed: u64,
+    pub scoring_batches: Option<usize>,
+    pub eval_batch_size: usize,
+}
+
+impl Default for PruneSettings {
+    fn default() -> Self {
+        Self {
+            components: vec![Component::K],
+            portions: vec![Portion::Fixed(0.2)],
+            batch_size: 5,
+            method: Method::Attribution,
+            input: InputMode::Normed,
+            aggregate: Aggregate::Max,
+            bias: BiasMode::Mean,
+            seed: 42,
+            scoring_batches: None,
+            eval_batch_size: 16,
+        }
+    }
+}
+
+/// The outcome for one portion.
+#[derive(Clone, Debug)]
+pub struct PortionResult {
+    pub portion: f64,
+    pub pruned: usize,
+    pub accuracy_after: EvalResult,
+    /// Pruned count per layer.
+    pub pruned_per_layer: Vec<usize>,
+    /// For `portion = auto`: dev accuracy of every grid point, and the dev size.
+    pub auto_dev: Option<(Vec<(f64, EvalResult)>, usize)>,
+    pub edit: Edit,
+}
+
+#[derive(Clone, Debug)]
+pub struct PruneReport {
+    pub task: String,
+    pub candidates: usize,
+    pub accuracy_before: EvalResult,
+    pub test_size: usize,
+    pub scored_examples: usize,
+    pub results: Vec<PortionResult>,
+    /// Seconds per phase: svd, sweep, edit, eval_before, eval_after.
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// Progress callback: (phase, done, total).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+pub fn run(
+    base: &Transformer,
+    tok: &Tokenizer,
+    task: &Task,
+    settings: &PruneSettings,
+    progress: Progress,
+) -> Result<PruneReport> {
+    if settings.portions.is_empty() {
+        return Err(EngineError::InvalidInput("no portion given".into()));
+    }
+    let mut seconds = BTreeMap::new();
+    let mut clock = Instant::now();
+    let mut lap = |name: &str, seconds: &mut BTreeMap<String, f64>| {
+        *seconds.entry(name.to_string()).or_insert(0.0) += clock.elapsed().as_secs_f64();
+        clock = Instant::now();
+    };
+    let wants_auto = settings.portions.contains(&Portion::Auto);
+    let (score_split, dev) = if wants_auto {
+        split_dev(&task.train, settings.seed)
+    } else {
+        (task.train.clone(), Vec::new())
+    };
+
+    progress("svd", 0, 1);
+    let svds = decompose(base, &settings.components)?;
+    lap("svd", &mut seconds);
+    progress("svd", 1, 1);
+
+    // The controls (random, smallest) rank without scores, but the bias edit still needs the
+    // mean inputs over the scoring data, which the same sweep gathers.
+    let sweep_settings = SweepSettings {
+        batch_size: settings.batch_size,
+        seed: settings.seed,
+        aggregate: settings.aggregate,
+        input: settings.input,
+        scoring_batches: settings.scoring_batches,
+    };
+    let scores = sweep(
+        base,
+        tok,
+        &score_split,
+        &svds,
+        &sweep_settings,
+        &mut |d, t| progress("sweep", d, t),
+    )?;
+    lap("sweep", &mut seconds);
+    let order = ranking(&svds, Some(&scores), settings.method, settings.seed)?;
+
+    let eval_bs = settings.eval_batch_size;
+    let before = evaluate(base, tok, &task.test, eval_bs, &mut |d, t| {
+        progress("eval_before", d, t)
+    })?;
+    lap("eval_before", &mut seconds);
+
+    let mut results = Vec::new();
+    for portion in &settings.portions {
+        let (p, auto_dev) = match portion {
+            Portion::Fixed(p) => (*p, None),
+            Portion::Auto => {
+                let mut grid = Vec::new();
+                for &p in AUTO_GRID {
+                    let (model, _) = edited(base, &svds, &order, &scores, p, settings.bias)?;
+                    let r = evaluate(&model, tok, &dev, eval_bs, &mut |d, t| {
+                        progress("auto_dev", d, t)
+                    })?;
+                    grid.push((p, r));
+                }
+                lap("auto_dev", &mut seconds);
+                // Best dev accuracy; ties go to the smaller portion.
+                let best = grid
+                    .iter()
+                    .fold(None::<&(f64, EvalResult)>, |best, cur| match best {
+                        Some(b) if b.1.correct >= cur.1.correct => Some(b),
+                        _ => Some(cur),
+                    })
+                    .map(|b| b.0)
+                    .unwrap_or(0.0);
+                (best, Some((grid, dev.len())))
+            }
+        };
+        let (model, edit) = edited(base, &svds, &order, &scores, p, settings.bias)?;
+        lap("edit", &mut seconds);
+        let after = evaluate(&model, tok, &task.test, eval_bs, &mut |d, t| {
+            progress("eval_after", d, t)
+        })?;
+        lap("eval_after", &mut seconds);
+        let mut per_layer = vec![0; base.config.n_layers];
+        for m in &edit.matrices {
+            per_layer[m.layer] += m.rank();
+        }
+        results.push(PortionResult {
+            portion: p,
+            pruned: edit.rank(),
+            accuracy_after: after,
+            pruned_per_layer: per_layer,
+            auto_dev,
+            edit,
+        });
+    }
+    Ok(PruneReport {
+        task: task.name.clone(),
+        candidates: order.len(),
+        accuracy_before: before,
+        test_size: task.test.len(),
+        scored_examples: scores.examples,
+        results,
+        seconds,
+    })
+}
+
+/// The base model with the first floor(N * portion) of `order` removed, and that edit.
+fn edited(
+    base: &Transformer,
+    svds: &[SiteSvd],
+    order: &[(usize, usize, usize)],
+    scores: &Scores,
+    portion: f64,
+    bias: BiasMode,
+) -> Result<(Transformer, Edit)> {
+    let selection = select(svds, order, portion)?;
+    let edit = build_edit(base, svds, &selection, &scores.input_means, bias)?;
+    let mut model = base.clone();
+    edit.apply(&mut model)?;
+    Ok((model, edit))
+}
+
+/// A seeded 20% dev split carved from train (for `portion = auto`); the rest is scored.
+fn split_dev(train: &[Example], seed: u64) -> (Vec<Example>, Vec<Example>) {
+    let mut rows = train.to_vec();
+    rows.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_de5));
+    let dev = rows.split_off(rows.len() - rows.len() / 5);
+    (rows, dev)
+}

@@ -1,0 +1,307 @@
+//! Sanity of the method on tiny fixture models: portion 0 changes nothing, pruning changes
+//! the keys exactly as the folded form says, GPT-2's key bias edit is inert, B = 1 is refused.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use eigenprune_engine::attribution::{normalise, sweep, Aggregate, InputMode, SweepSettings};
+use eigenprune_engine::prune::{build_edit, ranking, select, BiasMode, Method};
+use eigenprune_engine::svd::decompose;
+use eigenprune_engine::tasks::{parse_jsonl, Example};
+use eigenprune_engine::{load_model, Component, LoadOptions, LoadedModel, Trace};
+
+fn fixture(name: &str) -> LoadedModel {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
+    load_model(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
+}
+
+fn examples() -> Vec<Example> {
+    let rows: String = (0..12)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"{i} x 7 =\", \"answer\": \" {}\"}}\n",
+                i * 7
+            )
+        })
+        .collect();
+    parse_jsonl(&rows).unwrap()
+}
+
+fn settings(batch_size: usize) -> SweepSettings {
+    SweepSettings {
+        batch_size,
+        seed: 42,
+        aggregate: Aggregate::Max,
+        input: InputMode::Normed,
+        scoring_batches: None,
+    }
+}
+
+fn logits(m: &LoadedModel, model: &eigenprune_engine::Transformer) -> Tensor {
+    let ids = m.tokenizer.encode("3 x 7 = 21, 5 + 4 = 9", false).unwrap();
+    let ids = Tensor::new(ids.get_ids(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let n = ids.dim(1).unwrap();
+    model
+        .logits(&model.forward(&ids, &[vec![true; n]], None, None).unwrap())
+        .unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn batch_size_one_is_refused() {
+    let m = fixture("llama");
+    let svds = decompose(&m.model, &[Component::K]).unwrap();
+    let err = sweep(
+        &m.model,
+        &m.tokenizer,
+        &examples(),
+        &svds,
+        &settings(1),
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("batch_size must be at least 2"), "{err}");
+}
+
+#[test]
+fn portion_zero_changes_nothing_and_pruning_changes_the_model() {
+    for arch in ["llama", "phi", "gpt2", "qwen2"] {
+        let m = fixture(arch);
+        let comps = [
+            Component::K,
+            Component::Q,
+            Component::V,
+            Component::O,
+            Component::MlpIn,
+            Component::MlpOut,
+        ];
+        let svds = decompose(&m.model, &comps).unwrap();
+        let scores = sweep(
+            &m.model,
+            &m.tokenizer,
+            &examples(),
+            &svds,
+            &settings(4),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert!(
+            scores
+                .scores
+                .iter()
+                .flatten()
+                .flatten()
+                .all(|s| s.is_finite()),
+            "{arch}: scores finite"
+        );
+        let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
+        let base = logits(&m, &m.model);
+
+        let none = select(&svds, &order, 0.0).unwrap();
+        let edit = build_edit(&m.model, &svds, &none, &scores.input_means, BiasMode::Mean).unwrap();
+        assert!(edit.matrices.is_empty(), "{arch}: portion 0 edits nothing");
+
+        let some = select(&svds, &order, 0.3).unwrap();
+        assert_eq!(some.count, (some.candidates as f64 * 0.3) as usize);
+        let edit = build_edit(&m.model, &svds, &some, &scores.input_means, BiasMode::Mean).unwrap();
+        assert_eq!(
+            edit.rank(),
+            some.count,
+            "{arch}: one direction per pruned value"
+        );
+        let mut edited = m.model.clone();
+        edit.apply(&mut edited).unwrap();
+        let d = max_diff(&base, &logits(&m, &edited));
+        assert!(d > 1e-5, "{arch}: pruning changes the logits (by {d})");
+    }
+}
+
+/// The edited key map, in the checkpoint's layout, equals xhat E' + b_eff + mean(xhat) R.
+#[test]
+fn edited_keys_match_the_folded_form() {
+    for arch in ["gpt2", "llama", "phi"] {
+        let m = fixture(arch);
+        let svds = decompose(&m.model, &[Component::K]).unwrap();
+        let scores = sweep(
+            &m.model,
+            &m.tokenizer,
+            &examples(),
+            &svds,
+            &settings(3),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
+        let sel = select(&svds, &order, 0.4).unwrap();
+        let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, BiasMode::Mean).unwrap();
+        let mut edited = m.model.clone();
+        edit.apply(&mut edited).unwrap();
+
+        let ids = m.tokenizer.encode("2 x 7 = 14", false).unwrap();
+        let ids = Tensor::new(ids.get_ids(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let n = ids.dim(1).unwrap();
+        let mut trace = Trace::new(&[Component::K]);
+        edited
+            .forward(&ids, &[vec![true; n]], None, Some(&mut trace))
+            .unwrap();
+        let mut base_trace = Trace::new(&[Component::K]);
+        m.model
+            .forward(&ids, &[vec![true; n]], None, Some(&mut base_trace))
+            .unwrap();
+        // Layer 0 reads the same residual in both models.
+        let rec = base_trace.get(0, Component::K).unwrap();
+        let cfg = &m.model.config;
+        let xhat = normalise(rec.resid_pre.as_ref().unwrap(), cfg.norm, cfg.norm_eps)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let blk = &edited.weights.blocks[0];
+        let got = blk
+            .k
+            .forward(&blk_norm(
+                &edited,
+                &rec.resid_pre.as_ref().unwrap().squeeze(0).unwrap(),
+            ))
+            .unwrap();
+        // Folded form: per head, xhat (E - R) + b_eff + mean R.
+        let base_blk = &m.model.weights.blocks[0];
+        let ln = &base_blk.ln1;
+        let mut b_eff =
+            base_blk.k.bias.clone().unwrap_or(
+                Tensor::zeros(cfg.kv_dim(), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            );
+        if let Some(beta) = &ln.bias {
+            b_eff = (b_eff
+                + beta
+                    .unsqueeze(0)
+                    .unwrap()
+                    .matmul(&base_blk.k.weight.t().unwrap())
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap())
+            .unwrap();
+        }
+        let mean = Tensor::new(scores.input_means[0].as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mut parts = Vec::new();
+        for (hi, head) in svds[0].heads.iter().enumerate() {
+            let keep: Vec<f32> = sel.pruned[0][hi]
+                .iter()
+                .map(|&p| if p { 0.0 } else { 1.0 })
+                .collect();
+            let drop: Vec<f32> = keep.iter().map(|k| 1.0 - k).collect();
+            let s = &head.s;
+            let us = |mask: &[f32]| {
+                let w = (s * Tensor::new(mask, &Device::Cpu).unwrap()).unwrap();
+                head.u
+                    .broadcast_mul(&w.unsqueeze(0).unwrap())
+                    .unwrap()
+                    .matmul(&head.vh)
+                    .unwrap()
+            };
+            let e_kept = us(&keep);
+            let r = us(&drop);
+            parts.push(
+                (xhat
+                    .matmul(&e_kept)
+                    .unwrap()
+                    .broadcast_add(&mean.matmul(&r).unwrap()))
+                .unwrap(),
+            );
+        }
+        let want = Tensor::cat(&parts, 1)
+            .unwrap()
+            .broadcast_add(&b_eff)
+            .unwrap();
+        let d = max_diff(&got, &want);
+        assert!(
+            d < 1e-4,
+            "{arch}: edited keys differ from the folded form by {d}"
+        );
+    }
+}
+
+fn blk_norm(model: &eigenprune_engine::Transformer, resid: &Tensor) -> Tensor {
+    let cfg = &model.config;
+    let ln = &model.weights.blocks[0].ln1;
+    let x = normalise(resid, cfg.norm, cfg.norm_eps)
+        .unwrap()
+        .broadcast_mul(&ln.weight)
+        .unwrap();
+    match &ln.bias {
+        Some(b) => x.broadcast_add(b).unwrap(),
+        None => x,
+    }
+}
+
+#[test]
+fn gpt2_key_bias_edit_does_not_change_logits() {
+    let m = fixture("gpt2");
+    let svds = decompose(&m.model, &[Component::K]).unwrap();
+    let scores = sweep(
+        &m.model,
+        &m.tokenizer,
+        &examples(),
+        &svds,
+        &settings(4),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
+    let sel = select(&svds, &order, 0.3).unwrap();
+    let mut outs = Vec::new();
+    for bias in [BiasMode::None, BiasMode::Mean] {
+        let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, bias).unwrap();
+        let mut edited = m.model.clone();
+        edit.apply(&mut edited).unwrap();
+        outs.push(logits(&m, &edited));
+    }
+    let d = max_diff(&outs[0], &outs[1]);
+    assert!(d < 1e-5, "GPT-2 logits moved by {d} with the bias edit");
+    // On a rotary model the same bias edit does matter.
+    let m = fixture("llama");
+    let svds = decompose(&m.model, &[Component::K]).unwrap();
+    let scores = sweep(
+        &m.model,
+        &m.tokenizer,
+        &examples(),
+        &svds,
+        &settings(4),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
+    let sel = select(&svds, &order, 0.3).unwrap();
+    let mut outs = Vec::new();
+    for bias in [BiasMode::None, BiasMode::Mean] {
+        let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, bias).unwrap();
+        let mut edited = m.model.clone();
+        edit.apply(&mut edited).unwrap();
+        outs.push(logits(&m, &edited));
+    }
+    assert!(
+        max_diff(&outs[0], &outs[1]) > 1e-6,
+        "Llama: the key bias edit matters"
+    );
+}

@@ -1,0 +1,80 @@
+//! `eigenprune eval`: test accuracy of a base model, or base + edit.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use eigenprune_engine::edit::Edit;
+use eigenprune_engine::eval::evaluate;
+use eigenprune_engine::{load_model, LoadOptions};
+use serde_json::json;
+
+use super::{eval_json, load_task, Progress};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long, env = "EIGENPRUNE_MODEL")]
+    pub model: String,
+    /// An edit written by `prune --output`.
+    #[arg(long)]
+    pub edit: Option<PathBuf>,
+    #[arg(long)]
+    pub task: String,
+    /// Seed of a custom task's train/test split.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "EIGENPRUNE_DEVICE", default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let device = super::parse_device(&args.device)?;
+    let task = load_task(&args.task, args.seed)?;
+    let mut loaded = load_model(
+        &args.model,
+        &LoadOptions {
+            device: device.clone(),
+        },
+    )
+    .with_context(|| format!("loading model `{}`", args.model))?;
+    if let Some(path) = &args.edit {
+        let edit = Edit::load(path, &device)?;
+        edit.apply(&mut loaded.model)
+            .with_context(|| format!("applying {}", path.display()))?;
+    }
+    let mut progress = Progress::default();
+    let r = evaluate(
+        &loaded.model,
+        &loaded.tokenizer,
+        &task.test,
+        args.batch_size,
+        &mut |d, t| progress.update("eval", d, t),
+    )?;
+    progress.finish();
+    if args.json {
+        println!(
+            "{}",
+            json!({"task": task.name, "accuracy": eval_json(&r), "test_size": r.total})
+        );
+    } else {
+        println!(
+            "task {}: {}/{} = {:.2}%",
+            task.name,
+            r.correct,
+            r.total,
+            100.0 * r.accuracy()
+        );
+        if let Some(c) = r.choice_correct {
+            println!(
+                "choice accuracy: {c}/{} = {:.2}%",
+                r.total,
+                100.0 * c as f64 / r.total as f64
+            );
+        }
+    }
+    Ok(())
+}
