@@ -22,7 +22,7 @@ pub enum Command {
     /// Generate a continuation of a prompt (streamed to stdout; speed on stderr).
     Generate(generate::GenerateArgs),
     /// Eigenprune a model for a task: SVD, scoring sweep, selection, edit, evaluation.
-    Prune(prune::PruneArgs),
+    Prune(Box<prune::PruneArgs>),
     /// Evaluate a model (optionally with an edit) on a task's test split.
     Eval(eval::EvalArgs),
 }
@@ -30,7 +30,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
-        Command::Prune(args) => prune::run(args),
+        Command::Prune(args) => prune::run(*args),
         Command::Eval(args) => eval::run(args),
     }
 }
@@ -63,10 +63,7 @@ pub fn load_task(spec: &str, seed: u64) -> anyhow::Result<eigenprune_engine::tas
     let name = path
         .file_stem()
         .map_or(spec.into(), |s| s.to_string_lossy().into_owned());
-    Ok(
-        tasks::custom(&name, &text, seed)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-    )
+    tasks::custom(&name, &text, seed).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 pub fn eval_json(e: &eigenprune_engine::eval::EvalResult) -> serde_json::Value {

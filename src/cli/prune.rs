@@ -7,7 +7,7 @@ use clap::Args;
 use eigenprune_engine::attribution::{Aggregate, InputMode};
 use eigenprune_engine::pipeline::{self, Portion, PruneReport, PruneSettings};
 use eigenprune_engine::prune::{BiasMode, Method};
-use eigenprune_engine::{load_model, Component, LoadOptions};
+use eigenprune_engine::{export, load_model, Component, LoadOptions};
 use serde_json::json;
 
 use super::{eval_json, load_task, Progress};
@@ -53,6 +53,12 @@ pub struct PruneArgs {
     /// Where to write the edit (safetensors) of the first portion.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Write base + edit (first portion) as a full HF checkpoint into this directory.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// Write the edit (first portion) as a PEFT LoRA adapter into this directory.
+    #[arg(long)]
+    pub export_lora: Option<PathBuf>,
     /// One JSON object on stdout instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -146,6 +152,24 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         edit.save(path)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("edit written to {}", path.display());
+    }
+    let edit = &report.results[0].edit;
+    if let Some(dir) = &args.export {
+        let mut edited = loaded.model.clone();
+        edit.apply(&mut edited)?;
+        export::export_checkpoint(&edited, &loaded.config_json, &loaded.tokenizer, dir)
+            .with_context(|| format!("exporting to {}", dir.display()))?;
+        eprintln!("checkpoint written to {}", dir.display());
+    }
+    if let Some(dir) = &args.export_lora {
+        let dropped = export::export_lora(&loaded.model, edit, &args.model, dir)
+            .with_context(|| format!("exporting the LoRA adapter to {}", dir.display()))?;
+        eprintln!("LoRA adapter written to {}", dir.display());
+        if dropped > 0 {
+            eprintln!(
+                "note: LoRA adapters carry no biases; {dropped} bias deltas are not in the adapter (exact with --bias none)"
+            );
+        }
     }
     if args.json {
         println!("{}", report_json(&report));

@@ -7,6 +7,7 @@ pub mod config;
 pub mod edit;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod loading;

@@ -215,7 +215,7 @@ fn edited(
 /// A seeded 20% dev split carved from train (for `portion = auto`); the rest is scored.
 fn split_dev(train: &[Example], seed: u64) -> (Vec<Example>, Vec<Example>) {
     let mut rows = train.to_vec();
-    rows.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_de5));
+    rows.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x05ee_dde5));
     let dev = rows.split_off(rows.len() - rows.len() / 5);
     (rows, dev)
 }
