@@ -39,6 +39,8 @@ pub struct SweepSettings {
     pub input: InputMode,
     /// Score only the first N batches (None = all).
     pub scoring_batches: Option<usize>,
+    /// Shuffle the examples with `seed` first (the method's default; off for reference tests).
+    pub shuffle: bool,
 }
 
 /// Aggregated scores `[site][head][i]` and the mean input of each head's map.
@@ -73,7 +75,9 @@ pub fn sweep(
         ));
     }
     let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(settings.seed));
+    if settings.shuffle {
+        order.shuffle(&mut StdRng::seed_from_u64(settings.seed));
+    }
     let mut batches: Vec<&[usize]> = order
         .chunks(settings.batch_size)
         .filter(|c| c.len() >= 2)

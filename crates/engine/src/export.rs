@@ -39,37 +39,51 @@ pub fn export_checkpoint(
     let cfg = &model.config;
     let mut config = config_json.clone();
     let mut weights = model.weights.clone();
-    if matches!(cfg.arch, Arch::Llama | Arch::Mistral) {
-        let any_bias = weights
-            .blocks
-            .iter()
-            .any(|b| [&b.q, &b.k, &b.v, &b.o].iter().any(|l| l.bias.is_some()));
-        if any_bias && cfg.arch == Arch::Mistral {
-            return Err(EngineError::InvalidInput(
-                "Mistral checkpoints have no attention biases: export an edit made with bias = none".into(),
-            ));
+    let attn_bias = weights
+        .blocks
+        .iter()
+        .any(|b| [&b.q, &b.k, &b.v, &b.o].iter().any(|l| l.bias.is_some()));
+    let mlp_bias = weights.blocks.iter().any(|b| {
+        b.up.bias.is_some()
+            || b.down.bias.is_some()
+            || b.gate.as_ref().is_some_and(|g| g.bias.is_some())
+    });
+    let refuse = |what: &str| {
+        Err(EngineError::InvalidInput(format!(
+            "{} checkpoints have no {what} biases: export an edit made with bias = none",
+            cfg.arch.name()
+        )))
+    };
+    match cfg.arch {
+        Arch::Mistral if attn_bias => return refuse("attention"),
+        Arch::Mistral | Arch::Qwen2 if mlp_bias => return refuse("MLP"),
+        Arch::Qwen2 if weights.blocks.iter().any(|b| b.o.bias.is_some()) => {
+            return refuse("attention output")
         }
-        if any_bias {
-            // HF Llama's attention_bias puts a bias on q, k, v and o alike.
-            config["attention_bias"] = json!(true);
+        Arch::Llama => {
+            // HF Llama's attention_bias (mlp_bias) puts a bias on every attention (MLP) map.
             for b in &mut weights.blocks {
-                for lin in [&mut b.q, &mut b.k, &mut b.v, &mut b.o] {
+                let gate = b.gate.as_mut();
+                let mut maps: Vec<&mut crate::weights::Linear> = Vec::new();
+                if attn_bias {
+                    maps.extend([&mut b.q, &mut b.k, &mut b.v, &mut b.o]);
+                }
+                if mlp_bias {
+                    maps.extend([&mut b.up, &mut b.down]);
+                    maps.extend(gate);
+                }
+                for lin in maps {
                     if lin.bias.is_none() {
-                        lin.bias = Some(Tensor::zeros(
-                            lin.weight.dim(0)?,
-                            DType::F32,
-                            lin.weight.device(),
-                        )?);
+                        let zeros =
+                            Tensor::zeros(lin.weight.dim(0)?, DType::F32, lin.weight.device())?;
+                        lin.bias = Some(zeros);
                     }
                 }
             }
+            config["attention_bias"] = json!(attn_bias);
+            config["mlp_bias"] = json!(mlp_bias);
         }
-    }
-    if cfg.arch == Arch::Qwen2 && weights.blocks.iter().any(|b| b.o.bias.is_some()) {
-        return Err(EngineError::InvalidInput(
-            "Qwen2's attention output has no bias: export an edit of o made with bias = none"
-                .into(),
-        ));
+        _ => {}
     }
     if let Some(obj) = config.as_object_mut() {
         obj.insert("torch_dtype".into(), json!("float32"));

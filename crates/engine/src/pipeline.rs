@@ -122,6 +122,7 @@ pub fn run(
         aggregate: settings.aggregate,
         input: settings.input,
         scoring_batches: settings.scoring_batches,
+        shuffle: true,
     };
     let scores = sweep(
         base,

@@ -36,6 +36,7 @@ fn settings(batch_size: usize) -> SweepSettings {
         aggregate: Aggregate::Max,
         input: InputMode::Normed,
         scoring_batches: None,
+        shuffle: true,
     }
 }
 

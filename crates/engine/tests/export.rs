@@ -1,0 +1,138 @@
+//! An edited model exported as a full HF checkpoint reloads with the same logits; the files are
+//! left in target/export-check/<arch>/ with the logits, for scripts/check_export.py (HF side).
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use eigenprune_engine::attribution::{sweep, Aggregate, InputMode, SweepSettings};
+use eigenprune_engine::export::{export_checkpoint, export_lora};
+use eigenprune_engine::prune::{build_edit, ranking, select, BiasMode, Method};
+use eigenprune_engine::svd::decompose;
+use eigenprune_engine::tasks::parse_jsonl;
+use eigenprune_engine::{load_model, Component, LoadOptions, Transformer};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn logits(model: &Transformer, ids: &Tensor) -> Tensor {
+    let (b, t) = ids.dims2().unwrap();
+    model
+        .logits(
+            &model
+                .forward(ids, &vec![vec![true; t]; b], None, None)
+                .unwrap(),
+        )
+        .unwrap()
+}
+
+fn roundtrip(arch: &str, components: &[Component]) {
+    let fixture = root().join("tests/fixtures").join(arch);
+    let m = load_model(fixture.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let rows: String = (0..10)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"{i} + 4 =\", \"answer\": \" {}\"}}\n",
+                i + 4
+            )
+        })
+        .collect();
+    let examples = parse_jsonl(&rows).unwrap();
+    let svds = decompose(&m.model, components).unwrap();
+    let settings = SweepSettings {
+        batch_size: 5,
+        seed: 1,
+        aggregate: Aggregate::Max,
+        input: InputMode::Normed,
+        scoring_batches: None,
+        shuffle: true,
+    };
+    let scores = sweep(
+        &m.model,
+        &m.tokenizer,
+        &examples,
+        &svds,
+        &settings,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let order = ranking(&svds, Some(&scores), Method::Attribution, 1).unwrap();
+    let sel = select(&svds, &order, 0.3).unwrap();
+    let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, BiasMode::Mean).unwrap();
+    let mut edited = m.model.clone();
+    edit.apply(&mut edited).unwrap();
+
+    let out = root().join("target/export-check").join(arch);
+    let _ = std::fs::remove_dir_all(&out);
+    export_checkpoint(&edited, &m.config_json, &m.tokenizer, &out).unwrap();
+    let ids = Tensor::new(&[[3u32, 17, 42, 99, 5, 250, 8]], &Device::Cpu).unwrap();
+    let want = logits(&edited, &ids);
+    let reloaded = load_model(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let got = logits(&reloaded.model, &ids);
+    let d: f32 = (got - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(
+        d < 1e-5,
+        "{arch}: exported checkpoint's logits differ by {d}"
+    );
+    let base = logits(&m.model, &ids);
+    let moved: f32 = (base - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(moved > 0.0, "{arch}: the edit changed nothing");
+    candle_core::safetensors::save(
+        &[
+            (
+                "input_ids".to_string(),
+                ids.to_dtype(candle_core::DType::I64).unwrap(),
+            ),
+            ("logits".to_string(), want),
+        ]
+        .into_iter()
+        .collect(),
+        out.join("edited_logits.safetensors"),
+    )
+    .unwrap();
+    // The LoRA adapter of an edit without bias deltas.
+    let no_bias = build_edit(&m.model, &svds, &sel, &scores.input_means, BiasMode::None).unwrap();
+    let lora = root()
+        .join("target/export-check")
+        .join(format!("{arch}-lora"));
+    let _ = std::fs::remove_dir_all(&lora);
+    export_lora(&m.model, &no_bias, fixture.to_str().unwrap(), &lora).unwrap();
+    assert!(
+        lora.join("adapter_config.json").exists()
+            && lora.join("adapter_model.safetensors").exists()
+    );
+}
+
+#[test]
+fn gpt2_export_roundtrips() {
+    roundtrip("gpt2", &[Component::K, Component::V, Component::MlpIn]);
+}
+
+#[test]
+fn phi_export_roundtrips() {
+    roundtrip("phi", &[Component::K, Component::O]);
+}
+
+#[test]
+fn llama_export_roundtrips() {
+    roundtrip("llama", &[Component::K, Component::MlpOut]);
+}
+
+#[test]
+fn qwen2_export_roundtrips() {
+    roundtrip("qwen2", &[Component::K, Component::Q]);
+}
