@@ -23,6 +23,9 @@ pub struct GenerateArgs {
     pub top_p: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Keep generating past end-of-sequence tokens (for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// cpu or cuda:N.
     #[arg(long, env = "EIGENPRUNE_DEVICE", default_value = "cpu")]
     pub device: String,
@@ -48,7 +51,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         temperature: args.temperature,
         top_p: args.top_p,
         seed: args.seed,
-        stop_tokens: loaded.model.config.eos_token_ids.clone(),
+        stop_tokens: if args.ignore_eos {
+            Vec::new()
+        } else {
+            loaded.model.config.eos_token_ids.clone()
+        },
     };
     let mut stdout = std::io::stdout().lock();
     let mut emitted = String::new();

@@ -19,7 +19,14 @@ impl Linear {
         let dims = x.dims().to_vec();
         let d_in = *dims.last().expect("linear input has a last dim");
         let rows = x.elem_count() / d_in;
-        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, d_in))?;
+        // Decoding (few rows): W x^T reads W in its own row-major layout; x W^T would make
+        // the matmul pack (copy) all of W^T on every call.
+        let y = if rows <= 4 {
+            self.weight.matmul(&x2.t()?)?.t()?
+        } else {
+            x2.matmul(&self.weight.t()?)?
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""CPU decoding speed, greedy, 128 new tokens, SmolLM2-135M-Instruct: eigenprune next to
+llama.cpp (llama-cpp-python, same GGUF) and HF transformers (when torch is installed).
+Prints a markdown table. Run on an otherwise idle machine:
+
+    python3 scripts/bench_cpu.py [--threads 2] [--runs 3]
+"""
+import argparse
+import os
+import re
+import subprocess
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GGUF = os.path.join(ROOT, "models/SmolLM2-135M-Instruct.Q4_1.gguf")
+PROMPT = "The capital of France is"
+NEW = 128
+
+
+def eigenprune(runs):
+    best = None
+    for _ in range(runs):
+        r = subprocess.run(
+            [os.path.join(ROOT, "target/release/eigenprune"), "generate", "--model", GGUF,
+             "--prompt", PROMPT, "--max-tokens", str(NEW), "--ignore-eos"],
+            capture_output=True, text=True, check=True)
+        m = re.search(r"generation: (\d+) tokens in ([\d.]+)s \(([\d.]+) tok/s\)", r.stderr)
+        n, secs = int(m.group(1)), float(m.group(2))
+        assert n == NEW, r.stderr
+        tps = n / secs
+        best = tps if best is None else max(best, tps)
+    return best, "f32 weights (dequantised), candle CPU"
+
+
+def llama_cpp(runs, threads):
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None, "llama-cpp-python not installed"
+    llm = Llama(model_path=GGUF, n_threads=threads, n_ctx=512, verbose=False)
+    best = None
+    for _ in range(runs):
+        llm.reset()
+        tokens = llm.tokenize(PROMPT.encode(), add_bos=False)
+        llm.eval(tokens)
+        t0 = time.perf_counter()
+        n = 0
+        for tok in llm.generate(tokens, top_k=1, temp=0.0, reset=False):
+            n += 1
+            if n == NEW:
+                break
+        tps = n / (time.perf_counter() - t0)
+        best = tps if best is None else max(best, tps)
+    import llama_cpp
+    return best, f"llama-cpp-python {llama_cpp.__version__}, Q4_1 weights"
+
+
+def transformers_cpu(runs, threads):
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None, "torch/transformers not installed"
+    torch.set_num_threads(threads)
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(GGUF), gguf_file=os.path.basename(GGUF))
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(GGUF), gguf_file=os.path.basename(GGUF), torch_dtype=torch.float32)
+    ids = tok(PROMPT, return_tensors="pt").input_ids
+    best = None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
+        tps = (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0)
+        best = tps if best is None else max(best, tps)
+    return best, f"transformers {transformers.__version__}, torch {torch.__version__}, f32"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--runs", type=int, default=3)
+    a = ap.parse_args()
+    print(f"| engine | tok/s (greedy, {NEW} new tokens, best of {a.runs}) | notes |")
+    print("| --- | --- | --- |")
+    for name, fn in [("eigenprune", lambda: eigenprune(a.runs)),
+                     ("llama.cpp", lambda: llama_cpp(a.runs, a.threads)),
+                     ("HF transformers", lambda: transformers_cpu(a.runs, a.threads))]:
+        tps, note = fn()
+        print(f"| {name} | {'n/a' if tps is None else f'{tps:.1f}'} | {note} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
