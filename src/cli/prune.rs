@@ -50,6 +50,9 @@ pub struct PruneArgs {
     pub scoring_batches: Option<usize>,
     #[arg(long, default_value_t = 16)]
     pub eval_batch_size: usize,
+    /// Cache SVDs in this directory (they depend only on the weights).
+    #[arg(long, env = "EIGENPRUNE_SVD_CACHE")]
+    pub svd_cache: Option<PathBuf>,
     /// Where to write the edit (safetensors) of the first portion.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -122,6 +125,7 @@ pub fn settings(args: &PruneArgs) -> anyhow::Result<PruneSettings> {
         seed: args.seed,
         scoring_batches: args.scoring_batches,
         eval_batch_size: args.eval_batch_size.max(1),
+        svd_cache: args.svd_cache.clone(),
     })
 }
 

@@ -11,7 +11,7 @@ use crate::attribution::{sweep, Aggregate, InputMode, Scores, SweepSettings};
 use crate::edit::Edit;
 use crate::eval::{evaluate, EvalResult};
 use crate::prune::{build_edit, ranking, select, BiasMode, Method};
-use crate::svd::{decompose, SiteSvd};
+use crate::svd::{decompose, decompose_cached, SiteSvd};
 use crate::tasks::{Example, Task};
 use crate::trace::Component;
 use crate::transformer::Transformer;
@@ -39,6 +39,8 @@ pub struct PruneSettings {
     pub seed: u64,
     pub scoring_batches: Option<usize>,
     pub eval_batch_size: usize,
+    /// Where SVDs are cached (they depend only on the weights); None = no cache.
+    pub svd_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for PruneSettings {
@@ -54,6 +56,7 @@ impl Default for PruneSettings {
             seed: 42,
             scoring_batches: None,
             eval_batch_size: 16,
+            svd_cache: None,
         }
     }
 }
@@ -110,7 +113,10 @@ pub fn run(
     };
 
     progress("svd", 0, 1);
-    let svds = decompose(base, &settings.components)?;
+    let svds = match &settings.svd_cache {
+        Some(dir) => decompose_cached(base, &settings.components, dir)?.0,
+        None => decompose(base, &settings.components)?,
+    };
     lap("svd", &mut seconds);
     progress("svd", 1, 1);
 

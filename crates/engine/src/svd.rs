@@ -197,3 +197,105 @@ pub fn site_map_mut(model: &mut Transformer, layer: usize, component: Component)
         Component::MlpOut => &mut b.down,
     }
 }
+
+/// A content key of the weights an SVD set depends on (each site's weight and norm scale).
+pub fn weights_key(model: &Transformer, components: &[Component]) -> Result<String> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (model.config.arch.name(), model.config.norm_eps.to_bits()).hash(&mut h);
+    for layer in 0..model.config.n_layers {
+        for &c in components {
+            c.name().hash(&mut h);
+            let (lin, norm) = site_map(model, layer, c);
+            let mut tensors = vec![&lin.weight];
+            tensors.extend(norm.map(|n| &n.weight));
+            for t in tensors {
+                t.dims().hash(&mut h);
+                for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+                    v.to_bits().hash(&mut h);
+                }
+            }
+        }
+    }
+    Ok(format!("{:016x}", h.finish()))
+}
+
+/// [`decompose`], reading and writing `dir/svd-<key>.safetensors` (the SVD depends only on
+/// the weights). Returns the SVDs and whether they came from the cache.
+pub fn decompose_cached(
+    model: &Transformer,
+    components: &[Component],
+    dir: &std::path::Path,
+) -> Result<(Vec<SiteSvd>, bool)> {
+    let mut comps = components.to_vec();
+    comps.sort();
+    comps.dedup();
+    let names: Vec<&str> = comps.iter().map(|c| c.name()).collect();
+    let path = dir.join(format!(
+        "svd-{}-{}.safetensors",
+        weights_key(model, &comps)?,
+        names.join("_")
+    ));
+    let template = || -> Vec<(usize, Component, Vec<HeadBlock>, bool)> {
+        (0..model.config.n_layers)
+            .flat_map(|l| {
+                components.iter().map(move |&c| {
+                    (
+                        l,
+                        c,
+                        head_blocks(model, c),
+                        site_map(model, l, c).1.is_some(),
+                    )
+                })
+            })
+            .collect()
+    };
+    if path.exists() {
+        let t = candle_core::safetensors::load(&path, model.device())?;
+        let get = |k: String| {
+            t.get(&k)
+                .cloned()
+                .ok_or_else(|| crate::EngineError::MissingTensor(k))
+        };
+        let sites = template()
+            .into_iter()
+            .map(|(layer, component, blocks, folded)| {
+                let heads = blocks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(h, block)| {
+                        let p = format!("{layer}.{}.{h}", component.name());
+                        Ok(HeadSvd {
+                            block,
+                            u: get(format!("{p}.u"))?,
+                            s: get(format!("{p}.s"))?,
+                            vh: get(format!("{p}.vh"))?,
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(SiteSvd {
+                    layer,
+                    component,
+                    folded,
+                    heads,
+                })
+            })
+            .collect::<Result<_>>()?;
+        return Ok((sites, true));
+    }
+    let sites = decompose(model, components)?;
+    std::fs::create_dir_all(dir).map_err(|e| crate::EngineError::io(dir, e))?;
+    let mut tensors = std::collections::HashMap::new();
+    for site in &sites {
+        for (h, head) in site.heads.iter().enumerate() {
+            let p = format!("{}.{}.{h}", site.layer, site.component.name());
+            tensors.insert(format!("{p}.u"), head.u.clone());
+            tensors.insert(format!("{p}.s"), head.s.clone());
+            tensors.insert(format!("{p}.vh"), head.vh.clone());
+        }
+    }
+    let tmp = path.with_extension("partial");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, &path).map_err(|e| crate::EngineError::io(&path, e))?;
+    Ok((sites, false))
+}

@@ -306,3 +306,33 @@ fn gpt2_key_bias_edit_does_not_change_logits() {
         "Llama: the key bias edit matters"
     );
 }
+
+#[test]
+fn svd_cache_returns_the_same_decomposition() {
+    let m = fixture("llama");
+    let dir = std::env::temp_dir().join(format!("eigenprune-svd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let comps = [Component::K, Component::O];
+    let (first, hit) = eigenprune_engine::svd::decompose_cached(&m.model, &comps, &dir).unwrap();
+    assert!(!hit);
+    let (second, hit) = eigenprune_engine::svd::decompose_cached(&m.model, &comps, &dir).unwrap();
+    assert!(hit, "the second call reads the cache");
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(
+            (a.layer, a.component, a.folded),
+            (b.layer, b.component, b.folded)
+        );
+        for (ha, hb) in a.heads.iter().zip(&b.heads) {
+            assert_eq!(ha.block, hb.block);
+            assert_eq!(max_diff(&ha.u, &hb.u), 0.0);
+            assert_eq!(max_diff(&ha.s, &hb.s), 0.0);
+        }
+    }
+    // Other weights, other key: an edited model misses the cache.
+    let mut edited = m.model.clone();
+    let k = &mut edited.weights.blocks[0].k;
+    k.weight = (&k.weight * 1.5).unwrap();
+    let (_, hit) = eigenprune_engine::svd::decompose_cached(&edited, &comps, &dir).unwrap();
+    assert!(!hit, "changed weights do not hit the cache");
+    let _ = std::fs::remove_dir_all(&dir);
+}
