@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-mod cli;
+use eigenprune::cli;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();

@@ -9,7 +9,8 @@ use eigenprune_engine::eval::evaluate;
 use eigenprune_engine::{load_model, LoadOptions};
 use serde_json::json;
 
-use super::{eval_json, load_task, Progress};
+use super::{load_task, Progress};
+use crate::report::eval_json;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {

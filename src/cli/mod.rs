@@ -1,8 +1,9 @@
 //! The command line: one subcommand per file.
 
-mod eval;
-mod generate;
-mod prune;
+pub mod eval;
+pub mod generate;
+pub mod prune;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,12 @@ pub enum Command {
     Prune(Box<prune::PruneArgs>),
     /// Evaluate a model (optionally with an edit) on a task's test split.
     Eval(eval::EvalArgs),
+    /// Run the HTTP service (and, unless --workers 0, its worker pool).
+    Serve(Box<serve::ServeArgs>),
+    /// Run only the worker pool against the same database and object store.
+    Worker(Box<serve::WorkerArgs>),
+    /// Apply database migrations (also done at start-up).
+    Migrate(serve::StoreArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -32,7 +39,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Prune(args) => prune::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => runtime()?.block_on(serve::serve(*args)),
+        Command::Worker(args) => runtime()?.block_on(serve::worker(*args)),
+        Command::Migrate(args) => runtime()?.block_on(serve::migrate(args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// `--device`: `cpu`, or `cuda:N` in a build with the `cuda` feature.
@@ -66,16 +82,6 @@ pub fn load_task(spec: &str, seed: u64) -> anyhow::Result<eigenprune_engine::tas
     tasks::custom(&name, &text, seed).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-pub fn eval_json(e: &eigenprune_engine::eval::EvalResult) -> serde_json::Value {
-    serde_json::json!({
-        "correct": e.correct,
-        "total": e.total,
-        "accuracy": e.accuracy(),
-        "choice_correct": e.choice_correct,
-        "choice_accuracy": e.choice_accuracy(),
-    })
-}
-
 /// Progress on stderr: phase, done/total, rate; one line per phase.
 #[derive(Default)]
 pub struct Progress {
@@ -85,7 +91,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn update(&mut self, phase: &str, done: usize, total: usize) {
+    /// Prints and returns true (a CLI run is never cancelled from here).
+    pub fn update(&mut self, phase: &str, done: usize, total: usize) -> bool {
         let now = std::time::Instant::now();
         if phase != self.phase {
             if !self.phase.is_empty() {
@@ -107,6 +114,7 @@ impl Progress {
             );
             self.last_print = Some(now);
         }
+        true
     }
     pub fn finish(&self) {
         if !self.phase.is_empty() {

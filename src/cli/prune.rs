@@ -4,13 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use eigenprune_engine::attribution::{Aggregate, InputMode};
-use eigenprune_engine::pipeline::{self, Portion, PruneReport, PruneSettings};
-use eigenprune_engine::prune::{BiasMode, Method};
-use eigenprune_engine::{export, load_model, Component, LoadOptions};
-use serde_json::json;
+use eigenprune_engine::pipeline::{self, PruneReport, PruneSettings};
+use eigenprune_engine::{export, load_model, LoadOptions};
 
-use super::{eval_json, load_task, Progress};
+use super::{load_task, Progress};
+use crate::hyper::{parse_portion, Hyperparameters, PortionSpec};
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
@@ -70,63 +68,29 @@ pub struct PruneArgs {
 }
 
 pub fn settings(args: &PruneArgs) -> anyhow::Result<PruneSettings> {
-    let components = args
-        .components
-        .iter()
-        .map(|c| {
-            Component::parse(c.trim())
-                .with_context(|| format!("unknown component `{c}` (k, q, v, o, mlp_in, mlp_out)"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let portions = args
-        .portion
-        .iter()
-        .map(|p| match p.trim() {
-            "auto" => Ok(Portion::Auto),
-            s => {
-                let v: f64 = s
-                    .parse()
-                    .with_context(|| format!("portion `{s}` is not a number"))?;
-                anyhow::ensure!((0.0..=1.0).contains(&v), "portion {v} is outside [0, 1]");
-                Ok(Portion::Fixed(v))
-            }
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    anyhow::ensure!(
-        args.batch_size >= 2,
-        "--batch-size must be at least 2: with 1 the corrupted input equals the input and every score is 0"
-    );
-    Ok(PruneSettings {
-        components,
-        portions,
+    let hyper = Hyperparameters {
+        portion: PortionSpec::Fixed(0.0),
         batch_size: args.batch_size,
-        method: match args.method.as_str() {
-            "attribution" => Method::Attribution,
-            "random" => Method::Random,
-            "smallest" => Method::Smallest,
-            m => anyhow::bail!("unknown method `{m}` (attribution, random, smallest)"),
-        },
-        input: match args.input.as_str() {
-            "normed" => InputMode::Normed,
-            "resid_pre" => InputMode::ResidPre,
-            m => anyhow::bail!("unknown input `{m}` (normed, resid_pre)"),
-        },
-        aggregate: match args.aggregate.as_str() {
-            "max" => Aggregate::Max,
-            "mean" => Aggregate::Mean,
-            "mean_abs" => Aggregate::MeanAbs,
-            m => anyhow::bail!("unknown aggregate `{m}` (max, mean, mean_abs)"),
-        },
-        bias: match args.bias.as_str() {
-            "mean" => BiasMode::Mean,
-            "none" => BiasMode::None,
-            m => anyhow::bail!("unknown bias `{m}` (mean, none)"),
-        },
+        components: args.components.clone(),
+        method: args.method.clone(),
+        input: args.input.clone(),
+        aggregate: args.aggregate.clone(),
+        bias: args.bias.clone(),
         seed: args.seed,
         scoring_batches: args.scoring_batches,
-        eval_batch_size: args.eval_batch_size.max(1),
-        svd_cache: args.svd_cache.clone(),
-    })
+        eval_batch_size: args.eval_batch_size,
+    };
+    let mut settings = hyper
+        .to_settings()
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    settings.portions = args
+        .portion
+        .iter()
+        .map(|p| parse_portion(&PortionSpec::Named(p.trim().to_string())))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    settings.svd_cache = args.svd_cache.clone();
+    Ok(settings)
 }
 
 pub fn run(args: PruneArgs) -> anyhow::Result<()> {
@@ -176,43 +140,11 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        println!("{}", report_json(&report));
+        println!("{}", crate::report::report_json(&report));
     } else {
         print_summary(&report);
     }
     Ok(())
-}
-
-fn report_json(r: &PruneReport) -> serde_json::Value {
-    let first = &r.results[0];
-    let per_portion: Vec<_> = r
-        .results
-        .iter()
-        .map(|p| {
-            json!({
-                "portion": p.portion,
-                "pruned": p.pruned,
-                "accuracy_after": eval_json(&p.accuracy_after),
-                "pruned_per_layer": p.pruned_per_layer,
-                "auto_dev": p.auto_dev.as_ref().map(|(grid, n)| json!({
-                    "dev_size": n,
-                    "grid": grid.iter().map(|(p, e)| json!({"portion": p, "accuracy": eval_json(e)})).collect::<Vec<_>>(),
-                })),
-            })
-        })
-        .collect();
-    json!({
-        "task": r.task,
-        "candidates": r.candidates,
-        "pruned": first.pruned,
-        "portion": first.portion,
-        "accuracy_before": eval_json(&r.accuracy_before),
-        "accuracy_after": eval_json(&first.accuracy_after),
-        "test_size": r.test_size,
-        "scored_examples": r.scored_examples,
-        "seconds": r.seconds,
-        "portions": per_portion,
-    })
 }
 
 fn print_summary(r: &PruneReport) {

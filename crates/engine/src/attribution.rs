@@ -67,7 +67,7 @@ pub fn sweep(
     examples: &[Example],
     svds: &[SiteSvd],
     settings: &SweepSettings,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Scores> {
     if settings.batch_size < 2 {
         return Err(EngineError::InvalidInput(
@@ -128,7 +128,9 @@ pub fn sweep(
             .collect::<Result<_>>()?;
         score_batch(model, &seqs, svds, &components, settings.input, &mut acc)?;
         seen += seqs.len();
-        progress(done + 1, total);
+        if !progress(done + 1, total) {
+            return Err(EngineError::Cancelled);
+        }
     }
     let scores = acc
         .values

@@ -42,7 +42,14 @@ fn key(layer: usize, component: Component, part: &str) -> String {
 }
 
 impl Edit {
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// The edit file's bytes (safetensors).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let (tensors, meta) = self.parts();
+        safetensors::tensor::serialize(tensors, Some(meta))
+            .map_err(|e| EngineError::InvalidInput(format!("serialising the edit: {e}")))
+    }
+
+    fn parts(&self) -> (Vec<(String, Tensor)>, HashMap<String, String>) {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for m in &self.matrices {
             tensors.push((key(m.layer, m.component, "lora_A"), m.a.clone()));
@@ -51,7 +58,11 @@ impl Edit {
                 tensors.push((key(m.layer, m.component, "bias_delta"), d.clone()));
             }
         }
-        let meta: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        (tensors, self.metadata.clone().into_iter().collect())
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let (tensors, meta) = self.parts();
         safetensors::tensor::serialize_to_file(tensors, Some(meta), path)
             .map_err(|e| EngineError::InvalidInput(format!("writing {}: {e}", path.display())))
     }

@@ -33,6 +33,8 @@ pub enum EngineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cancelled")]
+    Cancelled,
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -41,7 +41,7 @@ pub fn evaluate(
     tok: &Tokenizer,
     examples: &[Example],
     batch_size: usize,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<EvalResult> {
     // One sequence per (example, choice); the gold continuation for free-answer tasks.
     let mut seqs: Vec<(usize, Option<usize>, Sequence)> = Vec::new();
@@ -98,7 +98,7 @@ fn score_sequences(
     model: &Transformer,
     seqs: &[&Sequence],
     batch_size: usize,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Vec<Scored>> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| seqs[i].len());
@@ -136,7 +136,9 @@ fn score_sequences(
             };
             k += n;
         }
-        progress(((done + 1) * batch_size).min(seqs.len()), seqs.len());
+        if !progress(((done + 1) * batch_size).min(seqs.len()), seqs.len()) {
+            return Err(crate::EngineError::Cancelled);
+        }
     }
     Ok(out)
 }

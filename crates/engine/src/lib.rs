@@ -24,5 +24,6 @@ pub mod weights;
 pub use config::{Activation, Arch, ModelConfig, NormKind};
 pub use error::{EngineError, Result};
 pub use loading::{load_model, LoadOptions, LoadedModel, ModelSource};
+pub use tokenizers;
 pub use trace::{Component, Trace};
 pub use transformer::{KvCache, Transformer};

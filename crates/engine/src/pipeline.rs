@@ -86,8 +86,8 @@ pub struct PruneReport {
     pub seconds: BTreeMap<String, f64>,
 }
 
-/// Progress callback: (phase, done, total).
-pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+/// Progress callback: (phase, done, total); returning false cancels the job.
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize) -> bool;
 
 pub fn run(
     base: &Transformer,
@@ -112,13 +112,14 @@ pub fn run(
         (task.train.clone(), Vec::new())
     };
 
-    progress("svd", 0, 1);
+    if !progress("svd", 0, 1) {
+        return Err(EngineError::Cancelled);
+    }
     let svds = match &settings.svd_cache {
         Some(dir) => decompose_cached(base, &settings.components, dir)?.0,
         None => decompose(base, &settings.components)?,
     };
     lap("svd", &mut seconds);
-    progress("svd", 1, 1);
 
     // The controls (random, smallest) rank without scores, but the bias edit still needs the
     // mean inputs over the scoring data, which the same sweep gathers.

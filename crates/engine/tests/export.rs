@@ -53,7 +53,7 @@ fn roundtrip(arch: &str, components: &[Component]) {
         &examples,
         &svds,
         &settings,
-        &mut |_, _| {},
+        &mut |_, _| true,
     )
     .unwrap();
     let order = ranking(&svds, Some(&scores), Method::Attribution, 1).unwrap();

@@ -73,7 +73,7 @@ fn batch_size_one_is_refused() {
         &examples(),
         &svds,
         &settings(1),
-        &mut |_, _| {},
+        &mut |_, _| true,
     )
     .unwrap_err()
     .to_string();
@@ -99,7 +99,7 @@ fn portion_zero_changes_nothing_and_pruning_changes_the_model() {
             &examples(),
             &svds,
             &settings(4),
-            &mut |_, _| {},
+            &mut |_, _| true,
         )
         .unwrap();
         assert!(
@@ -145,7 +145,7 @@ fn edited_keys_match_the_folded_form() {
             &examples(),
             &svds,
             &settings(3),
-            &mut |_, _| {},
+            &mut |_, _| true,
         )
         .unwrap();
         let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
@@ -266,7 +266,7 @@ fn gpt2_key_bias_edit_does_not_change_logits() {
         &examples(),
         &svds,
         &settings(4),
-        &mut |_, _| {},
+        &mut |_, _| true,
     )
     .unwrap();
     let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
@@ -289,7 +289,7 @@ fn gpt2_key_bias_edit_does_not_change_logits() {
         &examples(),
         &svds,
         &settings(4),
-        &mut |_, _| {},
+        &mut |_, _| true,
     )
     .unwrap();
     let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();

@@ -1,0 +1,144 @@
+//! `eigenprune serve`, `worker` and `migrate`: the service on embedded defaults (SQLite file and
+//! object folder under --data-dir) or the lab's Postgres and S3-compatible store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::app::{self, AppState, Metrics};
+use crate::db::Db;
+use crate::engine_host::ModelHost;
+use crate::storage::Storage;
+
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Where the embedded defaults keep their files.
+    #[arg(long, env = "EIGENPRUNE_DATA_DIR", default_value = "./eigenprune-data")]
+    pub data_dir: PathBuf,
+    /// sqlite://FILE or postgres://... (default: a SQLite file under --data-dir).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// file://DIR or s3://bucket/prefix (default: a folder under --data-dir). S3 reads the usual
+    /// AWS_* variables; AWS_ENDPOINT_URL points at an S3-compatible server.
+    #[arg(long, env = "EIGENPRUNE_OBJECT_STORE")]
+    pub object_store: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Base models to serve (a local directory, a .gguf file or a hub repo id); repeatable.
+    /// They are loaded at start-up and are the models jobs and completions may name.
+    #[arg(long = "preload", env = "EIGENPRUNE_PRELOAD", value_delimiter = ',')]
+    pub preload: Vec<String>,
+    /// cpu or cuda:N.
+    #[arg(long, env = "EIGENPRUNE_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Models (bases and variants) kept resident; the coldest is evicted beyond this.
+    #[arg(long, env = "EIGENPRUNE_MAX_RESIDENT_MODELS", default_value_t = 4)]
+    pub max_resident_models: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EIGENPRUNE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Worker loops in this process (0: the API alone).
+    #[arg(long, env = "EIGENPRUNE_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[arg(long, env = "EIGENPRUNE_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+impl StoreArgs {
+    fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("eigenprune.db").display())
+        })
+    }
+    fn object_store(&self) -> anyhow::Result<String> {
+        match &self.object_store {
+            Some(s) => Ok(s.clone()),
+            None => {
+                let dir = self.data_dir.join("objects");
+                std::fs::create_dir_all(&dir)?;
+                Ok(format!("file://{}", std::fs::canonicalize(&dir)?.display()))
+            }
+        }
+    }
+}
+
+pub async fn build_state(store: &StoreArgs, engine: &EngineArgs) -> anyhow::Result<AppState> {
+    std::fs::create_dir_all(&store.data_dir)
+        .with_context(|| format!("creating {}", store.data_dir.display()))?;
+    let db = Db::connect(&store.database_url()).await?;
+    let storage = Storage::from_url(&store.object_store()?)?;
+    let device = super::parse_device(&engine.device)?;
+    let host = Arc::new(ModelHost::new(device, engine.max_resident_models));
+    for m in &engine.preload {
+        let (h, m2) = (host.clone(), m.clone());
+        tokio::task::spawn_blocking(move || h.base(&m2))
+            .await?
+            .with_context(|| format!("preloading `{m}`"))?;
+    }
+    Ok(AppState {
+        db,
+        storage,
+        host,
+        base_models: Arc::new(engine.preload.clone()),
+        metrics: Arc::new(Metrics::default()),
+        wake: Arc::new(tokio::sync::Notify::new()),
+    })
+}
+
+pub fn spawn_workers(state: &AppState, n: usize) {
+    let host = hostname();
+    for i in 0..n {
+        let name = format!("{host}-{}-{i}", std::process::id());
+        tokio::spawn(crate::jobs::worker::run(state.clone(), name));
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map_or_else(|_| "worker".into(), |h| h.trim().to_string())
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let state = build_state(&args.store, &args.engine).await?;
+    spawn_workers(&state, args.workers);
+    let listener = tokio::net::TcpListener::bind(&args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
+    tracing::info!(addr = %listener.local_addr()?, workers = args.workers, "serving");
+    app::serve(listener, state).await
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
+    let state = build_state(&args.store, &args.engine).await?;
+    spawn_workers(&state, args.workers);
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+pub async fn migrate(store: StoreArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&store.data_dir)?;
+    Db::connect(&store.database_url()).await?;
+    eprintln!("migrations applied to {}", store.database_url());
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Resident models: base models loaded once and shared by jobs and completions, variants as
+//! base + edit; an LRU bound evicts the coldest. Only called from blocking threads.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::Device;
+use eigenprune_engine::edit::Edit;
+use eigenprune_engine::{load_model, LoadOptions, LoadedModel};
+
+pub struct ModelHost {
+    pub device: Device,
+    max_resident: usize,
+    /// Most recently used last.
+    resident: Mutex<Vec<(String, Arc<LoadedModel>)>>,
+}
+
+impl ModelHost {
+    pub fn new(device: Device, max_resident: usize) -> Self {
+        Self {
+            device,
+            max_resident: max_resident.max(1),
+            resident: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lookup(&self, key: &str) -> Option<Arc<LoadedModel>> {
+        let mut r = self.resident.lock().expect("model host lock");
+        let i = r.iter().position(|(k, _)| k == key)?;
+        let entry = r.remove(i);
+        let m = entry.1.clone();
+        r.push(entry);
+        Some(m)
+    }
+
+    fn insert(&self, key: &str, m: Arc<LoadedModel>) {
+        let mut r = self.resident.lock().expect("model host lock");
+        r.retain(|(k, _)| k != key);
+        r.push((key.to_string(), m));
+        while r.len() > self.max_resident {
+            let (evicted, _) = r.remove(0);
+            tracing::info!(model = %evicted, "evicted from the resident set");
+        }
+    }
+
+    /// A base model, loading it on first use.
+    pub fn base(&self, spec: &str) -> anyhow::Result<Arc<LoadedModel>> {
+        if let Some(m) = self.lookup(spec) {
+            return Ok(m);
+        }
+        let t = std::time::Instant::now();
+        let m = Arc::new(load_model(
+            spec,
+            &LoadOptions {
+                device: self.device.clone(),
+            },
+        )?);
+        tracing::info!(model = %spec, seconds = t.elapsed().as_secs_f64(), "loaded");
+        self.insert(spec, m.clone());
+        Ok(m)
+    }
+
+    /// A variant: its base with the edit applied (weights shared except the edited maps).
+    pub fn variant(
+        &self,
+        id: &str,
+        base: &str,
+        edit_bytes: &[u8],
+    ) -> anyhow::Result<Arc<LoadedModel>> {
+        if let Some(m) = self.lookup(id) {
+            return Ok(m);
+        }
+        let b = self.base(base)?;
+        let edit = Edit::from_bytes(edit_bytes, &self.device)?;
+        let mut model = b.model.clone();
+        edit.apply(&mut model)?;
+        let m = Arc::new(LoadedModel {
+            model,
+            tokenizer: b.tokenizer.clone(),
+            source: b.source.clone(),
+            config_json: b.config_json.clone(),
+        });
+        self.insert(id, m.clone());
+        Ok(m)
+    }
+
+    pub fn resident(&self) -> Vec<String> {
+        self.resident
+            .lock()
+            .expect("model host lock")
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}

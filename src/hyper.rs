@@ -1,0 +1,148 @@
+//! Pruning hyperparameters as users write them (CLI flags and the jobs API), validated into
+//! the engine's settings with stable error codes.
+
+use eigenprune_engine::attribution::{Aggregate, InputMode};
+use eigenprune_engine::pipeline::{Portion, PruneSettings};
+use eigenprune_engine::prune::{BiasMode, Method};
+use eigenprune_engine::Component;
+use serde::{Deserialize, Serialize};
+
+/// A portion: a number in [0, 1] or "auto".
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PortionSpec {
+    Fixed(f64),
+    Named(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hyperparameters {
+    pub portion: PortionSpec,
+    pub batch_size: usize,
+    pub components: Vec<String>,
+    pub method: String,
+    pub input: String,
+    pub aggregate: String,
+    pub bias: String,
+    pub seed: u64,
+    pub scoring_batches: Option<usize>,
+    pub eval_batch_size: usize,
+}
+
+impl Default for Hyperparameters {
+    fn default() -> Self {
+        Self {
+            portion: PortionSpec::Fixed(0.2),
+            batch_size: 5,
+            components: vec!["k".into()],
+            method: "attribution".into(),
+            input: "normed".into(),
+            aggregate: "max".into(),
+            bias: "mean".into(),
+            seed: 42,
+            scoring_batches: None,
+            eval_batch_size: 16,
+        }
+    }
+}
+
+/// A validation failure: a stable machine-readable code and a message.
+#[derive(Debug)]
+pub struct Invalid {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn invalid(code: &'static str, message: String) -> Invalid {
+    Invalid { code, message }
+}
+
+pub fn parse_portion(p: &PortionSpec) -> Result<Portion, Invalid> {
+    match p {
+        PortionSpec::Fixed(v) if (0.0..=1.0).contains(v) => Ok(Portion::Fixed(*v)),
+        PortionSpec::Named(s) if s == "auto" => Ok(Portion::Auto),
+        PortionSpec::Named(s) => match s.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(Portion::Fixed(v)),
+            _ => Err(invalid(
+                "invalid_portion",
+                format!("portion `{s}` must be a number in [0, 1] or \"auto\""),
+            )),
+        },
+        PortionSpec::Fixed(v) => Err(invalid(
+            "invalid_portion",
+            format!("portion {v} is outside [0, 1]"),
+        )),
+    }
+}
+
+impl Hyperparameters {
+    /// Settings for one portion (the API's); the CLI adds more portions itself.
+    pub fn to_settings(&self) -> Result<PruneSettings, Invalid> {
+        if self.batch_size < 2 {
+            return Err(invalid(
+                "invalid_batch_size",
+                "batch_size must be at least 2: with 1 the corrupted input equals the input and every score is 0".into(),
+            ));
+        }
+        if self.components.is_empty() {
+            return Err(invalid(
+                "unknown_component",
+                "components must not be empty".into(),
+            ));
+        }
+        let components = self
+            .components
+            .iter()
+            .map(|c| {
+                Component::parse(c.trim()).ok_or_else(|| {
+                    invalid(
+                        "unknown_component",
+                        format!("unknown component `{c}` (k, q, v, o, mlp_in, mlp_out)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pick = |code: &'static str, v: &str, opts: &[&str]| -> Result<usize, Invalid> {
+            opts.iter().position(|o| *o == v).ok_or_else(|| {
+                invalid(
+                    code,
+                    format!("unknown value `{v}` (one of {})", opts.join(", ")),
+                )
+            })
+        };
+        let method = [Method::Attribution, Method::Random, Method::Smallest][pick(
+            "invalid_method",
+            &self.method,
+            &["attribution", "random", "smallest"],
+        )?];
+        let input = [InputMode::Normed, InputMode::ResidPre]
+            [pick("invalid_input", &self.input, &["normed", "resid_pre"])?];
+        let aggregate = [Aggregate::Max, Aggregate::Mean, Aggregate::MeanAbs][pick(
+            "invalid_aggregate",
+            &self.aggregate,
+            &["max", "mean", "mean_abs"],
+        )?];
+        let bias =
+            [BiasMode::Mean, BiasMode::None][pick("invalid_bias", &self.bias, &["mean", "none"])?];
+        if self.scoring_batches == Some(0) {
+            return Err(invalid(
+                "invalid_scoring_batches",
+                "scoring_batches must be at least 1".into(),
+            ));
+        }
+        Ok(PruneSettings {
+            components,
+            portions: vec![parse_portion(&self.portion)?],
+            batch_size: self.batch_size,
+            method,
+            input,
+            aggregate,
+            bias,
+            seed: self.seed,
+            scoring_batches: self.scoring_batches,
+            eval_batch_size: self.eval_batch_size.clamp(1, 256),
+            svd_cache: None,
+        })
+    }
+}

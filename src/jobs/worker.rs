@@ -1,0 +1,275 @@
+//! One worker loop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eigenprune_engine::eval::evaluate;
+use eigenprune_engine::pipeline;
+use eigenprune_engine::tasks::{self, Task};
+use eigenprune_engine::EngineError;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::app::AppState;
+use crate::db::jobs::JobRow;
+use crate::db::variants::VariantRow;
+use crate::hyper::Hyperparameters;
+
+/// Seconds a claimed job stays this worker's without a heartbeat.
+pub const LEASE_SECS: i64 = 30;
+
+enum Outcome {
+    Pruned { result: Value, variant: VariantRow },
+    Evaluated { result: Value },
+}
+
+pub async fn run(state: AppState, name: String) {
+    tracing::info!(worker = %name, "worker started");
+    loop {
+        match state.db.claim_job(&name, LEASE_SECS).await {
+            Ok(Some(job)) => process(&state, &name, job).await,
+            Ok(None) => {
+                tokio::select! {
+                    _ = state.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "claiming a job");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+async fn process(state: &AppState, worker: &str, job: JobRow) {
+    tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempts, "running");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let heartbeat = {
+        let (db, id, w, cancel) = (
+            state.db.clone(),
+            job.id.clone(),
+            worker.to_string(),
+            cancel.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs((LEASE_SECS / 4) as u64)).await;
+                if !db.heartbeat(&id, &w, LEASE_SECS).await.unwrap_or(false) {
+                    cancel.store(true, Ordering::Relaxed);
+                    break;
+                }
+                if db.cancel_requested(&id).await.unwrap_or(false) {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, f64, String)>();
+    let events = {
+        let (db, id) = (state.db.clone(), job.id.clone());
+        tokio::spawn(async move {
+            while let Some((phase, fraction, message)) = rx.recv().await {
+                if let Err(e) = db.add_event(&id, &phase, fraction, &message).await {
+                    tracing::warn!(error = %e, "recording a job event");
+                }
+            }
+        })
+    };
+    let outcome = execute(state, &job, cancel.clone(), tx).await;
+    heartbeat.abort();
+    let _ = events.await;
+    let db = &state.db;
+    let done = match outcome {
+        Ok(Outcome::Pruned { result, variant }) => {
+            let r = db.insert_variant(&variant).await;
+            match r {
+                Ok(()) => {
+                    db.finish_job(
+                        &job.id,
+                        worker,
+                        "succeeded",
+                        Some(&result.to_string()),
+                        None,
+                        Some(&variant.id),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Ok(Outcome::Evaluated { result }) => {
+            db.finish_job(
+                &job.id,
+                worker,
+                "succeeded",
+                Some(&result.to_string()),
+                None,
+                None,
+            )
+            .await
+        }
+        Err(JobError::Cancelled) => {
+            db.finish_job(&job.id, worker, "cancelled", None, None, None)
+                .await
+        }
+        Err(JobError::Failed(code, message)) => {
+            tracing::warn!(job = %job.id, code, %message, "job failed");
+            db.finish_job(
+                &job.id,
+                worker,
+                "failed",
+                None,
+                Some((code, &message)),
+                None,
+            )
+            .await
+        }
+    };
+    match done {
+        Ok(true) => tracing::info!(job = %job.id, "finished"),
+        Ok(false) => {
+            tracing::warn!(job = %job.id, "lease lost before finishing; another worker owns the job")
+        }
+        Err(e) => {
+            tracing::error!(job = %job.id, error = %e, "recording the outcome; the lease will expire and the job re-run")
+        }
+    }
+}
+
+enum JobError {
+    Cancelled,
+    Failed(&'static str, String),
+}
+
+fn failed(code: &'static str) -> impl Fn(anyhow::Error) -> JobError {
+    move |e| JobError::Failed(code, format!("{e:#}"))
+}
+
+async fn load_task(state: &AppState, job: &JobRow, seed: u64) -> Result<Task, JobError> {
+    if let Some(t) = &job.task {
+        return tasks::builtin(t).map_err(|e| failed("task_not_found")(e.into()));
+    }
+    let id = job.dataset.as_deref().unwrap_or_default();
+    let row = state
+        .db
+        .dataset(id)
+        .await
+        .map_err(|e| failed("database")(e.into()))?
+        .ok_or_else(|| JobError::Failed("dataset_not_found", format!("no dataset `{id}`")))?;
+    let bytes = state
+        .storage
+        .get(&row.object_key)
+        .await
+        .map_err(failed("object_store"))?;
+    let text = String::from_utf8_lossy(&bytes);
+    tasks::custom(&row.name, &text, seed).map_err(|e| failed("invalid_dataset")(e.into()))
+}
+
+async fn execute(
+    state: &AppState,
+    job: &JobRow,
+    cancel: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<(String, f64, String)>,
+) -> Result<Outcome, JobError> {
+    let params: Value = serde_json::from_str(&job.params).unwrap_or(Value::Null);
+    let mut last = (String::new(), -1.0f64);
+    let mut progress = move |phase: &str, done: usize, total: usize| -> bool {
+        let fraction = done as f64 / total.max(1) as f64;
+        if phase != last.0 || fraction - last.1 >= 0.1 || done == total {
+            let _ = tx.send((
+                phase.to_string(),
+                fraction,
+                format!("{phase}: {done}/{total}"),
+            ));
+            last = (phase.to_string(), fraction);
+        }
+        !cancel.load(Ordering::Relaxed)
+    };
+    let map_engine = |e: EngineError| match e {
+        EngineError::Cancelled => JobError::Cancelled,
+        other => JobError::Failed("engine_error", other.to_string()),
+    };
+    if job.kind == "evaluation" {
+        let task = load_task(state, job, 42).await?;
+        let model = crate::http::completions::resolve_model(state, &job.model)
+            .await
+            .map_err(|e| JobError::Failed(e.code, e.message))?;
+        let split = params
+            .get("split")
+            .and_then(Value::as_str)
+            .unwrap_or("test")
+            .to_string();
+        let r = tokio::task::spawn_blocking(move || {
+            let examples = if split == "train" {
+                &task.train
+            } else {
+                &task.test
+            };
+            evaluate(&model.model, &model.tokenizer, examples, 16, &mut |d, t| {
+                progress("eval", d, t)
+            })
+        })
+        .await
+        .map_err(|e| failed("worker")(e.into()))?
+        .map_err(map_engine)?;
+        return Ok(Outcome::Evaluated {
+            result: json!({"accuracy": crate::report::eval_json(&r), "test_size": r.total}),
+        });
+    }
+    let hyper: Hyperparameters =
+        serde_json::from_value(params).map_err(|e| failed("invalid_hyperparameters")(e.into()))?;
+    let settings = hyper
+        .to_settings()
+        .map_err(|e| JobError::Failed(e.code, e.message))?;
+    let task = load_task(state, job, hyper.seed).await?;
+    let host = state.host.clone();
+    let base = job.model.clone();
+    let report = tokio::task::spawn_blocking(move || -> Result<_, JobError> {
+        let model = host.base(&base).map_err(failed("model_not_found"))?;
+        pipeline::run(
+            &model.model,
+            &model.tokenizer,
+            &task,
+            &settings,
+            &mut progress,
+        )
+        .map_err(map_engine)
+    })
+    .await
+    .map_err(|e| failed("worker")(e.into()))??;
+    let variant_id = format!(
+        "ep-{}-{}",
+        job.suffix.as_deref().unwrap_or("v"),
+        job.id.trim_start_matches("pj-")
+    );
+    let mut edit = report.results[0].edit.clone();
+    edit.metadata.insert("base_model".into(), job.model.clone());
+    edit.metadata.insert("job".into(), job.id.clone());
+    edit.metadata
+        .insert("hyperparameters".into(), job.params.clone());
+    let bytes = edit
+        .to_bytes()
+        .map_err(|e| failed("engine_error")(e.into()))?;
+    let key = format!("variants/{variant_id}.safetensors");
+    state
+        .storage
+        .put(&key, Bytes::from(bytes))
+        .await
+        .map_err(failed("object_store"))?;
+    let result = crate::report::report_json(&report);
+    let summary = json!({"task": report.task, "pruned": report.results[0].pruned, "candidates": report.candidates});
+    Ok(Outcome::Pruned {
+        result,
+        variant: VariantRow {
+            id: variant_id,
+            parent: job.model.clone(),
+            job_id: job.id.clone(),
+            object_key: key,
+            created_at: 0,
+            summary: summary.to_string(),
+        },
+    })
+}

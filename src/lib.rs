@@ -1,0 +1,12 @@
+//! The eigenprune service: HTTP API, worker pool, storage. `main.rs` is a thin bootstrap; tests
+//! call [`app::app`] and [`app::serve`] on port 0.
+
+pub mod app;
+pub mod cli;
+pub mod db;
+pub mod engine_host;
+pub mod http;
+pub mod hyper;
+pub mod jobs;
+pub mod report;
+pub mod storage;

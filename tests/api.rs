@@ -1,0 +1,351 @@
+//! The service over a real HTTP socket, on SQLite and on the real Postgres of this machine:
+//! dataset upload -> pruning job -> poll -> succeeded -> completion with the variant ->
+//! evaluation; bad input gets 4xx with stable codes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use eigenprune::app;
+use eigenprune::cli::serve::{build_state, spawn_workers, EngineArgs, StoreArgs};
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Server {
+    async fn start(database_url: Option<String>, workers: usize, tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("eigenprune-api-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = StoreArgs {
+            data_dir: dir,
+            database_url,
+            object_store: None,
+        };
+        let engine = EngineArgs {
+            preload: vec![fixture("llama")],
+            device: "cpu".into(),
+            max_resident_models: 4,
+        };
+        let state = build_state(&store, &engine).await.unwrap();
+        spawn_workers(&state, workers);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(app::serve(listener, state));
+        Server {
+            base,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post_raw(&self, path: &str, body: Vec<u8>, content_type: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn wait(&self, path: &str) -> Value {
+        for _ in 0..600 {
+            let (_, job) = self.get(path).await;
+            if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or(""))
+            {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{path} did not finish");
+    }
+}
+
+fn dataset() -> Vec<u8> {
+    (0..20)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"{i} x 7 =\", \"answer\": \" {}\"}}\n",
+                i * 7
+            )
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+async fn end_to_end(server: &Server) {
+    let model = fixture("llama");
+    assert_eq!(server.get("/health").await.0, 200);
+    let (status, ready) = server.get("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+
+    let (status, ds) = server
+        .post_raw("/v1/datasets?name=times7", dataset(), "application/jsonl")
+        .await;
+    assert_eq!(status, 200, "{ds}");
+    assert_eq!(ds["rows"], 20);
+
+    let (status, job) = server
+        .post(
+            "/v1/pruning/jobs",
+            json!({"model": model, "dataset": ds["id"], "suffix": "t7",
+                   "hyperparameters": {"portion": 0.3, "batch_size": 4, "components": ["k", "v"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["object"], "pruning.job");
+    assert_eq!(job["status"], "queued");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = server.wait(&format!("/v1/pruning/jobs/{id}")).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result = &done["result"];
+    assert!(result["candidates"].as_u64().unwrap() > 0);
+    assert_eq!(
+        result["pruned"].as_u64().unwrap(),
+        result["candidates"].as_u64().unwrap() * 3 / 10
+    );
+    assert_eq!(result["test_size"], 4);
+    let variant = done["pruned_model"].as_str().unwrap().to_string();
+
+    let (_, events) = server.get(&format!("/v1/pruning/jobs/{id}/events")).await;
+    let phases: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["phase"].as_str())
+        .collect();
+    assert!(
+        phases.contains(&"sweep") && phases.contains(&"eval_after"),
+        "{phases:?}"
+    );
+
+    let (_, list) = server.get("/v1/pruning/jobs?limit=1").await;
+    assert_eq!(list["data"][0]["id"], id.as_str());
+
+    let (_, models) = server.get("/v1/models").await;
+    let v = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == variant.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(v["parent"], model.as_str());
+
+    let (status, c) = server
+        .post(
+            "/v1/completions",
+            json!({"model": variant, "prompt": "3 x 7 =", "max_tokens": 4, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["object"], "text_completion");
+    assert!(c["usage"]["completion_tokens"].as_u64().unwrap() <= 4);
+
+    let (status, ev) = server
+        .post(
+            "/v1/evaluations",
+            json!({"model": variant, "dataset": ds["id"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ev}");
+    let ev_done = server
+        .wait(&format!("/v1/evaluations/{}", ev["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(ev_done["status"], "succeeded", "{ev_done}");
+    // The variant's evaluation equals the job's own "after" figure.
+    assert_eq!(
+        ev_done["result"]["accuracy"]["correct"],
+        result["accuracy_after"]["correct"]
+    );
+}
+
+async fn bad_input(server: &Server) {
+    let model = fixture("llama");
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "/v1/pruning/jobs",
+            json!({"model": model, "task": "int-mult", "hyperparameters": {"batch_size": 1}}),
+            422,
+            "invalid_batch_size",
+        ),
+        (
+            "/v1/pruning/jobs",
+            json!({"model": model, "task": "int-mult", "hyperparameters": {"portion": 1.5}}),
+            422,
+            "invalid_portion",
+        ),
+        (
+            "/v1/pruning/jobs",
+            json!({"model": model, "task": "int-mult", "hyperparameters": {"components": ["k", "z"]}}),
+            422,
+            "unknown_component",
+        ),
+        (
+            "/v1/pruning/jobs",
+            json!({"model": "nope", "task": "int-mult"}),
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/pruning/jobs",
+            json!({"model": model, "task": "chess"}),
+            404,
+            "task_not_found",
+        ),
+        (
+            "/v1/pruning/jobs",
+            json!({"model": model, "task": "int-mult", "hyperparameters": {"batch_size": "five"}}),
+            422,
+            "invalid_body",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "nope", "prompt": "x"}),
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": model, "prompt": "x", "max_tokens": 100000}),
+            422,
+            "max_tokens_too_large",
+        ),
+    ];
+    for (path, body, want_status, want_code) in cases {
+        let (status, err) = server.post(path, body.clone()).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str().unwrap_or("")),
+            (want_status, want_code),
+            "{body}"
+        );
+    }
+    let (status, err) = server
+        .post_raw(
+            "/v1/pruning/jobs",
+            b"{not json".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str().unwrap()),
+        (400, "invalid_json")
+    );
+    let (status, err) = server.get("/v1/pruning/jobs/pj-missing").await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str().unwrap()),
+        (404, "job_not_found")
+    );
+    let (status, err) = server
+        .post_raw(
+            "/v1/datasets",
+            b"{\"prompt\": \"a\", \"answer\": \" b\"}\n{\"oops\": 1}\n".to_vec(),
+            "application/jsonl",
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("line 2"),
+        "{err}"
+    );
+    let (_, list) = server.get("/v1/datasets").await;
+    assert!(
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["rows"] != 1),
+        "nothing stored on error"
+    );
+    let big = vec![b'a'; eigenprune::app::MAX_BODY_BYTES + 1];
+    let (status, _) = server
+        .post_raw("/v1/datasets", big, "application/jsonl")
+        .await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_end_to_end() {
+    let server = Server::start(None, 1, "sqlite").await;
+    end_to_end(&server).await;
+    bad_input(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_cancel_at_once() {
+    let server = Server::start(None, 0, "cancel").await;
+    let (_, job) = server
+        .post(
+            "/v1/pruning/jobs",
+            json!({"model": fixture("llama"), "task": "int-mult"}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap();
+    let (status, c) = server
+        .post(&format!("/v1/pruning/jobs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!((status, c["status"].as_str().unwrap()), (200, "cancelled"));
+}
+
+/// A fresh database on the real Postgres at 127.0.0.1:5432 (`.ci/run` starts it).
+async fn postgres_url() -> String {
+    let admin = std::env::var("EIGENPRUNE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    sqlx::any::install_default_drivers();
+    let name = format!("eigenprune_test_{}", std::process::id());
+    let pool = sqlx::AnyPool::connect(&admin)
+        .await
+        .expect("Postgres at 127.0.0.1:5432 (see .ci/run)");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    admin
+        .rsplit_once('/')
+        .map(|(host, _)| format!("{host}/{name}"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_end_to_end() {
+    let url = postgres_url().await;
+    let server = Server::start(Some(url), 2, "postgres").await;
+    end_to_end(&server).await;
+    bad_input(&server).await;
+}
