@@ -17,8 +17,15 @@ use crate::db::jobs::JobRow;
 use crate::db::variants::VariantRow;
 use crate::hyper::Hyperparameters;
 
-/// Seconds a claimed job stays this worker's without a heartbeat.
-pub const LEASE_SECS: i64 = 30;
+/// Seconds a claimed job stays this worker's without a heartbeat (EIGENPRUNE_LEASE_SECS,
+/// default 30); a worker that dies loses its jobs to others after this long.
+pub fn lease_secs() -> i64 {
+    std::env::var("EIGENPRUNE_LEASE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v: &i64| v >= 2)
+        .unwrap_or(30)
+}
 
 enum Outcome {
     Pruned { result: Value, variant: VariantRow },
@@ -28,7 +35,7 @@ enum Outcome {
 pub async fn run(state: AppState, name: String) {
     tracing::info!(worker = %name, "worker started");
     loop {
-        match state.db.claim_job(&name, LEASE_SECS).await {
+        match state.db.claim_job(&name, lease_secs()).await {
             Ok(Some(job)) => process(&state, &name, job).await,
             Ok(None) => {
                 tokio::select! {
@@ -54,10 +61,11 @@ async fn process(state: &AppState, worker: &str, job: JobRow) {
             worker.to_string(),
             cancel.clone(),
         );
+        let lease = lease_secs();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs((LEASE_SECS / 4) as u64)).await;
-                if !db.heartbeat(&id, &w, LEASE_SECS).await.unwrap_or(false) {
+                tokio::time::sleep(Duration::from_millis((lease * 250) as u64)).await;
+                if !db.heartbeat(&id, &w, lease).await.unwrap_or(false) {
                     cancel.store(true, Ordering::Relaxed);
                     break;
                 }
