@@ -8,5 +8,6 @@ pub mod engine_host;
 pub mod http;
 pub mod hyper;
 pub mod jobs;
+pub mod openapi;
 pub mod report;
 pub mod storage;

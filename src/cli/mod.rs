@@ -32,6 +32,8 @@ pub enum Command {
     Worker(Box<serve::WorkerArgs>),
     /// Apply database migrations (also done at start-up).
     Migrate(serve::StoreArgs),
+    /// Print the HTTP API's OpenAPI document.
+    Openapi,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,6 +44,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => runtime()?.block_on(serve::serve(*args)),
         Command::Worker(args) => runtime()?.block_on(serve::worker(*args)),
         Command::Migrate(args) => runtime()?.block_on(serve::migrate(args)),
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&crate::openapi::spec())?);
+            Ok(())
+        }
     }
 }
 

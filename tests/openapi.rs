@@ -1,0 +1,60 @@
+//! openapi/openapi.json is what the code generates, and every documented route is served.
+
+use std::path::PathBuf;
+
+use eigenprune::cli::serve::{build_state, EngineArgs, StoreArgs};
+
+#[test]
+fn committed_openapi_is_fresh() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("openapi/openapi.json");
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(
+        committed == eigenprune::openapi::spec(),
+        "openapi/openapi.json is stale: run `cargo run --release -- openapi > openapi/openapi.json`"
+    );
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    let dir = std::env::temp_dir().join(format!("eigenprune-openapi-{}", std::process::id()));
+    let store = StoreArgs {
+        data_dir: dir.clone(),
+        database_url: None,
+        object_store: None,
+    };
+    let engine = EngineArgs {
+        preload: vec![],
+        device: "cpu".into(),
+        max_resident_models: 1,
+    };
+    let state = build_state(&store, &engine).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(eigenprune::app::serve(listener, state));
+    let client = reqwest::Client::new();
+    for (path, method, ..) in eigenprune::openapi::OPERATIONS {
+        let url = format!("{base}{}", path.replace("{id}", "x"));
+        let req = match *method {
+            "get" => client.get(&url),
+            "post" => client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body("{}"),
+            "delete" => client.delete(&url),
+            m => panic!("method {m}"),
+        };
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+        assert_ne!(
+            body["error"]["code"], "route_not_found",
+            "{method} {path} is documented but not served"
+        );
+        assert!(
+            status < 500 || *path == "/ready",
+            "{method} {path}: {status} {body}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
