@@ -110,11 +110,26 @@ fn roundtrip(arch: &str, components: &[Component]) {
         .join("target/export-check")
         .join(format!("{arch}-lora"));
     let _ = std::fs::remove_dir_all(&lora);
-    export_lora(&m.model, &no_bias, fixture.to_str().unwrap(), &lora).unwrap();
+    export_lora(&m.model, &no_bias, &format!("tests/fixtures/{arch}"), &lora).unwrap();
     assert!(
         lora.join("adapter_config.json").exists()
             && lora.join("adapter_model.safetensors").exists()
     );
+    let mut lora_model = m.model.clone();
+    no_bias.apply(&mut lora_model).unwrap();
+    candle_core::safetensors::save(
+        &[
+            (
+                "input_ids".to_string(),
+                ids.to_dtype(candle_core::DType::I64).unwrap(),
+            ),
+            ("logits".to_string(), logits(&lora_model, &ids)),
+        ]
+        .into_iter()
+        .collect(),
+        lora.join("edited_logits.safetensors"),
+    )
+    .unwrap();
 }
 
 #[test]
