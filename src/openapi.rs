@@ -143,7 +143,8 @@ fn schemas() -> Value {
         "DatasetList": obj(json!({"data": {"type": "array", "items": {"$ref": "#/components/schemas/Dataset"}}}), &["data"]),
         "Status": obj(json!({"status": {"type": "string"}}), &["status"]),
         "Readiness": obj(json!({"database": {"type": "boolean"}, "object_store": {"type": "boolean"}}), &["database", "object_store"]),
-        "Text": {"type": "string"}
+        "Text": {"type": "string"},
+        "Binary": {"type": "string", "format": "binary"}
     })
 }
 

@@ -151,6 +151,23 @@ async fn end_to_end(server: &Server) {
         "{phases:?}"
     );
 
+    let sse = server
+        .client
+        .get(format!("{}/v1/pruning/jobs/{id}/events", server.base))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        sse.contains("event: progress")
+            && sse.contains("\"phase\":\"sweep\"")
+            && sse.contains("event: end"),
+        "{sse}"
+    );
+
     let (_, list) = server.get("/v1/pruning/jobs?limit=1").await;
     assert_eq!(list["data"][0]["id"], id.as_str());
 

@@ -1,12 +1,16 @@
 //! /v1/pruning/jobs: create (validated up front), list, get, cancel, events.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult, Json};
 use crate::app::AppState;
+use crate::db::events::EventRow;
 use crate::db::jobs::{JobRow, NewJob};
 use crate::hyper::Hyperparameters;
 
@@ -197,20 +201,70 @@ pub async fn cancel(
     Ok(Json(job_json(&find(&state, &id, "pruning").await?)))
 }
 
+fn event_json(e: &EventRow) -> Value {
+    json!({"id": e.id, "object": "pruning.job.event", "created_at": e.created_at,
+           "phase": e.phase, "fraction": e.fraction, "message": e.message})
+}
+
+/// Progress events as a JSON list, or as Server-Sent Events (`Accept: text/event-stream`)
+/// that follow the job until it ends.
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     find(&state, &id, "pruning").await?;
-    let rows = state.db.events(&id, 0).await?;
-    let data: Vec<Value> = rows
+    let wants_sse = headers
+        .get_all(header::ACCEPT)
         .iter()
-        .map(|e| {
-            json!({"id": e.id, "object": "pruning.job.event", "created_at": e.created_at,
-                   "phase": e.phase, "fraction": e.fraction, "message": e.message})
-        })
-        .collect();
-    Ok(Json(
-        json!({"object": "list", "data": data, "has_more": false}),
-    ))
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
+    if !wants_sse {
+        let data: Vec<Value> = state
+            .db
+            .events(&id, 0)
+            .await?
+            .iter()
+            .map(event_json)
+            .collect();
+        return Ok(
+            Json(json!({"object": "list", "data": data, "has_more": false})).into_response(),
+        );
+    }
+    // State: (last event id sent, job ended). Poll the table; stop once the job has ended and
+    // every event was sent.
+    let stream = futures::stream::unfold(
+        (state, id, 0i64, false),
+        |(state, id, last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let rows = state.db.events(&id, last).await.unwrap_or_default();
+                let ended = state.db.job(&id).await.ok().flatten().is_none_or(|j| {
+                    ["succeeded", "failed", "cancelled"].contains(&j.status.as_str())
+                });
+                if !rows.is_empty() || ended {
+                    let next = rows.last().map_or(last, |e| e.id);
+                    let mut batch: Vec<Result<Event, std::convert::Infallible>> = rows
+                        .iter()
+                        .map(|e| {
+                            Ok(Event::default()
+                                .event("progress")
+                                .data(event_json(e).to_string()))
+                        })
+                        .collect();
+                    if ended {
+                        batch.push(Ok(Event::default().event("end").data("{}")));
+                    }
+                    return Some((futures::stream::iter(batch), (state, id, next, ended)));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        },
+    )
+    .flatten();
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

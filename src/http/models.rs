@@ -1,6 +1,8 @@
 //! /v1/models: base models (served from start-up) and pruned variants (which name a parent).
 
 use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult, Json};
