@@ -191,6 +191,35 @@ async fn end_to_end(server: &Server) {
     assert_eq!(c["object"], "text_completion");
     assert!(c["usage"]["completion_tokens"].as_u64().unwrap() <= 4);
 
+    // The export is the edited checkpoint: base + edit, in the HF layout.
+    let export = |m: String| {
+        let url = format!("{}/v1/models/{m}/export", server.base);
+        let client = server.client.clone();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            candle_core::safetensors::load_buffer(
+                &r.bytes().await.unwrap(),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap()
+        }
+    };
+    let edited = export(variant.clone()).await;
+    let base = export(model.clone()).await;
+    let k = "model.layers.0.self_attn.k_proj.weight";
+    let moved: f32 = (&edited[k] - &base[k])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(moved > 0.0, "the variant's keys differ from the base's");
+    // The key bias delta needs attention_bias: q, k, v and o biases in both layers.
+    assert_eq!(edited.len(), base.len() + 8);
+
     let (status, ev) = server
         .post(
             "/v1/evaluations",
