@@ -43,6 +43,20 @@ pub struct SweepSettings {
     pub shuffle: bool,
 }
 
+impl Default for SweepSettings {
+    /// The method's defaults: batches of 5, seed 42, signed max, normed input, every batch.
+    fn default() -> Self {
+        Self {
+            batch_size: 5,
+            seed: 42,
+            aggregate: Aggregate::Max,
+            input: InputMode::Normed,
+            scoring_batches: None,
+            shuffle: true,
+        }
+    }
+}
+
 /// Aggregated scores `[site][head][i]` and the mean input of each head's map.
 #[derive(Clone, Debug)]
 pub struct Scores {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use eigenprune_engine::attribution::{sweep, Aggregate, InputMode, SweepSettings};
+use eigenprune_engine::attribution::{sweep, SweepSettings};
 use eigenprune_engine::export::{export_checkpoint, export_lora};
 use eigenprune_engine::prune::{build_edit, ranking, select, BiasMode, Method};
 use eigenprune_engine::svd::decompose;
@@ -40,12 +40,8 @@ fn roundtrip(arch: &str, components: &[Component]) {
     let examples = parse_jsonl(&rows).unwrap();
     let svds = decompose(&m.model, components).unwrap();
     let settings = SweepSettings {
-        batch_size: 5,
         seed: 1,
-        aggregate: Aggregate::Max,
-        input: InputMode::Normed,
-        scoring_batches: None,
-        shuffle: true,
+        ..Default::default()
     };
     let scores = sweep(
         &m.model,

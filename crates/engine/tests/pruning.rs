@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use eigenprune_engine::attribution::{normalise, sweep, Aggregate, InputMode, SweepSettings};
+use eigenprune_engine::attribution::{normalise, sweep, SweepSettings};
 use eigenprune_engine::prune::{build_edit, ranking, select, BiasMode, Method};
 use eigenprune_engine::svd::decompose;
 use eigenprune_engine::tasks::{parse_jsonl, Example};
@@ -32,11 +32,7 @@ fn examples() -> Vec<Example> {
 fn settings(batch_size: usize) -> SweepSettings {
     SweepSettings {
         batch_size,
-        seed: 42,
-        aggregate: Aggregate::Max,
-        input: InputMode::Normed,
-        scoring_batches: None,
-        shuffle: true,
+        ..Default::default()
     }
 }
 
@@ -256,53 +252,40 @@ fn blk_norm(model: &eigenprune_engine::Transformer, resid: &Tensor) -> Tensor {
     }
 }
 
+/// Max logit difference between the edits with `bias = none` and `bias = mean` (keys, 30%).
+fn bias_effect(arch: &str) -> f32 {
+    let m = fixture(arch);
+    let svds = decompose(&m.model, &[Component::K]).unwrap();
+    let scores = sweep(
+        &m.model,
+        &m.tokenizer,
+        &examples(),
+        &svds,
+        &settings(4),
+        &mut |_, _| true,
+    )
+    .unwrap();
+    let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
+    let sel = select(&svds, &order, 0.3).unwrap();
+    let outs: Vec<Tensor> = [BiasMode::None, BiasMode::Mean]
+        .into_iter()
+        .map(|bias| {
+            let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, bias).unwrap();
+            let mut edited = m.model.clone();
+            edit.apply(&mut edited).unwrap();
+            logits(&m, &edited)
+        })
+        .collect();
+    max_diff(&outs[0], &outs[1])
+}
+
 #[test]
 fn gpt2_key_bias_edit_does_not_change_logits() {
-    let m = fixture("gpt2");
-    let svds = decompose(&m.model, &[Component::K]).unwrap();
-    let scores = sweep(
-        &m.model,
-        &m.tokenizer,
-        &examples(),
-        &svds,
-        &settings(4),
-        &mut |_, _| true,
-    )
-    .unwrap();
-    let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
-    let sel = select(&svds, &order, 0.3).unwrap();
-    let mut outs = Vec::new();
-    for bias in [BiasMode::None, BiasMode::Mean] {
-        let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, bias).unwrap();
-        let mut edited = m.model.clone();
-        edit.apply(&mut edited).unwrap();
-        outs.push(logits(&m, &edited));
-    }
-    let d = max_diff(&outs[0], &outs[1]);
+    let d = bias_effect("gpt2");
     assert!(d < 1e-5, "GPT-2 logits moved by {d} with the bias edit");
     // On a rotary model the same bias edit does matter.
-    let m = fixture("llama");
-    let svds = decompose(&m.model, &[Component::K]).unwrap();
-    let scores = sweep(
-        &m.model,
-        &m.tokenizer,
-        &examples(),
-        &svds,
-        &settings(4),
-        &mut |_, _| true,
-    )
-    .unwrap();
-    let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
-    let sel = select(&svds, &order, 0.3).unwrap();
-    let mut outs = Vec::new();
-    for bias in [BiasMode::None, BiasMode::Mean] {
-        let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, bias).unwrap();
-        let mut edited = m.model.clone();
-        edit.apply(&mut edited).unwrap();
-        outs.push(logits(&m, &edited));
-    }
     assert!(
-        max_diff(&outs[0], &outs[1]) > 1e-6,
+        bias_effect("llama") > 1e-6,
         "Llama: the key bias edit matters"
     );
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use eigenprune_engine::attribution::{sweep, Aggregate, InputMode, SweepSettings};
+use eigenprune_engine::attribution::{sweep, SweepSettings};
 use eigenprune_engine::prune::{ranking, select, Method};
 use eigenprune_engine::svd::decompose;
 use eigenprune_engine::tasks::Example;
@@ -30,10 +30,8 @@ fn check(arch: &str) {
     let settings = SweepSettings {
         batch_size: 4,
         seed: 0,
-        aggregate: Aggregate::Max,
-        input: InputMode::Normed,
-        scoring_batches: None,
         shuffle: false,
+        ..Default::default()
     };
     let scores = sweep(
         &m.model,

@@ -8,7 +8,7 @@ use super::gpt2::push_norm;
 use super::phi::push_linear;
 use super::{special_tokens, Fields, TensorMap};
 use crate::config::{Activation, Arch, ModelConfig, NormKind};
-use crate::weights::{Block, Linear, Weights};
+use crate::weights::{Block, Weights};
 use crate::Result;
 
 pub fn config(arch: Arch, config: &Value) -> Result<ModelConfig> {
@@ -75,11 +75,7 @@ pub fn load(arch: Arch, config_json: &Value, t: &mut TensorMap) -> Result<(Model
         });
     }
     let final_norm = t.norm("model.norm", d, false)?;
-    let lm_head = if cfg.tie_embeddings && !t.contains("lm_head.weight") {
-        Linear::new(embed.clone(), None)
-    } else {
-        t.linear("lm_head", cfg.vocab_size, d, false)?
-    };
+    let lm_head = t.lm_head(cfg.tie_embeddings, &embed, cfg.vocab_size, d)?;
     let weights = Weights {
         embed,
         pos_embed: None,

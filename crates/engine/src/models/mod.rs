@@ -70,6 +70,24 @@ impl TensorMap {
         Ok(Linear::new(weight, bias))
     }
 
+    /// `lm_head` (with its bias, if any), or the embedding when tied and no head is stored.
+    pub fn lm_head(
+        &mut self,
+        tied: bool,
+        embed: &Tensor,
+        vocab: usize,
+        d: usize,
+    ) -> Result<Linear> {
+        if tied && !self.contains("lm_head.weight") {
+            Ok(Linear::new(
+                embed.clone(),
+                self.take_opt("lm_head.bias", &[vocab])?,
+            ))
+        } else {
+            self.linear("lm_head", vocab, d, false)
+        }
+    }
+
     pub fn norm(&mut self, prefix: &str, d: usize, with_bias: bool) -> Result<Norm> {
         Ok(Norm {
             weight: self.take(&format!("{prefix}.weight"), &[d])?,

@@ -70,14 +70,7 @@ pub fn load(config_json: &Value, t: &mut TensorMap) -> Result<(ModelConfig, Weig
         });
     }
     let final_norm = t.norm("model.final_layernorm", d, true)?;
-    let lm_head = if cfg.tie_embeddings && !t.contains("lm_head.weight") {
-        Linear::new(
-            embed.clone(),
-            t.take_opt("lm_head.bias", &[cfg.vocab_size])?,
-        )
-    } else {
-        t.linear("lm_head", cfg.vocab_size, d, false)?
-    };
+    let lm_head = t.lm_head(cfg.tie_embeddings, &embed, cfg.vocab_size, d)?;
     let weights = Weights {
         embed,
         pos_embed: None,
