@@ -133,7 +133,8 @@ fn schemas() -> Value {
             "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "array", "items": {"type": "integer"}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]},
             "max_tokens": {"type": "integer", "default": 16, "maximum": 2048}, "temperature": {"type": "number", "default": 1.0},
             "top_p": {"type": "number", "default": 1.0}, "seed": {"type": "integer"}, "n": {"type": "integer", "default": 1, "maximum": 8},
-            "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+            "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "echo": {"type": "boolean", "default": false}, "logprobs": {"type": "integer", "maximum": 20}
         }), &["model", "prompt"]),
         "Completion": obj(json!({"id": {"type": "string"}, "object": {"const": "text_completion"}, "model": {"type": "string"},
             "choices": {"type": "array", "items": obj(json!({"text": {"type": "string"}, "index": {"type": "integer"}, "finish_reason": {"type": "string"}}), &["text", "index"])},

@@ -220,6 +220,38 @@ async fn end_to_end(server: &Server) {
     // The key bias delta needs attention_bias: q, k, v and o biases in both layers.
     assert_eq!(edited.len(), base.len() + 8);
 
+    // lm-evaluation-harness's loglikelihood request: echo the prompt with its log-probabilities.
+    let (status, ll) = server
+        .post(
+            "/v1/completions",
+            json!({"model": variant, "prompt": "3 x 7 = 21", "max_tokens": 0, "echo": true, "logprobs": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ll}");
+    let lp = &ll["choices"][0]["logprobs"];
+    let token_lps = lp["token_logprobs"].as_array().unwrap();
+    assert_eq!(token_lps.len(), lp["tokens"].as_array().unwrap().len());
+    assert!(token_lps[0].is_null() && token_lps[1..].iter().all(|v| v.as_f64().unwrap() <= 0.0));
+    // Greedy tokens are the top-1 of their own log-probabilities.
+    let (_, g) = server
+        .post(
+            "/v1/completions",
+            json!({"model": variant, "prompt": "3 x 7 =", "max_tokens": 3, "temperature": 0, "logprobs": 1}),
+        )
+        .await;
+    let lp = &g["choices"][0]["logprobs"];
+    for (tok, top) in lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(lp["top_logprobs"].as_array().unwrap())
+    {
+        assert!(
+            top.as_object().unwrap().contains_key(tok.as_str().unwrap()),
+            "{g}"
+        );
+    }
+
     let (status, ev) = server
         .post(
             "/v1/evaluations",

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use eigenprune_engine::generate::{generate, SamplingParams};
+use eigenprune_engine::generate::{generate, sequence_logprobs, SamplingParams};
 use eigenprune_engine::LoadedModel;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -99,10 +99,10 @@ pub async fn create(
             "stream = true is not supported yet",
         ));
     }
-    if req.echo || req.logprobs.is_some() {
+    if req.logprobs.is_some_and(|k| k > 20) {
         return Err(ApiError::invalid(
-            "logprobs_unsupported",
-            "echo and logprobs are not supported yet",
+            "invalid_logprobs",
+            "logprobs is at most 20",
         ));
     }
     if req.max_tokens > MAX_NEW_TOKENS {
@@ -167,9 +167,13 @@ pub async fn create(
         seed: req.seed.unwrap_or(0),
         stop_tokens: model.model.config.eos_token_ids.clone(),
     };
-    let n = req.n;
+    let opts = Options {
+        n: req.n,
+        echo: req.echo,
+        logprobs: req.logprobs,
+    };
     let (choices, usage) =
-        tokio::task::spawn_blocking(move || run(&model, &prompts, &params, &stops, n))
+        tokio::task::spawn_blocking(move || run(&model, &prompts, &params, &stops, &opts))
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
@@ -190,13 +194,49 @@ fn encode(tok: &eigenprune_engine::tokenizers::Tokenizer, text: &str) -> ApiResu
         .map_err(|e| ApiError::invalid("invalid_prompt", e.to_string()))
 }
 
+struct Options {
+    n: usize,
+    echo: bool,
+    logprobs: Option<u32>,
+}
+
+/// OpenAI's logprobs object for `ids[from..]`, scored in context of `ids[..from]`.
+fn logprobs_json(model: &LoadedModel, ids: &[u32], from: usize, top: u32) -> anyhow::Result<Value> {
+    let scored = sequence_logprobs(&model.model, ids, top as usize)?;
+    let piece = |id: u32| model.tokenizer.decode(&[id], false).unwrap_or_default();
+    let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    let mut offset = 0usize;
+    for (i, &id) in ids.iter().enumerate().skip(from) {
+        let text = piece(id);
+        tokens.push(json!(text));
+        offsets.push(json!(offset));
+        offset += text.len();
+        match i.checked_sub(1).map(|p| &scored[p]) {
+            None => {
+                lps.push(Value::Null);
+                tops.push(Value::Null);
+            }
+            Some((lp, best)) => {
+                lps.push(json!(lp));
+                let m: serde_json::Map<String, Value> =
+                    best.iter().map(|(t, l)| (piece(*t), json!(l))).collect();
+                tops.push(Value::Object(m));
+            }
+        }
+    }
+    Ok(
+        json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}),
+    )
+}
+
 fn run(
     model: &LoadedModel,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     stops: &[String],
-    n: usize,
+    opts: &Options,
 ) -> anyhow::Result<(Vec<Value>, (usize, usize))> {
+    let n = opts.n;
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     for prompt in prompts {
@@ -208,17 +248,21 @@ fn run(
             };
             let mut all = Vec::new();
             let mut stopped_text = None;
-            let (ids, _) = generate(&model.model, prompt, &p, |id| {
-                all.push(id);
-                let text = model.tokenizer.decode(&all, true).unwrap_or_default();
-                match stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-                    Some(cut) => {
-                        stopped_text = Some(text[..cut].to_string());
-                        false
+            let (ids, _) = if params.max_tokens == 0 {
+                (Vec::new(), Default::default())
+            } else {
+                generate(&model.model, prompt, &p, |id| {
+                    all.push(id);
+                    let text = model.tokenizer.decode(&all, true).unwrap_or_default();
+                    match stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+                        Some(cut) => {
+                            stopped_text = Some(text[..cut].to_string());
+                            false
+                        }
+                        None => true,
                     }
-                    None => true,
-                }
-            })?;
+                })?
+            };
             completion_tokens += ids.len();
             let (text, reason) = match stopped_text {
                 Some(t) => (t, "stop"),
@@ -237,7 +281,24 @@ fn run(
                     )
                 }
             };
-            choices.push(json!({"text": text, "index": choices.len(), "logprobs": null, "finish_reason": reason}));
+            let all: Vec<u32> = prompt.iter().chain(&ids).copied().collect();
+            let from = if opts.echo { 0 } else { prompt.len() };
+            let logprobs = match opts.logprobs {
+                Some(top) => logprobs_json(model, &all, from, top)?,
+                None => Value::Null,
+            };
+            let text = if opts.echo {
+                format!(
+                    "{}{text}",
+                    model
+                        .tokenizer
+                        .decode(prompt, false)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                )
+            } else {
+                text
+            };
+            choices.push(json!({"text": text, "index": choices.len(), "logprobs": logprobs, "finish_reason": reason}));
         }
     }
     Ok((choices, (prompt_tokens, completion_tokens)))

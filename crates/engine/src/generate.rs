@@ -110,3 +110,38 @@ pub fn sample(logits: &Tensor, params: &SamplingParams, rng: &mut StdRng) -> Res
     }
     Ok(*kept.last().expect("at least one token kept") as u32)
 }
+
+/// For every token after the first: its log-probability given the tokens before it, and the
+/// `top` most likely tokens there with theirs (teacher-forced, one forward pass).
+pub type TokenLogprob = (f32, Vec<(u32, f32)>);
+
+pub fn sequence_logprobs(
+    model: &Transformer,
+    ids: &[u32],
+    top: usize,
+) -> Result<Vec<TokenLogprob>> {
+    if ids.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
+    let hidden = model.forward(&input, &[vec![true; ids.len()]], None, None)?;
+    let hidden = hidden.squeeze(0)?.narrow(0, 0, ids.len() - 1)?;
+    let logp =
+        candle_nn::ops::log_softmax(&model.logits(&hidden)?.to_dtype(DType::F32)?, D::Minus1)?;
+    let rows: Vec<Vec<f32>> = logp.to_vec2()?;
+    Ok(rows
+        .iter()
+        .zip(&ids[1..])
+        .map(|(row, &next)| {
+            let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+            for (i, &lp) in row.iter().enumerate() {
+                if best.len() < top || best.last().is_some_and(|b| lp > b.1) {
+                    let at = best.partition_point(|b| b.1 >= lp);
+                    best.insert(at, (i as u32, lp));
+                    best.truncate(top);
+                }
+            }
+            (row[next as usize], best)
+        })
+        .collect())
+}
