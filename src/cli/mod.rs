@@ -92,6 +92,7 @@ pub fn load_task(spec: &str, seed: u64) -> anyhow::Result<eigenprune_engine::tas
 #[derive(Default)]
 pub struct Progress {
     phase: String,
+    done: usize,
     started: Option<std::time::Instant>,
     last_print: Option<std::time::Instant>,
 }
@@ -100,13 +101,15 @@ impl Progress {
     /// Prints and returns true (a CLI run is never cancelled from here).
     pub fn update(&mut self, phase: &str, done: usize, total: usize) -> bool {
         let now = std::time::Instant::now();
-        if phase != self.phase {
+        // A new phase, or the same phase starting over (one evaluation per portion).
+        if phase != self.phase || done < self.done {
             if !self.phase.is_empty() {
                 eprintln!();
             }
             self.phase = phase.to_string();
             self.started = Some(now);
         }
+        self.done = done;
         let due = self
             .last_print
             .is_none_or(|t| now.duration_since(t).as_millis() >= 500);
