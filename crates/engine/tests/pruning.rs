@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use eigenprune_engine::attribution::{normalise, sweep, SweepSettings};
-use eigenprune_engine::prune::{build_edit, ranking, select, BiasMode, Method};
-use eigenprune_engine::svd::decompose;
+use eigenprune_engine::attribution::{normalise, sweep, Scores, SweepSettings};
+use eigenprune_engine::prune::{build_edit, ranking, select, BiasMode, Method, Selection};
+use eigenprune_engine::svd::{decompose, SiteSvd};
 use eigenprune_engine::tasks::{parse_jsonl, Example};
 use eigenprune_engine::{load_model, Component, LoadOptions, LoadedModel, Trace};
 
@@ -34,6 +34,28 @@ fn settings(batch_size: usize) -> SweepSettings {
         batch_size,
         ..Default::default()
     }
+}
+
+/// SVDs, attribution scores on `examples()` and the selection at `portion`.
+fn score_and_select(
+    m: &LoadedModel,
+    comps: &[Component],
+    batch_size: usize,
+    portion: f64,
+) -> (Vec<SiteSvd>, Scores, Selection) {
+    let svds = decompose(&m.model, comps).unwrap();
+    let scores = sweep(
+        &m.model,
+        &m.tokenizer,
+        &examples(),
+        &svds,
+        &settings(batch_size),
+        &mut |_, _| true,
+    )
+    .unwrap();
+    let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
+    let sel = select(&svds, &order, portion).unwrap();
+    (svds, scores, sel)
 }
 
 fn logits(m: &LoadedModel, model: &eigenprune_engine::Transformer) -> Tensor {
@@ -134,18 +156,7 @@ fn portion_zero_changes_nothing_and_pruning_changes_the_model() {
 fn edited_keys_match_the_folded_form() {
     for arch in ["gpt2", "llama", "phi"] {
         let m = fixture(arch);
-        let svds = decompose(&m.model, &[Component::K]).unwrap();
-        let scores = sweep(
-            &m.model,
-            &m.tokenizer,
-            &examples(),
-            &svds,
-            &settings(3),
-            &mut |_, _| true,
-        )
-        .unwrap();
-        let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
-        let sel = select(&svds, &order, 0.4).unwrap();
+        let (svds, scores, sel) = score_and_select(&m, &[Component::K], 3, 0.4);
         let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, BiasMode::Mean).unwrap();
         let mut edited = m.model.clone();
         edit.apply(&mut edited).unwrap();
@@ -255,18 +266,7 @@ fn blk_norm(model: &eigenprune_engine::Transformer, resid: &Tensor) -> Tensor {
 /// Max logit difference between the edits with `bias = none` and `bias = mean` (keys, 30%).
 fn bias_effect(arch: &str) -> f32 {
     let m = fixture(arch);
-    let svds = decompose(&m.model, &[Component::K]).unwrap();
-    let scores = sweep(
-        &m.model,
-        &m.tokenizer,
-        &examples(),
-        &svds,
-        &settings(4),
-        &mut |_, _| true,
-    )
-    .unwrap();
-    let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
-    let sel = select(&svds, &order, 0.3).unwrap();
+    let (svds, scores, sel) = score_and_select(&m, &[Component::K], 4, 0.3);
     let outs: Vec<Tensor> = [BiasMode::None, BiasMode::Mean]
         .into_iter()
         .map(|bias| {
