@@ -1,6 +1,7 @@
 //! A whole pruning job: SVD, scoring sweep, selection, edit, evaluation before and after.
 //! One sweep serves every portion asked for (scores do not depend on the portion).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -106,10 +107,11 @@ pub fn run(
         clock = Instant::now();
     };
     let wants_auto = settings.portions.contains(&Portion::Auto);
-    let (score_split, dev) = if wants_auto {
-        split_dev(&task.train, settings.seed)
+    let (score_split, dev): (Cow<[Example]>, Vec<Example>) = if wants_auto {
+        let (scored, dev) = split_dev(&task.train, settings.seed);
+        (Cow::Owned(scored), dev)
     } else {
-        (task.train.clone(), Vec::new())
+        (Cow::Borrowed(&task.train), Vec::new())
     };
 
     if !progress("svd", 0, 1) {
@@ -140,7 +142,7 @@ pub fn run(
         &mut |d, t| progress("sweep", d, t),
     )?;
     lap("sweep", &mut seconds);
-    let order = ranking(&svds, Some(&scores), settings.method, settings.seed)?;
+    let order = ranking(&svds, &scores, settings.method, settings.seed)?;
 
     let eval_bs = settings.eval_batch_size;
     let before = evaluate(base, tok, &task.test, eval_bs, &mut |d, t| {

@@ -56,16 +56,15 @@ fn all_candidates(svds: &[SiteSvd]) -> Vec<(usize, usize, usize)> {
 /// Orders candidates by pruning priority for `method`; ties keep (l, c, h, i) order.
 pub fn ranking(
     svds: &[SiteSvd],
-    scores: Option<&Scores>,
+    scores: &Scores,
     method: Method,
     seed: u64,
 ) -> Result<Vec<(usize, usize, usize)>> {
     let mut cands = all_candidates(svds);
     match method {
         Method::Attribution => {
-            let sc = scores
-                .ok_or_else(|| EngineError::InvalidInput("attribution needs scores".into()))?;
-            cands.sort_by(|a, b| sc.scores[a.0][a.1][a.2].total_cmp(&sc.scores[b.0][b.1][b.2]));
+            let sc = &scores.scores;
+            cands.sort_by(|a, b| sc[a.0][a.1][a.2].total_cmp(&sc[b.0][b.1][b.2]));
         }
         Method::Random => cands.shuffle(&mut StdRng::seed_from_u64(seed)),
         Method::Smallest => {

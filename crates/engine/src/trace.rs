@@ -115,8 +115,4 @@ impl Trace {
         self.get(layer, component)
             .and_then(|r| grads.get(r.probe.as_tensor()))
     }
-
-    pub fn clear(&mut self) {
-        self.records.clear();
-    }
 }

@@ -26,6 +26,20 @@ fn logits(model: &Transformer, ids: &Tensor) -> Tensor {
         .unwrap()
 }
 
+/// What scripts/check_export.py compares HF's logits against.
+fn save_expected(ids: &Tensor, logits: Tensor, dir: &std::path::Path) {
+    let ids = ids.to_dtype(candle_core::DType::I64).unwrap();
+    let tensors = [
+        ("input_ids".to_string(), ids),
+        ("logits".to_string(), logits),
+    ];
+    candle_core::safetensors::save(
+        &tensors.into_iter().collect(),
+        dir.join("edited_logits.safetensors"),
+    )
+    .unwrap();
+}
+
 fn roundtrip(arch: &str, components: &[Component]) {
     let fixture = root().join("tests/fixtures").join(arch);
     let m = load_model(fixture.to_str().unwrap(), &LoadOptions::default()).unwrap();
@@ -52,7 +66,7 @@ fn roundtrip(arch: &str, components: &[Component]) {
         &mut |_, _| true,
     )
     .unwrap();
-    let order = ranking(&svds, Some(&scores), Method::Attribution, 1).unwrap();
+    let order = ranking(&svds, &scores, Method::Attribution, 1).unwrap();
     let sel = select(&svds, &order, 0.3).unwrap();
     let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, BiasMode::Mean).unwrap();
     let mut edited = m.model.clone();
@@ -87,19 +101,7 @@ fn roundtrip(arch: &str, components: &[Component]) {
         .to_scalar()
         .unwrap();
     assert!(moved > 0.0, "{arch}: the edit changed nothing");
-    candle_core::safetensors::save(
-        &[
-            (
-                "input_ids".to_string(),
-                ids.to_dtype(candle_core::DType::I64).unwrap(),
-            ),
-            ("logits".to_string(), want),
-        ]
-        .into_iter()
-        .collect(),
-        out.join("edited_logits.safetensors"),
-    )
-    .unwrap();
+    save_expected(&ids, want, &out);
     // The LoRA adapter of an edit without bias deltas.
     let no_bias = build_edit(&m.model, &svds, &sel, &scores.input_means, BiasMode::None).unwrap();
     let lora = root()
@@ -113,19 +115,7 @@ fn roundtrip(arch: &str, components: &[Component]) {
     );
     let mut lora_model = m.model.clone();
     no_bias.apply(&mut lora_model).unwrap();
-    candle_core::safetensors::save(
-        &[
-            (
-                "input_ids".to_string(),
-                ids.to_dtype(candle_core::DType::I64).unwrap(),
-            ),
-            ("logits".to_string(), logits(&lora_model, &ids)),
-        ]
-        .into_iter()
-        .collect(),
-        lora.join("edited_logits.safetensors"),
-    )
-    .unwrap();
+    save_expected(&ids, logits(&lora_model, &ids), &lora);
 }
 
 #[test]

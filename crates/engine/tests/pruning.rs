@@ -53,7 +53,7 @@ fn score_and_select(
         &mut |_, _| true,
     )
     .unwrap();
-    let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
+    let order = ranking(&svds, &scores, Method::Attribution, 0).unwrap();
     let sel = select(&svds, &order, portion).unwrap();
     (svds, scores, sel)
 }
@@ -129,7 +129,7 @@ fn portion_zero_changes_nothing_and_pruning_changes_the_model() {
                 .all(|s| s.is_finite()),
             "{arch}: scores finite"
         );
-        let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
+        let order = ranking(&svds, &scores, Method::Attribution, 0).unwrap();
         let base = logits(&m, &m.model);
 
         let none = select(&svds, &order, 0.0).unwrap();

@@ -61,7 +61,7 @@ fn check(arch: &str) {
             );
         }
     }
-    let order = ranking(&svds, Some(&scores), Method::Attribution, 0).unwrap();
+    let order = ranking(&svds, &scores, Method::Attribution, 0).unwrap();
     let sel = select(&svds, &order, 0.25).unwrap();
     let mut flat = Vec::new();
     let mut k = 0i64;
