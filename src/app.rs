@@ -1,6 +1,5 @@
 //! Shared state and the router; `serve` runs it on a listener (tests use port 0).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::routing::{get, post};
@@ -11,22 +10,11 @@ use tokio::sync::Notify;
 use crate::db::Db;
 use crate::engine_host::ModelHost;
 use crate::http;
+pub use crate::metrics::Metrics;
 use crate::storage::Storage;
 
 /// Largest request body accepted (JSONL uploads included).
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
-
-#[derive(Default)]
-pub struct Metrics {
-    pub requests: AtomicU64,
-    pub tokens_generated: AtomicU64,
-}
-
-impl Metrics {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
 
 #[derive(Clone)]
 pub struct AppState {

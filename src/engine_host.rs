@@ -83,6 +83,16 @@ impl ModelHost {
         Ok(m)
     }
 
+    /// Parameter bytes of every resident model (a variant counts in full).
+    pub fn resident_bytes(&self) -> u64 {
+        let r = self.resident.lock().expect("model host lock");
+        r.iter().map(|(_, m)| m.model.weights.bytes()).sum()
+    }
+
+    pub fn device_memory(&self) -> Option<(u64, u64)> {
+        eigenprune_engine::device::memory(&self.device)
+    }
+
     pub fn resident(&self) -> Vec<String> {
         self.resident
             .lock()

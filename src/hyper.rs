@@ -2,6 +2,7 @@
 //! the engine's settings with stable error codes.
 
 use eigenprune_engine::attribution::{Aggregate, InputMode};
+use eigenprune_engine::finetune::FinetuneSettings;
 use eigenprune_engine::pipeline::{Portion, PruneSettings};
 use eigenprune_engine::prune::{BiasMode, Method};
 use eigenprune_engine::Component;
@@ -28,6 +29,29 @@ pub struct Hyperparameters {
     pub seed: u64,
     pub scoring_batches: Option<usize>,
     pub eval_batch_size: usize,
+    /// Full fine-tuning before pruning; None (the default) prunes the base model as is.
+    pub finetune: Option<Finetune>,
+}
+
+/// `{"epochs": N, "lr": F}` (and optionally batch_size, weight_decay).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finetune {
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: Option<usize>,
+    pub weight_decay: Option<f64>,
+}
+
+impl Finetune {
+    fn to_settings(&self) -> Result<FinetuneSettings, Invalid> {
+        let mut s = FinetuneSettings::new(self.epochs, self.lr);
+        s.batch_size = self.batch_size.unwrap_or(s.batch_size);
+        s.weight_decay = self.weight_decay.unwrap_or(s.weight_decay);
+        s.validate()
+            .map_err(|e| invalid("invalid_finetune", e.to_string()))?;
+        Ok(s)
+    }
 }
 
 impl Default for Hyperparameters {
@@ -43,6 +67,7 @@ impl Default for Hyperparameters {
             seed: 42,
             scoring_batches: None,
             eval_batch_size: 16,
+            finetune: None,
         }
     }
 }
@@ -143,6 +168,11 @@ impl Hyperparameters {
             scoring_batches: self.scoring_batches,
             eval_batch_size: self.eval_batch_size.clamp(1, 256),
             svd_cache: None,
+            finetune: self
+                .finetune
+                .as_ref()
+                .map(Finetune::to_settings)
+                .transpose()?,
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod engine_host;
 pub mod http;
 pub mod hyper;
 pub mod jobs;
+pub mod metrics;
 pub mod openapi;
 pub mod report;
 pub mod storage;

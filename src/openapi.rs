@@ -106,7 +106,11 @@ fn schemas() -> Value {
             "bias": {"type": "string", "enum": ["mean", "none"], "default": "mean"},
             "seed": {"type": "integer", "default": 42},
             "scoring_batches": {"type": ["integer", "null"], "minimum": 1},
-            "eval_batch_size": {"type": "integer", "default": 16}
+            "eval_batch_size": {"type": "integer", "default": 16},
+            "finetune": {"oneOf": [{"type": "null"}, obj(json!({
+                "epochs": {"type": "integer", "minimum": 1}, "lr": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                "batch_size": {"type": "integer", "minimum": 1, "default": 8}, "weight_decay": {"type": "number", "minimum": 0, "default": 0.01}
+            }), &["epochs", "lr"])], "default": null}
         }), &[]),
         "CreatePruningJob": obj(json!({
             "model": {"type": "string"}, "task": {"type": "string", "enum": ["int-sum", "int-mult", "cb", "copa", "rte"]},
@@ -134,7 +138,9 @@ fn schemas() -> Value {
             "max_tokens": {"type": "integer", "default": 16, "maximum": 2048}, "temperature": {"type": "number", "default": 1.0},
             "top_p": {"type": "number", "default": 1.0}, "seed": {"type": "integer"}, "n": {"type": "integer", "default": 1, "maximum": 8},
             "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-            "echo": {"type": "boolean", "default": false}, "logprobs": {"type": "integer", "maximum": 20}
+            "echo": {"type": "boolean", "default": false}, "logprobs": {"type": "integer", "maximum": 20},
+            "stream": {"type": "boolean", "default": false, "description": "Server-Sent Events: text deltas, then `data: [DONE]`; not with logprobs or echo"},
+            "stream_options": obj(json!({"include_usage": {"type": "boolean", "default": false}}), &[])
         }), &["model", "prompt"]),
         "Completion": obj(json!({"id": {"type": "string"}, "object": {"const": "text_completion"}, "model": {"type": "string"},
             "choices": {"type": "array", "items": obj(json!({"text": {"type": "string"}, "index": {"type": "integer"}, "finish_reason": {"type": "string"}}), &["text", "index"])},

@@ -42,5 +42,9 @@ pub fn report_json(r: &PruneReport) -> serde_json::Value {
         "scored_examples": r.scored_examples,
         "seconds": r.seconds,
         "portions": per_portion,
+        "finetune": r.finetune.as_ref().map(|(ft, pretrained)| json!({
+            "epoch_losses": ft.epoch_losses,
+            "accuracy_pretrained": eval_json(pretrained),
+        })),
     })
 }

@@ -268,6 +268,39 @@ async fn end_to_end(server: &Server) {
         ev_done["result"]["accuracy"]["correct"],
         result["accuracy_after"]["correct"]
     );
+    metrics_after_the_run(server).await;
+}
+
+/// /metrics after a job and completions: Prometheus text with live figures.
+async fn metrics_after_the_run(server: &Server) {
+    let text = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        value("eigenprune_requests_total{code=\"2xx\"}") >= 5.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("eigenprune_request_duration_seconds_count"),
+        value("eigenprune_request_duration_seconds_bucket{le=\"+Inf\"}")
+    );
+    assert!(value("eigenprune_tokens_generated_total") >= 1.0, "{text}");
+    assert_eq!(value("eigenprune_queue_depth"), 0.0, "{text}");
+    assert!(value("eigenprune_jobs{kind=\"pruning\",status=\"succeeded\"}") >= 1.0);
+    assert!(value("eigenprune_resident_model_bytes") > 0.0, "{text}");
 }
 
 async fn bad_input(server: &Server) {
@@ -320,6 +353,18 @@ async fn bad_input(server: &Server) {
             json!({"model": model, "prompt": "x", "max_tokens": 100000}),
             422,
             "max_tokens_too_large",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": model, "prompt": "x", "stream": true, "logprobs": 1}),
+            422,
+            "stream_logprobs_unsupported",
+        ),
+        (
+            "/v1/pruning/jobs",
+            json!({"model": model, "task": "int-mult", "hyperparameters": {"finetune": {"epochs": 0, "lr": 0.1}}}),
+            422,
+            "invalid_finetune",
         ),
     ];
     for (path, body, want_status, want_code) in cases {
@@ -438,4 +483,38 @@ async fn postgres_end_to_end() {
     let server = Server::start(Some(url), 2, "postgres").await;
     end_to_end(&server).await;
     bad_input(&server).await;
+}
+
+/// The official `openai` Python client against the service, unchanged (scripts/
+/// openai_client_check.py). Skipped when the package is missing, unless
+/// EIGENPRUNE_REQUIRE_OPENAI is set (CI sets it after installing the package).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client() {
+    let has_client = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_client {
+        assert!(
+            std::env::var_os("EIGENPRUNE_REQUIRE_OPENAI").is_none(),
+            "EIGENPRUNE_REQUIRE_OPENAI is set but `import openai` fails"
+        );
+        eprintln!("skipped: python3 cannot import openai (pip install openai)");
+        return;
+    }
+    let server = Server::start(None, 0, "openai").await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/openai_client_check.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args([server.base.as_str(), fixture("llama").as_str()])
+        .output()
+        .await
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("every check passed"), "{log}");
 }

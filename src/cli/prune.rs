@@ -8,7 +8,7 @@ use eigenprune_engine::pipeline::{self, PruneReport, PruneSettings};
 use eigenprune_engine::{export, load_model, LoadOptions};
 
 use super::{load_task, Progress};
-use crate::hyper::{parse_portion, Hyperparameters, PortionSpec};
+use crate::hyper::{parse_portion, Finetune, Hyperparameters, PortionSpec};
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
@@ -65,6 +65,16 @@ pub struct PruneArgs {
     pub json: bool,
     #[arg(long, env = "EIGENPRUNE_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Fine-tune every parameter (AdamW) for this many epochs on the training split before
+    /// pruning, as in the paper's "finetuned GPT-2" row.
+    #[arg(long, requires = "finetune_lr")]
+    pub finetune_epochs: Option<usize>,
+    /// Fine-tuning learning rate.
+    #[arg(long, requires = "finetune_epochs")]
+    pub finetune_lr: Option<f64>,
+    /// Fine-tuning batch size.
+    #[arg(long, default_value_t = 8)]
+    pub finetune_batch_size: usize,
 }
 
 pub fn settings(args: &PruneArgs) -> anyhow::Result<PruneSettings> {
@@ -79,6 +89,15 @@ pub fn settings(args: &PruneArgs) -> anyhow::Result<PruneSettings> {
         seed: args.seed,
         scoring_batches: args.scoring_batches,
         eval_batch_size: args.eval_batch_size,
+        finetune: args
+            .finetune_epochs
+            .zip(args.finetune_lr)
+            .map(|(epochs, lr)| Finetune {
+                epochs,
+                lr,
+                batch_size: Some(args.finetune_batch_size),
+                weight_decay: None,
+            }),
     };
     let mut settings = hyper
         .to_settings()
@@ -170,6 +189,11 @@ fn print_summary(r: &PruneReport) {
         "task {}: {} candidates, test size {}",
         r.task, r.candidates, r.test_size
     );
+    if let Some((ft, pretrained)) = &r.finetune {
+        println!("before fine-tuning: {}", fmt(pretrained));
+        let losses: Vec<String> = ft.epoch_losses.iter().map(|l| format!("{l:.4}")).collect();
+        println!("fine-tuning loss per epoch: {}", losses.join(", "));
+    }
     println!("before: {}", fmt(&r.accuracy_before));
     for p in &r.results {
         println!(

@@ -3,11 +3,15 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use eigenprune_engine::generate::{generate, sequence_logprobs, SamplingParams};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use eigenprune_engine::generate::SamplingParams;
 use eigenprune_engine::LoadedModel;
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::completion_run::{choice_params, complete_one, run, Options};
 use super::error::{ApiError, ApiResult, Json};
 use crate::app::{AppState, Metrics};
 
@@ -50,6 +54,13 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub echo: bool,
     pub user: Option<String>,
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 fn default_max_tokens() -> usize {
@@ -92,11 +103,11 @@ pub async fn resolve_model(state: &AppState, id: &str) -> ApiResult<Arc<LoadedMo
 pub async fn create(
     State(state): State<AppState>,
     Json(req): Json<CompletionRequest>,
-) -> ApiResult<Json<Value>> {
-    if req.stream {
+) -> ApiResult<Response> {
+    if req.stream && (req.logprobs.is_some() || req.echo) {
         return Err(ApiError::invalid(
-            "stream_unsupported",
-            "stream = true is not supported yet",
+            "stream_logprobs_unsupported",
+            "logprobs and echo are not available with stream = true",
         ));
     }
     if req.logprobs.is_some_and(|k| k > 20) {
@@ -172,6 +183,17 @@ pub async fn create(
         echo: req.echo,
         logprobs: req.logprobs,
     };
+    let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    if req.stream {
+        let usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let head = StreamHead {
+            id,
+            model: req.model,
+            created: crate::db::now(),
+            usage,
+        };
+        return Ok(stream(state, model, prompts, params, stops, opts.n, head));
+    }
     let (choices, usage) =
         tokio::task::spawn_blocking(move || run(&model, &prompts, &params, &stops, &opts))
             .await
@@ -179,13 +201,14 @@ pub async fn create(
             .map_err(ApiError::internal)?;
     Metrics::add(&state.metrics.tokens_generated, usage.1 as u64);
     Ok(Json(json!({
-        "id": format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+        "id": id,
         "object": "text_completion",
         "created": crate::db::now(),
         "model": req.model,
         "choices": choices,
-        "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1},
-    })))
+        "usage": usage_json(usage),
+    }))
+    .into_response())
 }
 
 fn encode(tok: &eigenprune_engine::tokenizers::Tokenizer, text: &str) -> ApiResult<Vec<u32>> {
@@ -194,112 +217,79 @@ fn encode(tok: &eigenprune_engine::tokenizers::Tokenizer, text: &str) -> ApiResu
         .map_err(|e| ApiError::invalid("invalid_prompt", e.to_string()))
 }
 
-struct Options {
+fn usage_json((prompt, completion): (usize, usize)) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion,
+           "total_tokens": prompt + completion})
+}
+
+/// What every chunk of a stream repeats.
+struct StreamHead {
+    id: String,
+    model: String,
+    created: i64,
+    usage: bool,
+}
+
+impl StreamHead {
+    fn chunk(&self, choices: Value, usage: Value) -> Event {
+        let body = json!({"id": self.id, "object": "text_completion", "created": self.created,
+                          "model": self.model, "choices": choices, "usage": usage});
+        Event::default().data(body.to_string())
+    }
+}
+
+/// `stream = true`: Server-Sent Events as OpenAI sends them, one chunk per text delta, a final
+/// chunk per choice with its finish_reason, optional usage, then `[DONE]`. Generation stops
+/// when the client disconnects.
+fn stream(
+    state: AppState,
+    model: Arc<LoadedModel>,
+    prompts: Vec<Vec<u32>>,
+    params: SamplingParams,
+    stops: Vec<String>,
     n: usize,
-    echo: bool,
-    logprobs: Option<u32>,
-}
-
-/// OpenAI's logprobs object for `ids[from..]`, scored in context of `ids[..from]`.
-fn logprobs_json(model: &LoadedModel, ids: &[u32], from: usize, top: u32) -> anyhow::Result<Value> {
-    let scored = sequence_logprobs(&model.model, ids, top as usize)?;
-    let piece = |id: u32| model.tokenizer.decode(&[id], false).unwrap_or_default();
-    let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
-    let mut offset = 0usize;
-    for (i, &id) in ids.iter().enumerate().skip(from) {
-        let text = piece(id);
-        tokens.push(json!(text));
-        offsets.push(json!(offset));
-        offset += text.len();
-        match i.checked_sub(1).map(|p| &scored[p]) {
-            None => {
-                lps.push(Value::Null);
-                tops.push(Value::Null);
-            }
-            Some((lp, best)) => {
-                lps.push(json!(lp));
-                let m: serde_json::Map<String, Value> =
-                    best.iter().map(|(t, l)| (piece(*t), json!(l))).collect();
-                tops.push(Value::Object(m));
-            }
-        }
-    }
-    Ok(
-        json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}),
-    )
-}
-
-fn run(
-    model: &LoadedModel,
-    prompts: &[Vec<u32>],
-    params: &SamplingParams,
-    stops: &[String],
-    opts: &Options,
-) -> anyhow::Result<(Vec<Value>, (usize, usize))> {
-    let n = opts.n;
-    let mut choices = Vec::new();
-    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-    for prompt in prompts {
-        prompt_tokens += prompt.len();
-        for k in 0..n {
-            let p = SamplingParams {
-                seed: params.seed.wrapping_add(k as u64),
-                ..params.clone()
-            };
-            let mut all = Vec::new();
-            let mut stopped_text = None;
-            let (ids, _) = if params.max_tokens == 0 {
-                (Vec::new(), Default::default())
-            } else {
-                generate(&model.model, prompt, &p, |id| {
-                    all.push(id);
-                    let text = model.tokenizer.decode(&all, true).unwrap_or_default();
-                    match stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-                        Some(cut) => {
-                            stopped_text = Some(text[..cut].to_string());
-                            false
+    head: StreamHead,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::task::spawn_blocking(move || {
+        let send = |e: Event| tx.blocking_send(e).is_ok();
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        for (p, prompt) in prompts.iter().enumerate() {
+            prompt_tokens += prompt.len();
+            for k in 0..n {
+                let index = p * n + k;
+                let delta = |text: &str| {
+                    let c = json!([{"text": text, "index": index, "logprobs": null, "finish_reason": null}]);
+                    send(head.chunk(c, Value::Null))
+                };
+                match complete_one(&model, prompt, &choice_params(&params, k), &stops, delta) {
+                    Ok(c) => {
+                        completion_tokens += c.ids.len();
+                        Metrics::add(&state.metrics.tokens_generated, c.ids.len() as u64);
+                        let c = json!([{"text": "", "index": index, "logprobs": null,
+                                        "finish_reason": c.finish_reason}]);
+                        if !send(head.chunk(c, Value::Null)) {
+                            return;
                         }
-                        None => true,
                     }
-                })?
-            };
-            completion_tokens += ids.len();
-            let (text, reason) = match stopped_text {
-                Some(t) => (t, "stop"),
-                None => {
-                    let t = model
-                        .tokenizer
-                        .decode(&ids, true)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    (
-                        t,
-                        if ids.len() < params.max_tokens {
-                            "stop"
-                        } else {
-                            "length"
-                        },
-                    )
+                    Err(e) => {
+                        tracing::error!(error = %e, "streamed completion failed");
+                        let err = json!({"error": {"code": "internal_error", "message": "internal error"}});
+                        send(Event::default().data(err.to_string()));
+                        return;
+                    }
                 }
-            };
-            let all: Vec<u32> = prompt.iter().chain(&ids).copied().collect();
-            let from = if opts.echo { 0 } else { prompt.len() };
-            let logprobs = match opts.logprobs {
-                Some(top) => logprobs_json(model, &all, from, top)?,
-                None => Value::Null,
-            };
-            let text = if opts.echo {
-                format!(
-                    "{}{text}",
-                    model
-                        .tokenizer
-                        .decode(prompt, false)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?
-                )
-            } else {
-                text
-            };
-            choices.push(json!({"text": text, "index": choices.len(), "logprobs": logprobs, "finish_reason": reason}));
+            }
         }
-    }
-    Ok((choices, (prompt_tokens, completion_tokens)))
+        if head.usage {
+            let usage = usage_json((prompt_tokens, completion_tokens));
+            send(head.chunk(json!([]), usage));
+        }
+        send(Event::default().data("[DONE]"));
+    });
+    let events =
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

@@ -1,5 +1,6 @@
 //! HTTP handlers, one file per resource; `error.rs` maps every failure to a status and code.
 
+pub mod completion_run;
 pub mod completions;
 pub mod datasets;
 pub mod error;
@@ -12,9 +13,14 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::app::{AppState, Metrics};
+use crate::app::AppState;
 
+/// Counts every response by status class and records its latency (to the first byte).
 pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    Metrics::add(&state.metrics.requests, 1);
-    next.run(req).await
+    let start = std::time::Instant::now();
+    let response = next.run(req).await;
+    state
+        .metrics
+        .observe(response.status().as_u16(), start.elapsed());
+    response
 }

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor, D};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use tokenizers::Tokenizer;
 
-use crate::batch::{answer_targets, encode_example, pack, Sequence};
+use crate::batch::{answer_targets, encode_example, pack, Packed, Sequence};
 use crate::config::NormKind;
 use crate::svd::SiteSvd;
 use crate::tasks::Example;
@@ -179,24 +179,21 @@ pub fn sweep(
     })
 }
 
-fn score_batch(
+/// The task loss of one batch, differentiable: the mean over examples of each one's mean
+/// cross-entropy over its answer tokens (teacher-forced). Rows are left-padded, so "the same
+/// position" means the same role across the batch.
+pub fn answer_loss(
     model: &Transformer,
     seqs: &[Sequence],
-    svds: &[SiteSvd],
-    components: &[Component],
-    input: InputMode,
-    acc: &mut Accumulator,
-) -> Result<()> {
+    trace: &mut Trace,
+) -> Result<(Tensor, Packed)> {
     let device = model.device();
     let rows: Vec<Vec<u32>> = seqs.iter().map(Sequence::tokens).collect();
-    // Left padding aligns every row's end, so "the same position" means the same role.
     let packed = pack(&rows, true, 0, device)?;
     let (b, t) = (rows.len(), packed.width);
-    let mut trace = Trace::new(components);
-    let hidden = model.forward(&packed.ids, &packed.valid, None, Some(&mut trace))?;
+    let hidden = model.forward(&packed.ids, &packed.valid, None, Some(trace))?;
     let refs: Vec<&Sequence> = seqs.iter().collect();
     let (positions, targets) = answer_targets(&refs, &packed);
-    // Loss: mean over the batch of each example's mean cross-entropy over its answer tokens.
     let weights: Vec<f32> = seqs
         .iter()
         .flat_map(|s| std::iter::repeat_n(1.0 / (b * s.answer.len()) as f32, s.answer.len()))
@@ -212,6 +209,21 @@ fn score_batch(
     let loss = (lp * Tensor::new(weights.as_slice(), device)?)?
         .sum_all()?
         .neg()?;
+    Ok((loss, packed))
+}
+
+fn score_batch(
+    model: &Transformer,
+    seqs: &[Sequence],
+    svds: &[SiteSvd],
+    components: &[Component],
+    input: InputMode,
+    acc: &mut Accumulator,
+) -> Result<()> {
+    let device = model.device();
+    let mut trace = Trace::new(components);
+    let (loss, packed) = answer_loss(model, seqs, &mut trace)?;
+    let (b, t) = (seqs.len(), packed.width);
     let grads = loss.backward()?;
 
     // Pairs (b, t) where both this example and the previous one have a real token.

@@ -1,6 +1,7 @@
 //! A pruned variant as data: for each changed matrix, the removed part as low-rank factors
 //! (delta W = B A, LoRA's layout) and a bias delta, plus the job's settings and base model
-//! identity, in one safetensors file. Base + edit = the edited model.
+//! identity, in one safetensors file. Base + edit = the edited model. A job that fine-tuned
+//! first also carries every fine-tuned parameter (a full copy: fine-tuning is not low-rank).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -10,6 +11,7 @@ use candle_core::{Device, Tensor};
 use crate::svd::site_map_mut;
 use crate::trace::Component;
 use crate::transformer::Transformer;
+use crate::weights::Weights;
 use crate::{EngineError, Result};
 
 #[derive(Clone, Debug)]
@@ -33,9 +35,14 @@ impl MatrixEdit {
 #[derive(Clone, Debug, Default)]
 pub struct Edit {
     pub matrices: Vec<MatrixEdit>,
+    /// Fine-tuned parameters in [`Weights::tensors_mut`] order, set before the low-rank part;
+    /// empty when the job did not fine-tune.
+    pub finetuned: Vec<Tensor>,
     /// Free-form string metadata: settings (JSON), base model identity, counts.
     pub metadata: BTreeMap<String, String>,
 }
+
+const FINETUNED: &str = "finetuned.";
 
 fn key(layer: usize, component: Component, part: &str) -> String {
     format!("layers.{layer}.{}.{part}", component.name())
@@ -57,6 +64,9 @@ impl Edit {
             if let Some(d) = &m.bias_delta {
                 tensors.push((key(m.layer, m.component, "bias_delta"), d.clone()));
             }
+        }
+        for (i, t) in self.finetuned.iter().enumerate() {
+            tensors.push((format!("{FINETUNED}{i:05}"), t.clone()));
         }
         (tensors, self.metadata.clone().into_iter().collect())
     }
@@ -104,7 +114,25 @@ impl Edit {
             });
         }
         matrices.sort_by_key(|m| (m.layer, m.component));
-        Ok(Self { matrices, metadata })
+        let mut finetuned: Vec<(usize, Tensor)> = Vec::new();
+        for (name, t) in &tensors {
+            if let Some(i) = name.strip_prefix(FINETUNED) {
+                let i = i
+                    .parse()
+                    .map_err(|_| bad(format!("unexpected tensor `{name}`")))?;
+                finetuned.push((i, t.clone()));
+            }
+        }
+        finetuned.sort_by_key(|(i, _)| *i);
+        if finetuned.iter().enumerate().any(|(k, (i, _))| k != *i) {
+            return Err(bad("the fine-tuned parameters are not numbered 0..n".into()));
+        }
+        let finetuned = finetuned.into_iter().map(|(_, t)| t).collect();
+        Ok(Self {
+            matrices,
+            finetuned,
+            metadata,
+        })
     }
 
     /// Total count of removed singular directions.
@@ -112,8 +140,12 @@ impl Edit {
         self.matrices.iter().map(MatrixEdit::rank).sum()
     }
 
-    /// Applies the edit in place: W += B A, b += delta (a missing bias is created).
+    /// Applies the edit in place: fine-tuned parameters (if any) replace the base's, then
+    /// W += B A, b += delta (a missing bias is created).
     pub fn apply(&self, model: &mut Transformer) -> Result<()> {
+        if !self.finetuned.is_empty() {
+            set_parameters(&mut model.weights, &self.finetuned)?;
+        }
         let n_layers = model.config.n_layers;
         for m in &self.matrices {
             if m.layer >= n_layers {
@@ -142,4 +174,32 @@ impl Edit {
         }
         Ok(())
     }
+}
+
+/// Replaces every parameter of `weights` (in [`Weights::tensors_mut`] order), shapes checked;
+/// a tied output projection follows the embedding.
+pub fn set_parameters(weights: &mut Weights, values: &[Tensor]) -> Result<()> {
+    let tied = weights.tied();
+    let mut params = weights.tensors_mut();
+    if params.len() != values.len() {
+        return Err(EngineError::InvalidInput(format!(
+            "the edit carries {} fine-tuned parameters; the model has {}",
+            values.len(),
+            params.len()
+        )));
+    }
+    for (i, (p, v)) in params.iter_mut().zip(values).enumerate() {
+        if p.dims() != v.dims() {
+            return Err(EngineError::ShapeMismatch {
+                name: format!("{FINETUNED}{i:05}"),
+                found: v.dims().to_vec(),
+                expected: p.dims().to_vec(),
+            });
+        }
+        **p = v.to_device(p.device())?.to_dtype(p.dtype())?;
+    }
+    if tied {
+        weights.lm_head.weight = weights.embed.clone();
+    }
+    Ok(())
 }

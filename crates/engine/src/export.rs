@@ -133,6 +133,13 @@ pub fn export_lora(
     base_model: &str,
     dir: &Path,
 ) -> Result<usize> {
+    if !edit.finetuned.is_empty() {
+        return Err(EngineError::InvalidInput(
+            "this variant was fine-tuned before pruning: its change is not low-rank, so it has \
+             no LoRA form; export a full checkpoint instead"
+                .into(),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
     let cfg = &model.config;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();

@@ -4,10 +4,12 @@
 pub mod attribution;
 pub mod batch;
 pub mod config;
+pub mod device;
 pub mod edit;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod finetune;
 pub mod generate;
 pub mod gguf;
 pub mod loading;

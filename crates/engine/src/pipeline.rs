@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 use crate::attribution::{sweep, Aggregate, InputMode, Scores, SweepSettings};
 use crate::edit::Edit;
 use crate::eval::{evaluate, EvalResult};
+use crate::finetune::{finetune, FinetuneReport, FinetuneSettings};
 use crate::prune::{build_edit, ranking, select, BiasMode, Method};
 use crate::svd::{decompose, decompose_cached, SiteSvd};
 use crate::tasks::{Example, Task};
@@ -42,6 +43,8 @@ pub struct PruneSettings {
     pub eval_batch_size: usize,
     /// Where SVDs are cached (they depend only on the weights); None = no cache.
     pub svd_cache: Option<std::path::PathBuf>,
+    /// Full fine-tuning on the scored split before pruning; None = prune the base as is.
+    pub finetune: Option<FinetuneSettings>,
 }
 
 impl Default for PruneSettings {
@@ -58,6 +61,7 @@ impl Default for PruneSettings {
             scoring_batches: None,
             eval_batch_size: 16,
             svd_cache: None,
+            finetune: None,
         }
     }
 }
@@ -83,8 +87,11 @@ pub struct PruneReport {
     pub test_size: usize,
     pub scored_examples: usize,
     pub results: Vec<PortionResult>,
-    /// Seconds per phase: svd, sweep, edit, eval_before, eval_after.
+    /// Seconds per phase: svd, sweep, edit, eval_before, eval_after (and finetune, auto_dev).
     pub seconds: BTreeMap<String, f64>,
+    /// When the job fine-tuned first: its losses, and the test accuracy of the model before
+    /// fine-tuning (`accuracy_before` is the fine-tuned model's).
+    pub finetune: Option<(FinetuneReport, EvalResult)>,
 }
 
 /// Progress callback: (phase, done, total); returning false cancels the job.
@@ -114,6 +121,24 @@ pub fn run(
         (Cow::Borrowed(&task.train), Vec::new())
     };
 
+    let eval_bs = settings.eval_batch_size;
+    let tuned;
+    let (base, finetune_outcome) = match &settings.finetune {
+        None => (base, None),
+        Some(ft) => {
+            let pretrained = evaluate(base, tok, &task.test, eval_bs, &mut |d, t| {
+                progress("eval_pretrained", d, t)
+            })?;
+            lap("eval_pretrained", &mut seconds);
+            let (model, report) =
+                finetune(base, tok, &score_split, ft, settings.seed, &mut |d, t| {
+                    progress("finetune", d, t)
+                })?;
+            lap("finetune", &mut seconds);
+            tuned = model;
+            (&tuned, Some((report, pretrained)))
+        }
+    };
     if !progress("svd", 0, 1) {
         return Err(EngineError::Cancelled);
     }
@@ -144,7 +169,6 @@ pub fn run(
     lap("sweep", &mut seconds);
     let order = ranking(&svds, &scores, settings.method, settings.seed)?;
 
-    let eval_bs = settings.eval_batch_size;
     let before = evaluate(base, tok, &task.test, eval_bs, &mut |d, t| {
         progress("eval_before", d, t)
     })?;
@@ -176,7 +200,10 @@ pub fn run(
                 (best, Some((grid, dev.len())))
             }
         };
-        let (model, edit) = edited(base, &svds, &order, &scores, p, settings.bias)?;
+        let (model, mut edit) = edited(base, &svds, &order, &scores, p, settings.bias)?;
+        if settings.finetune.is_some() {
+            edit.finetuned = base.weights.parameters();
+        }
         lap("edit", &mut seconds);
         let after = evaluate(&model, tok, &task.test, eval_bs, &mut |d, t| {
             progress("eval_after", d, t)
@@ -203,6 +230,7 @@ pub fn run(
         scored_examples: scores.examples,
         results,
         seconds,
+        finetune: finetune_outcome,
     })
 }
 

@@ -215,6 +215,7 @@ pub fn build_edit(
     }
     Ok(Edit {
         matrices,
+        finetuned: Vec::new(),
         metadata: BTreeMap::new(),
     })
 }

@@ -70,3 +70,63 @@ pub struct Weights {
     /// Tied models share `embed` here.
     pub lm_head: Linear,
 }
+
+impl Linear {
+    fn tensors_mut(&mut self) -> impl Iterator<Item = &mut Tensor> {
+        std::iter::once(&mut self.weight).chain(self.bias.as_mut())
+    }
+}
+
+impl Norm {
+    fn tensors_mut(&mut self) -> impl Iterator<Item = &mut Tensor> {
+        std::iter::once(&mut self.weight).chain(self.bias.as_mut())
+    }
+}
+
+impl Weights {
+    /// Whether the output projection shares the embedding's storage.
+    pub fn tied(&self) -> bool {
+        self.lm_head.weight.id() == self.embed.id()
+    }
+
+    /// Every parameter tensor once (a tied lm_head is left out: it is `embed`).
+    pub fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        let tied = self.tied();
+        let mut out: Vec<&mut Tensor> = vec![&mut self.embed];
+        out.extend(self.pos_embed.as_mut());
+        for b in &mut self.blocks {
+            out.extend(b.ln1.tensors_mut());
+            out.extend(b.ln2.iter_mut().flat_map(Norm::tensors_mut));
+            for l in [
+                &mut b.q,
+                &mut b.k,
+                &mut b.v,
+                &mut b.o,
+                &mut b.up,
+                &mut b.down,
+            ] {
+                out.extend(l.tensors_mut());
+            }
+            out.extend(b.gate.iter_mut().flat_map(Linear::tensors_mut));
+        }
+        out.extend(self.final_norm.tensors_mut());
+        if !tied {
+            out.extend(self.lm_head.tensors_mut());
+        }
+        out
+    }
+
+    /// Every parameter tensor once, in [`Self::tensors_mut`] order (cheap: tensors share storage).
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let mut w = self.clone();
+        w.tensors_mut().into_iter().map(|t| t.clone()).collect()
+    }
+
+    /// Bytes held by the parameters, on whatever device they live.
+    pub fn bytes(&self) -> u64 {
+        self.parameters()
+            .iter()
+            .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+            .sum()
+    }
+}

@@ -319,3 +319,71 @@ fn svd_cache_returns_the_same_decomposition() {
     assert!(!hit, "changed weights do not hit the cache");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Fine-tuning first: the training loss falls, the base model is untouched, and base + the
+/// saved edit (fine-tuned parameters + low-rank part) reproduces the job's model exactly.
+#[test]
+fn finetune_then_prune_round_trips_through_the_edit() {
+    use eigenprune_engine::edit::Edit;
+    use eigenprune_engine::eval::evaluate;
+    use eigenprune_engine::finetune::FinetuneSettings;
+    use eigenprune_engine::pipeline::{run, Portion, PruneSettings};
+    use eigenprune_engine::tasks::Task;
+    for arch in ["llama", "gpt2"] {
+        let m = fixture(arch);
+        let rows = examples();
+        let task = Task {
+            name: "times7".into(),
+            train: rows[..10].to_vec(),
+            test: rows[10..].to_vec(),
+        };
+        let settings = PruneSettings {
+            portions: vec![Portion::Fixed(0.2)],
+            finetune: Some(FinetuneSettings {
+                batch_size: 4,
+                ..FinetuneSettings::new(4, 1e-2)
+            }),
+            ..Default::default()
+        };
+        let before = logits(&m, &m.model);
+        let report = run(&m.model, &m.tokenizer, &task, &settings, &mut |_, _, _| {
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            max_diff(&before, &logits(&m, &m.model)),
+            0.0,
+            "{arch}: base changed"
+        );
+        let (ft, _) = report.finetune.as_ref().unwrap();
+        let losses = &ft.epoch_losses;
+        assert!(losses.last() < losses.first(), "{arch}: loss {losses:?}");
+
+        let edit = &report.results[0].edit;
+        assert!(!edit.finetuned.is_empty() && edit.rank() > 0);
+        let restored = Edit::from_bytes(&edit.to_bytes().unwrap(), &Device::Cpu).unwrap();
+        let mut variant = m.model.clone();
+        restored.apply(&mut variant).unwrap();
+        // The model the job evaluated is the one base + edit gives.
+        let again = evaluate(&variant, &m.tokenizer, &task.test, 16, &mut |_, _| true).unwrap();
+        let after = &report.results[0].accuracy_after;
+        assert_eq!(again.correct, after.correct, "{arch}");
+        assert_eq!(again.choice_correct, after.choice_correct, "{arch}");
+        let mut tuned = m.model.clone();
+        Edit {
+            finetuned: edit.finetuned.clone(),
+            ..Default::default()
+        }
+        .apply(&mut tuned)
+        .unwrap();
+        let pruned = logits(&m, &variant);
+        assert!(
+            max_diff(&logits(&m, &tuned), &before) > 1e-3,
+            "{arch}: no fine-tuning"
+        );
+        assert!(
+            max_diff(&pruned, &logits(&m, &tuned)) > 0.0,
+            "{arch}: no pruning"
+        );
+    }
+}
