@@ -24,6 +24,16 @@ struct Server {
 
 impl Server {
     async fn start(database_url: Option<String>, workers: usize, tag: &str) -> Self {
+        Self::start_with(fixture("llama"), 4, database_url, workers, tag).await
+    }
+
+    async fn start_with(
+        model: String,
+        max_resident_models: usize,
+        database_url: Option<String>,
+        workers: usize,
+        tag: &str,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("eigenprune-api-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = StoreArgs {
@@ -32,9 +42,9 @@ impl Server {
             object_store: None,
         };
         let engine = EngineArgs {
-            preload: vec![fixture("llama")],
+            preload: vec![model],
             device: "cpu".into(),
-            max_resident_models: 4,
+            max_resident_models,
         };
         let state = build_state(&store, &engine).await.unwrap();
         spawn_workers(&state, workers);
@@ -271,8 +281,8 @@ async fn end_to_end(server: &Server) {
     metrics_after_the_run(server).await;
 }
 
-/// /metrics after a job and completions: Prometheus text with live figures.
-async fn metrics_after_the_run(server: &Server) {
+/// One figure of /metrics (Prometheus text), and the whole text for messages.
+async fn metric(server: &Server, name: &str) -> (f64, String) {
     let text = server
         .client
         .get(format!("{}/metrics", server.base))
@@ -282,6 +292,21 @@ async fn metrics_after_the_run(server: &Server) {
         .text()
         .await
         .unwrap();
+    let value = text
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (value, text)
+}
+
+/// /metrics after a job and completions: Prometheus text with live figures.
+async fn metrics_after_the_run(server: &Server) {
+    let (_, text) = metric(server, "eigenprune_queue_depth").await;
     let value = |name: &str| -> f64 {
         let line = text
             .lines()
@@ -517,4 +542,87 @@ async fn openai_python_client() {
     );
     assert!(out.status.success(), "{log}");
     assert!(log.contains("every check passed"), "{log}");
+}
+
+/// The real SmolLM2 through the service (skipped without models/, which `.ci/run` fetches):
+/// greedy completion, a pruning job, the variant answering, an evaluation of the variant equal
+/// to the job's own figure, and `--max-resident-models 1` keeping one model resident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_end_to_end() {
+    let gguf =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        eprintln!(
+            "SKIPPED: {} is missing (scripts/fetch-smollm2.sh)",
+            gguf.display()
+        );
+        return;
+    }
+    let model = gguf.display().to_string();
+    let server = Server::start_with(model.clone(), 1, None, 1, "smollm2").await;
+    let greedy = |m: &str, prompt: &str| json!({"model": m, "prompt": prompt, "max_tokens": 3, "temperature": 0});
+    let (status, c) = server
+        .post(
+            "/v1/completions",
+            greedy(&model, "The capital of France is"),
+        )
+        .await;
+    assert_eq!(status, 200, "{c}");
+    assert!(
+        c["choices"][0]["text"].as_str().unwrap().contains("Paris"),
+        "{c}"
+    );
+
+    let hp = json!({"portion": 0.05, "scoring_batches": 2, "components": ["k"]});
+    let (status, job) = server
+        .post(
+            "/v1/pruning/jobs",
+            json!({"model": model, "task": "int-mult", "hyperparameters": hp}),
+        )
+        .await;
+    assert_eq!(status, 200, "{job}");
+    let job = server
+        .wait(&format!("/v1/pruning/jobs/{}", job["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &job["result"];
+    assert_eq!(result["test_size"], 80, "{job}");
+    assert!(result["pruned"].as_u64().unwrap() > 0, "{job}");
+    let variant = job["pruned_model"].as_str().unwrap();
+
+    let (status, c) = server
+        .post("/v1/completions", greedy(variant, "7 x 8 ="))
+        .await;
+    assert_eq!(status, 200, "{c}");
+    let (status, ev) = server
+        .post(
+            "/v1/evaluations",
+            json!({"model": variant, "task": "int-mult"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ev}");
+    let ev = server
+        .wait(&format!("/v1/evaluations/{}", ev["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(ev["status"], "succeeded", "{ev}");
+    assert_eq!(
+        ev["result"]["accuracy"]["correct"],
+        result["accuracy_after"]["correct"]
+    );
+    // One resident model at a time: the variant evicted the base; the base comes back.
+    let (resident, text) = metric(&server, "eigenprune_resident_models").await;
+    assert_eq!(resident, 1.0, "{text}");
+    let (status, c) = server
+        .post(
+            "/v1/completions",
+            greedy(&model, "The capital of France is"),
+        )
+        .await;
+    assert_eq!(status, 200, "{c}");
+    assert!(
+        c["choices"][0]["text"].as_str().unwrap().contains("Paris"),
+        "{c}"
+    );
+    let (resident, text) = metric(&server, "eigenprune_resident_models").await;
+    assert_eq!(resident, 1.0, "{text}");
 }
