@@ -10,7 +10,7 @@ For each architecture, tests/fixtures/<name>/ gets:
                                    L = mean next-token cross-entropy over real (unmasked) targets.
 
 Run with torch and transformers installed (the GPU machine has both):
-    python3 scripts/make_fixtures.py tests/fixtures
+    python3 scripts/make_fixtures.py tests/fixtures [ARCH ...]
 """
 import json
 import os
@@ -49,6 +49,19 @@ CONFIGS = {
         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
         sliding_window=4, tie_word_embeddings=False,
     ),
+    # Local and global layers with their own rotary bases, a window shorter than the inputs,
+    # and a query scale that is not head_dim.
+    "gemma3": transformers.Gemma3TextConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        query_pre_attn_scalar=12, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=0,
+    ),
 }
 MODEL_CLASSES = {
     "gpt2": transformers.GPT2LMHeadModel,
@@ -56,6 +69,7 @@ MODEL_CLASSES = {
     "llama": transformers.LlamaForCausalLM,
     "qwen2": transformers.Qwen2ForCausalLM,
     "mistral": transformers.MistralForCausalLM,
+    "gemma3": transformers.Gemma3ForCausalLM,
 }
 
 CORPUS = [
@@ -91,10 +105,12 @@ def key_outputs(name, model):
     return out
 
 
-def main(root):
+def main(root, only):
     torch.manual_seed(0)
     tok = make_tokenizer()
     for name, cfg in CONFIGS.items():
+        if only and name not in only:
+            continue
         cfg.bos_token_id = 0
         cfg.eos_token_id = 0
         torch.manual_seed(1234)
@@ -150,4 +166,5 @@ def main(root):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures")
+    # Usage: make_fixtures.py [ROOT [ARCH ...]]  (no ARCH: every architecture)
+    main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures", sys.argv[2:])

@@ -8,6 +8,7 @@ pub enum Arch {
     Llama,
     Mistral,
     Qwen2,
+    Gemma3,
 }
 
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
@@ -16,6 +17,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "LlamaForCausalLM (llama)",
     "MistralForCausalLM (mistral)",
     "Qwen2ForCausalLM (qwen2)",
+    "Gemma3ForCausalLM (gemma3_text)",
 ];
 
 impl Arch {
@@ -26,6 +28,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3_text",
         }
     }
 }
@@ -83,6 +86,15 @@ pub struct ModelConfig {
     pub gated_mlp: bool,
     pub activation: Activation,
     pub sliding_window: Option<usize>,
+    /// Which layers attend locally (Gemma-3 interleaves sliding-window and global layers);
+    /// empty: every layer uses `sliding_window` (None = global).
+    pub local_layers: Vec<bool>,
+    /// Rotary base of the local layers, when it differs from `rope_theta` (Gemma-3).
+    pub rope_local_theta: Option<f64>,
+    /// Embeddings are multiplied by this (Gemma: sqrt(d_model)).
+    pub embed_scale: Option<f64>,
+    /// Attention logits are multiplied by this; None = 1/sqrt(head_dim).
+    pub query_scale: Option<f64>,
     pub tie_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
@@ -94,6 +106,10 @@ impl ModelConfig {
     }
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+    /// Whether `layer` attends within `sliding_window` only.
+    pub fn is_local(&self, layer: usize) -> bool {
+        self.sliding_window.is_some() && self.local_layers.get(layer).copied().unwrap_or(true)
     }
     /// Sanity checks shared by every loader.
     pub fn validate(&self) -> crate::Result<()> {

@@ -9,7 +9,7 @@ use tokenizers::Tokenizer;
 
 use crate::config::Arch;
 use crate::edit::Edit;
-use crate::models::{gpt2, llama, phi};
+use crate::models::{gemma3, gpt2, llama, phi};
 use crate::trace::Component;
 use crate::transformer::Transformer;
 use crate::{EngineError, Result};
@@ -56,12 +56,13 @@ pub fn export_checkpoint(
     };
     match cfg.arch {
         Arch::Mistral if attn_bias => return refuse("attention"),
-        Arch::Mistral | Arch::Qwen2 if mlp_bias => return refuse("MLP"),
+        Arch::Mistral | Arch::Qwen2 | Arch::Gemma3 if mlp_bias => return refuse("MLP"),
         Arch::Qwen2 if weights.blocks.iter().any(|b| b.o.bias.is_some()) => {
             return refuse("attention output")
         }
-        Arch::Llama => {
-            // HF Llama's attention_bias (mlp_bias) puts a bias on every attention (MLP) map.
+        Arch::Llama | Arch::Gemma3 => {
+            // HF Llama's (Gemma's) attention_bias puts a bias on every attention map; Llama's
+            // mlp_bias on every MLP map.
             for b in &mut weights.blocks {
                 let gate = b.gate.as_mut();
                 let mut maps: Vec<&mut crate::weights::Linear> = Vec::new();
@@ -81,7 +82,9 @@ pub fn export_checkpoint(
                 }
             }
             config["attention_bias"] = json!(attn_bias);
-            config["mlp_bias"] = json!(mlp_bias);
+            if cfg.arch == Arch::Llama {
+                config["mlp_bias"] = json!(mlp_bias);
+            }
         }
         _ => {}
     }
@@ -93,6 +96,7 @@ pub fn export_checkpoint(
         Arch::Gpt2 => gpt2::export(cfg, &weights)?,
         Arch::Phi => phi::export(cfg, &weights)?,
         Arch::Llama | Arch::Mistral | Arch::Qwen2 => llama::export(cfg, &weights)?,
+        Arch::Gemma3 => gemma3::export(cfg, &weights)?,
     };
     write_json(&dir.join("config.json"), &config)?;
     write_tensors(&dir.join("model.safetensors"), tensors)?;

@@ -1,5 +1,5 @@
-//! GGUF files (llama.cpp): dequantised to dense f32 weights under HF tensor names, with an
-//! HF-style config and the tokenizer rebuilt from the metadata.
+//! GGUF files (llama.cpp; Llama and Gemma-3): dequantised to dense f32 weights under HF tensor
+//! names, with an HF-style config and the tokenizer rebuilt from the metadata.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
-use crate::tokenizer::{from_gguf_bpe, GgufBpe};
+use crate::tokenizer::{from_gguf_bpe, from_gguf_spm, GgufBpe, GgufSpm};
 use crate::{EngineError, Result};
 
 pub struct GgufModel {
@@ -36,47 +36,54 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         bad: &bad,
     };
     let arch = meta.str("general.architecture")?;
-    if arch != "llama" {
+    if arch != "llama" && arch != "gemma3" {
         return Err(EngineError::UnsupportedArchitecture {
-            found: format!("GGUF `{arch}`"),
+            found: format!("GGUF `{arch}` (supported: llama, gemma3)"),
         });
     }
-    let n_heads = meta.u32("llama.attention.head_count")? as usize;
+    let key = |k: &str| format!("{arch}.{k}");
+    let n_heads = meta.u32(&key("attention.head_count"))? as usize;
     let n_kv = meta
-        .u32("llama.attention.head_count_kv")
+        .u32(&key("attention.head_count_kv"))
         .map_or(n_heads, |n| n as usize);
-    let d_model = meta.u32("llama.embedding_length")? as usize;
-    let n_layers = meta.u32("llama.block_count")? as usize;
-    let tokens: Vec<String> = meta
-        .vec("tokenizer.ggml.tokens")?
-        .iter()
-        .map(|v| v.to_string().cloned())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| bad(format!("tokenizer.ggml.tokens: {e}")))?;
+    let d_model = meta.u32(&key("embedding_length"))? as usize;
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let tied = !content.tensor_infos.contains_key("output.weight");
-    let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    let mut config = json!({
         "vocab_size": tokens.len(),
         "hidden_size": d_model,
-        "intermediate_size": meta.u32("llama.feed_forward_length")?,
-        "num_hidden_layers": n_layers,
+        "intermediate_size": meta.u32(&key("feed_forward_length"))?,
+        "num_hidden_layers": meta.u32(&key("block_count"))?,
         "num_attention_heads": n_heads,
         "num_key_value_heads": n_kv,
-        "head_dim": meta.u32("llama.attention.key_length").map_or(d_model / n_heads, |n| n as usize),
-        "rms_norm_eps": meta.f32("llama.attention.layer_norm_rms_epsilon")?,
-        "rope_theta": meta.f32("llama.rope.freq_base").unwrap_or(10_000.0),
-        "max_position_embeddings": meta.u32("llama.context_length")?,
+        "head_dim": meta.u32(&key("attention.key_length")).map_or(d_model / n_heads, |n| n as usize),
+        "rms_norm_eps": meta.f32(&key("attention.layer_norm_rms_epsilon"))?,
+        "max_position_embeddings": meta.u32(&key("context_length"))?,
         "tie_word_embeddings": tied,
-        "hidden_act": "silu",
         "bos_token_id": meta.u32("tokenizer.ggml.bos_token_id").ok(),
         "eos_token_id": meta.u32("tokenizer.ggml.eos_token_id").ok(),
     });
-    if meta.str("tokenizer.ggml.model")? != "gpt2" {
-        return Err(bad(format!(
-            "tokenizer model `{}` is not supported (only byte-level BPE, `gpt2`)",
-            meta.str("tokenizer.ggml.model")?
-        )));
+    let extra = if arch == "llama" {
+        json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "rope_theta": meta.f32("llama.rope.freq_base").unwrap_or(10_000.0),
+        })
+    } else {
+        // llama.cpp fixes what the GGUF leaves out: local layers use base 10000, every sixth
+        // layer is global, and the query scale is head_dim (query_pre_attn_scalar).
+        let head_dim = config["head_dim"].clone();
+        json!({
+            "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+            "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": head_dim,
+            "sliding_window": meta.u32("gemma3.attention.sliding_window")?,
+            "sliding_window_pattern": 6,
+            "rope_theta": meta.f32("gemma3.rope.freq_base").unwrap_or(1_000_000.0),
+            "rope_local_base_freq": 10_000.0,
+            "pad_token_id": meta.u32("tokenizer.ggml.padding_token_id").ok(),
+        })
+    };
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
     }
     let token_types: Vec<i32> = meta
         .vec("tokenizer.ggml.token_type")?
@@ -84,19 +91,30 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         .map(GValue::to_i32)
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| bad(format!("tokenizer.ggml.token_type: {e}")))?;
-    let merges: Vec<String> = meta
-        .vec("tokenizer.ggml.merges")?
-        .iter()
-        .map(|v| v.to_string().cloned())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| bad(format!("tokenizer.ggml.merges: {e}")))?;
-    let pre = meta.str("tokenizer.ggml.pre").unwrap_or("default");
-    let tokenizer = from_gguf_bpe(&GgufBpe {
-        tokens: &tokens,
-        token_types: &token_types,
-        merges: &merges,
-        pre,
-    })?;
+    let tokenizer = match meta.str("tokenizer.ggml.model")? {
+        "gpt2" => from_gguf_bpe(&GgufBpe {
+            tokens: &tokens,
+            token_types: &token_types,
+            merges: &meta.strings("tokenizer.ggml.merges")?,
+            pre: meta.str("tokenizer.ggml.pre").unwrap_or("default"),
+        })?,
+        "llama" => from_gguf_spm(&GgufSpm {
+            tokens: &tokens,
+            scores: &meta.f32s("tokenizer.ggml.scores")?,
+            token_types: &token_types,
+            add_bos: meta
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.to_bool().map_err(|e| bad(e.to_string())))
+                .unwrap_or(true),
+            bos_id: meta.u32("tokenizer.ggml.bos_token_id").ok(),
+            unk_id: meta.u32("tokenizer.ggml.unknown_token_id").ok(),
+        })?,
+        other => {
+            return Err(bad(format!(
+                "tokenizer model `{other}` is not supported (byte-level BPE `gpt2`, SentencePiece `llama`)"
+            )))
+        }
+    };
 
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
@@ -104,13 +122,16 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
             .tensor(&mut reader, name, device)
             .map_err(|e| bad(format!("tensor {name}: {e}")))?;
         let mut t = qt.dequantize(device)?;
-        let Some(hf) = hf_name(name) else {
+        let Some(hf) = hf_name(arch, name) else {
             continue;
         };
-        if name.ends_with("attn_q.weight") {
+        if arch == "llama" && name.ends_with("attn_q.weight") {
             t = unpermute(&t, n_heads)?;
-        } else if name.ends_with("attn_k.weight") {
+        } else if arch == "llama" && name.ends_with("attn_k.weight") {
             t = unpermute(&t, n_kv)?;
+        } else if arch == "gemma3" && name.ends_with("norm.weight") {
+            // llama.cpp stores Gemma's norm scale as 1 + w; HF checkpoints store w.
+            t = (t - 1.0)?;
         }
         tensors.insert(hf, t);
     }
@@ -132,8 +153,8 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
         .contiguous()?)
 }
 
-/// llama.cpp tensor names -> HF Llama names.
-fn hf_name(gguf: &str) -> Option<String> {
+/// llama.cpp tensor names -> HF names (Llama's, or Gemma-3's for `gemma3`).
+fn hf_name(arch: &str, gguf: &str) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -146,7 +167,13 @@ fn hf_name(gguf: &str) -> Option<String> {
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, tail) = rest.split_once('.')?;
     let (part, kind) = tail.rsplit_once('.')?;
-    let hf = match part {
+    let hf = match (arch, part) {
+        ("gemma3", "ffn_norm") => "pre_feedforward_layernorm",
+        ("gemma3", "post_attention_norm") => "post_attention_layernorm",
+        ("gemma3", "post_ffw_norm") => "post_feedforward_layernorm",
+        ("gemma3", "attn_q_norm") => "self_attn.q_norm",
+        ("gemma3", "attn_k_norm") => "self_attn.k_norm",
+        (_, part) => match part {
         "attn_norm" => "input_layernorm",
         "ffn_norm" => "post_attention_layernorm",
         "attn_q" => "self_attn.q_proj",
@@ -157,6 +184,7 @@ fn hf_name(gguf: &str) -> Option<String> {
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         _ => return None,
+        },
     };
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
@@ -194,6 +222,20 @@ impl<F: Fn(String) -> EngineError> Meta<'_, F> {
     fn vec(&self, key: &str) -> Result<&Vec<GValue>> {
         self.get(key)?
             .to_vec()
+            .map_err(|e| (self.bad)(format!("`{key}`: {e}")))
+    }
+    fn strings(&self, key: &str) -> Result<Vec<String>> {
+        self.vec(key)?
+            .iter()
+            .map(|v| v.to_string().cloned())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| (self.bad)(format!("`{key}`: {e}")))
+    }
+    fn f32s(&self, key: &str) -> Result<Vec<f32>> {
+        self.vec(key)?
+            .iter()
+            .map(GValue::to_f32)
+            .collect::<std::result::Result<_, _>>()
             .map_err(|e| (self.bad)(format!("`{key}`: {e}")))
     }
 }

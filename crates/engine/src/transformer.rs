@@ -20,6 +20,8 @@ pub struct Transformer {
     /// [max_positions, rotary_dims / 2] each; empty for learned positions.
     rope_cos: Option<Tensor>,
     rope_sin: Option<Tensor>,
+    /// The local layers' (cos, sin) when their rotary base differs (Gemma-3).
+    rope_local: Option<(Tensor, Tensor)>,
 }
 
 /// Keys and values of past positions, per layer, plus which of them are real (not padding).
@@ -44,6 +46,8 @@ struct Step<'a> {
     positions: Tensor,
     /// [B, 1, T, Tk] additive mask, or None when every key is visible.
     mask: Option<Tensor>,
+    /// The same for sliding-window layers, when they differ from the others.
+    local_mask: Option<Tensor>,
     differentiable: bool,
     trace: Option<&'a mut Trace>,
 }
@@ -53,16 +57,21 @@ impl Transformer {
         config.validate()?;
         let device = weights.embed.device().clone();
         let (rope_cos, rope_sin) = if config.rotary_dims > 0 {
-            let (c, s) = rope_tables(&config, &device)?;
+            let (c, s) = rope_tables(&config, config.rope_theta, &device)?;
             (Some(c), Some(s))
         } else {
             (None, None)
+        };
+        let rope_local = match config.rope_local_theta {
+            Some(theta) if config.rotary_dims > 0 => Some(rope_tables(&config, theta, &device)?),
+            _ => None,
         };
         Ok(Self {
             config,
             weights,
             rope_cos,
             rope_sin,
+            rope_local,
         })
     }
 
@@ -100,7 +109,7 @@ impl Transformer {
         let past: Vec<Vec<bool>> = cache
             .as_deref()
             .map_or_else(|| vec![Vec::new(); b], |c| c.valid.clone());
-        let (positions, mask) = self.positions_and_mask(&past, valid)?;
+        let (positions, mask, local_mask) = self.positions_and_mask(&past, valid)?;
         if let Some(c) = cache.as_deref_mut() {
             for (row, new) in c.valid.iter_mut().zip(valid) {
                 row.extend_from_slice(new);
@@ -110,10 +119,14 @@ impl Transformer {
         let mut step = Step {
             positions,
             mask,
+            local_mask,
             differentiable,
             trace,
         };
         let mut h = self.weights.embed.index_select(&ids.flatten_all()?, 0)?;
+        if let Some(scale) = self.config.embed_scale {
+            h = (h * scale)?;
+        }
         if let Some(pe) = &self.weights.pos_embed {
             h = (h + pe.index_select(&step.positions, 0)?)?;
         }
@@ -142,8 +155,11 @@ impl Transformer {
         let q = step.tap(layer, Component::Q, &x, Some(h), blk.q.forward(&x)?)?;
         let k = step.tap(layer, Component::K, &x, Some(h), blk.k.forward(&x)?)?;
         let v = step.tap(layer, Component::V, &x, Some(h), blk.v.forward(&x)?)?;
-        let ctx = self.attention(&q, &k, &v, kv, step)?;
-        let attn_out = step.tap(layer, Component::O, &ctx, None, blk.o.forward(&ctx)?)?;
+        let ctx = self.attention(layer, &q, &k, &v, kv, step)?;
+        let mut attn_out = step.tap(layer, Component::O, &ctx, None, blk.o.forward(&ctx)?)?;
+        if let Some(n) = &blk.post_attn_norm {
+            attn_out = self.norm(&attn_out, n, step.differentiable)?;
+        }
         let (mlp_in, mlp_resid) = match &blk.ln2 {
             None => (x, h.clone()),
             Some(ln2) => {
@@ -157,13 +173,16 @@ impl Transformer {
             Some(gate) => (activate(&gate.forward(&mlp_in)?, self.config.activation)? * &up)?,
             None => activate(&up, self.config.activation)?,
         };
-        let down = step.tap(
+        let mut down = step.tap(
             layer,
             Component::MlpOut,
             &act,
             None,
             blk.down.forward(&act)?,
         )?;
+        if let Some(n) = &blk.post_mlp_norm {
+            down = self.norm(&down, n, step.differentiable)?;
+        }
         Ok(if blk.ln2.is_none() {
             ((h + attn_out)? + down)?
         } else {
@@ -173,6 +192,7 @@ impl Transformer {
 
     fn attention(
         &self,
+        layer: usize,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
@@ -186,8 +206,17 @@ impl Transformer {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = self.rotate(&heads(q, c.n_heads)?, &step.positions)?;
-        let mut k = self.rotate(&heads(k, c.n_kv_heads)?, &step.positions)?;
+        let blk = &self.weights.blocks[layer];
+        let local = c.is_local(layer);
+        let (mut q, mut k) = (heads(q, c.n_heads)?, heads(k, c.n_kv_heads)?);
+        if let Some(n) = &blk.q_norm {
+            q = self.norm(&q, n, step.differentiable)?;
+        }
+        if let Some(n) = &blk.k_norm {
+            k = self.norm(&k, n, step.differentiable)?;
+        }
+        let q = self.rotate(&q, &step.positions, local)?;
+        let mut k = self.rotate(&k, &step.positions, local)?;
         let mut v = heads(v, c.n_kv_heads)?;
         if let Some(slot) = kv {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -198,9 +227,15 @@ impl Transformer {
         }
         let k = repeat_kv(&k, c.n_heads / c.n_kv_heads)?;
         let v = repeat_kv(&v, c.n_heads / c.n_kv_heads)?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let scale = c
+            .query_scale
+            .unwrap_or(1.0 / (c.head_dim as f64).sqrt());
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(mask) = &step.mask {
+        let mask = match &step.local_mask {
+            Some(m) if local => Some(m),
+            _ => step.mask.as_ref(),
+        };
+        if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = if step.differentiable {
@@ -213,9 +248,11 @@ impl Transformer {
     }
 
     /// Rotary embedding (HF "rotate half" layout) on the first `rotary_dims` of each head.
-    fn rotate(&self, x: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
-        let (Some(cos), Some(sin)) = (&self.rope_cos, &self.rope_sin) else {
-            return Ok(x.clone());
+    fn rotate(&self, x: &Tensor, positions: &Tensor, local: bool) -> candle_core::Result<Tensor> {
+        let (cos, sin) = match (&self.rope_local, &self.rope_cos, &self.rope_sin) {
+            (Some((c, s)), _, _) if local => (c, s),
+            (_, Some(c), Some(s)) => (c, s),
+            _ => return Ok(x.clone()),
         };
         let (b, _h, t, hd) = x.dims4()?;
         let rot = self.config.rotary_dims;
@@ -264,12 +301,14 @@ impl Transformer {
         }
     }
 
-    /// Positions of the new tokens and the additive attention mask over past + new keys.
+    /// Positions of the new tokens and the additive attention masks over past + new keys:
+    /// the one most layers use and, when some layers attend locally and others globally, the
+    /// local layers' one.
     fn positions_and_mask(
         &self,
         past: &[Vec<bool>],
         valid: &[Vec<bool>],
-    ) -> Result<(Tensor, Option<Tensor>)> {
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
         let b = valid.len();
         let t = valid.first().map_or(0, Vec::len);
         let p = past.first().map_or(0, Vec::len);
@@ -301,12 +340,40 @@ impl Transformer {
                 )));
             }
         }
-        let device = self.device();
-        let positions_t = Tensor::from_vec(positions.clone(), b * t, device)?;
-        let window = self.config.sliding_window;
-        let all_valid = key_ok.iter().all(|&ok| ok);
+        let positions_t = Tensor::from_vec(positions.clone(), b * t, self.device())?;
+        let keys = Keys {
+            past: p,
+            total: tk,
+            pos: &key_pos,
+            ok: &key_ok,
+        };
+        let c = &self.config;
+        let mixed = c.sliding_window.is_some() && !c.local_layers.is_empty();
+        let main_window = if mixed { None } else { c.sliding_window };
+        let mask = self.mask(&positions, valid, &keys, main_window)?;
+        let local_mask = if mixed {
+            self.mask(&positions, valid, &keys, c.sliding_window)?
+        } else {
+            None
+        };
+        Ok((positions_t, mask, local_mask))
+    }
+
+    /// The additive mask [B, 1, T, Tk] for queries at `positions` over `keys`, each query
+    /// seeing real keys at or before it (within `window` positions); None when all are seen.
+    fn mask(
+        &self,
+        positions: &[u32],
+        valid: &[Vec<bool>],
+        keys: &Keys,
+        window: Option<usize>,
+    ) -> Result<Option<Tensor>> {
+        let b = valid.len();
+        let t = valid.first().map_or(0, Vec::len);
+        let (p, tk) = (keys.past, keys.total);
+        let all_valid = keys.ok.iter().all(|&ok| ok);
         if t == 1 && all_valid && window.is_none_or(|w| tk <= w) {
-            return Ok((positions_t, None));
+            return Ok(None);
         }
         let mut mask = vec![MASKED; b * t * tk];
         for row in 0..b {
@@ -314,17 +381,25 @@ impl Transformer {
                 let qi = p + i;
                 let qpos = positions[row * t + i];
                 for j in 0..=qi {
-                    let seen = key_ok[row * tk + j]
-                        && window.is_none_or(|w| (qpos - key_pos[row * tk + j]) < w as u32);
+                    let seen = keys.ok[row * tk + j]
+                        && window.is_none_or(|w| (qpos - keys.pos[row * tk + j]) < w as u32);
                     if seen {
                         mask[(row * t + i) * tk + j] = 0.0;
                     }
                 }
             }
         }
-        let mask = Tensor::from_vec(mask, (b, 1, t, tk), device)?;
-        Ok((positions_t, Some(mask)))
+        Ok(Some(Tensor::from_vec(mask, (b, 1, t, tk), self.device())?))
     }
+}
+
+/// Every key position of a batch: `past` cached then new; per row, its position and whether
+/// it is a real token.
+struct Keys<'a> {
+    past: usize,
+    total: usize,
+    pos: &'a [u32],
+    ok: &'a [bool],
 }
 
 impl Step<'_> {
@@ -361,13 +436,11 @@ fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
     }
 }
 
-fn rope_tables(config: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+fn rope_tables(config: &ModelConfig, theta: f64, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = config.rotary_dims / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| {
-            1.0 / config
-                .rope_theta
-                .powf(2.0 * i as f64 / config.rotary_dims as f64) as f32
+            1.0 / theta.powf(2.0 * i as f64 / config.rotary_dims as f64) as f32
         })
         .collect();
     let n = config.max_positions;

@@ -57,6 +57,12 @@ pub struct Block {
     pub gate: Option<Linear>,
     pub up: Linear,
     pub down: Linear,
+    /// Gemma-3: RMSNorm of each query/key head, after the projection and before rotary.
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+    /// Gemma-3: norms of the attention and MLP outputs before they join the residual.
+    pub post_attn_norm: Option<Norm>,
+    pub post_mlp_norm: Option<Norm>,
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +114,14 @@ impl Weights {
                 out.extend(l.tensors_mut());
             }
             out.extend(b.gate.iter_mut().flat_map(Linear::tensors_mut));
+            for n in [
+                &mut b.q_norm,
+                &mut b.k_norm,
+                &mut b.post_attn_norm,
+                &mut b.post_mlp_norm,
+            ] {
+                out.extend(n.iter_mut().flat_map(Norm::tensors_mut));
+            }
         }
         out.extend(self.final_norm.tensors_mut());
         if !tied {

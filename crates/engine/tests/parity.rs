@@ -138,3 +138,8 @@ fn qwen2_matches_transformers() {
 fn mistral_sliding_window_matches_transformers() {
     check("mistral");
 }
+
+#[test]
+fn gemma3_local_and_global_layers_match_transformers() {
+    check("gemma3");
+}

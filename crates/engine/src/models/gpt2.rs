@@ -30,6 +30,10 @@ pub fn config(config: &Value) -> Result<ModelConfig> {
         gated_mlp: false,
         activation: Activation::from_hf(f.str_or("activation_function", "gelu_new"))?,
         sliding_window: None,
+        local_layers: Vec::new(),
+        rope_local_theta: None,
+        embed_scale: None,
+        query_scale: None,
         tie_embeddings: true,
         bos_token_id: None,
         eos_token_ids: Vec::new(),
@@ -85,6 +89,10 @@ pub fn load(config_json: &Value, t: &mut TensorMap) -> Result<(ModelConfig, Weig
             gate: None,
             up: conv1d(t, &format!("{b}.mlp.c_fc"), d, cfg.d_mlp)?,
             down: conv1d(t, &format!("{b}.mlp.c_proj"), cfg.d_mlp, d)?,
+            q_norm: None,
+            k_norm: None,
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     let final_norm = t.norm(&format!("{p}ln_f"), d, true)?;

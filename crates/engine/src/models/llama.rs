@@ -45,6 +45,10 @@ pub fn config(arch: Arch, config: &Value) -> Result<ModelConfig> {
         gated_mlp: true,
         activation: Activation::from_hf(f.str_or("hidden_act", "silu"))?,
         sliding_window,
+        local_layers: Vec::new(),
+        rope_local_theta: None,
+        embed_scale: None,
+        query_scale: None,
         tie_embeddings: f.bool_or("tie_word_embeddings", false),
         bos_token_id: None,
         eos_token_ids: Vec::new(),
@@ -72,6 +76,10 @@ pub fn load(arch: Arch, config_json: &Value, t: &mut TensorMap) -> Result<(Model
             gate: Some(t.linear(&format!("{b}.mlp.gate_proj"), m, d, mlp_bias)?),
             up: t.linear(&format!("{b}.mlp.up_proj"), m, d, mlp_bias)?,
             down: t.linear(&format!("{b}.mlp.down_proj"), d, m, mlp_bias)?,
+            q_norm: None,
+            k_norm: None,
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     let final_norm = t.norm("model.norm", d, false)?;

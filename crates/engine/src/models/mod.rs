@@ -1,6 +1,7 @@
 //! Per-family mapping from a checkpoint (HF config.json + tensor names) to the engine's
 //! normalised [`ModelConfig`] and [`Weights`], and back for export.
 
+pub mod gemma3;
 pub mod gpt2;
 pub mod llama;
 pub mod phi;
@@ -113,6 +114,7 @@ pub fn arch_of(config: &Value) -> Result<Arch> {
         (Some("llama"), _) | (_, Some("LlamaForCausalLM")) => Arch::Llama,
         (Some("mistral"), _) | (_, Some("MistralForCausalLM")) => Arch::Mistral,
         (Some("qwen2"), _) | (_, Some("Qwen2ForCausalLM")) => Arch::Qwen2,
+        (Some("gemma3_text"), _) | (_, Some("Gemma3ForCausalLM")) => Arch::Gemma3,
         _ => {
             return Err(EngineError::UnsupportedArchitecture {
                 found: first_arch.or(model_type).unwrap_or("<none>").to_string(),
@@ -130,6 +132,7 @@ pub fn build(config: &Value, mut tensors: TensorMap) -> Result<Transformer> {
         arch @ (Arch::Llama | Arch::Mistral | Arch::Qwen2) => {
             llama::load(arch, config, &mut tensors)?
         }
+        Arch::Gemma3 => gemma3::load(config, &mut tensors)?,
     };
     Transformer::new(cfg, weights)
 }

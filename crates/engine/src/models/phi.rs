@@ -42,6 +42,10 @@ pub fn config(config: &Value) -> Result<ModelConfig> {
         gated_mlp: false,
         activation: Activation::from_hf(f.str_or("hidden_act", "gelu_new"))?,
         sliding_window: None,
+        local_layers: Vec::new(),
+        rope_local_theta: None,
+        embed_scale: None,
+        query_scale: None,
         tie_embeddings: f.bool_or("tie_word_embeddings", false),
         bos_token_id: None,
         eos_token_ids: Vec::new(),
@@ -67,6 +71,10 @@ pub fn load(config_json: &Value, t: &mut TensorMap) -> Result<(ModelConfig, Weig
             gate: None,
             up: t.linear(&format!("{b}.mlp.fc1"), cfg.d_mlp, d, true)?,
             down: t.linear(&format!("{b}.mlp.fc2"), d, cfg.d_mlp, true)?,
+            q_norm: None,
+            k_norm: None,
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     let final_norm = t.norm("model.final_layernorm", d, true)?;
