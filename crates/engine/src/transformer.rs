@@ -227,9 +227,7 @@ impl Transformer {
         }
         let k = repeat_kv(&k, c.n_heads / c.n_kv_heads)?;
         let v = repeat_kv(&v, c.n_heads / c.n_kv_heads)?;
-        let scale = c
-            .query_scale
-            .unwrap_or(1.0 / (c.head_dim as f64).sqrt());
+        let scale = c.query_scale.unwrap_or(1.0 / (c.head_dim as f64).sqrt());
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         let mask = match &step.local_mask {
             Some(m) if local => Some(m),
@@ -439,9 +437,7 @@ fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
 fn rope_tables(config: &ModelConfig, theta: f64, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = config.rotary_dims / 2;
     let inv_freq: Vec<f32> = (0..half)
-        .map(|i| {
-            1.0 / theta.powf(2.0 * i as f64 / config.rotary_dims as f64) as f32
-        })
+        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / config.rotary_dims as f64) as f32)
         .collect();
     let n = config.max_positions;
     let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;

@@ -114,13 +114,18 @@ fn rope_thetas(config: &Value) -> Result<(f64, f64)> {
         let Some(p) = p else {
             return Ok(default);
         };
-        let rope_type = p.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+        let rope_type = p
+            .get("rope_type")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         if rope_type != "default" {
             return Err(EngineError::BadConfig(format!(
                 "rope scaling `{rope_type}` ({kind}) is not supported (only the default rotary embedding)"
             )));
         }
-        Ok(p.get("rope_theta").and_then(Value::as_f64).unwrap_or(default))
+        Ok(p.get("rope_theta")
+            .and_then(Value::as_f64)
+            .unwrap_or(default))
     };
     if params.is_none() {
         if let Some(s) = config.get("rope_scaling").filter(|s| !s.is_null()) {
@@ -130,7 +135,10 @@ fn rope_thetas(config: &Value) -> Result<(f64, f64)> {
         }
     }
     let global = theta_of("full_attention", f.f64_or(&["rope_theta"], 1_000_000.0))?;
-    let local = theta_of("sliding_attention", f.f64_or(&["rope_local_base_freq"], 10_000.0))?;
+    let local = theta_of(
+        "sliding_attention",
+        f.f64_or(&["rope_local_base_freq"], 10_000.0),
+    )?;
     Ok((global, local))
 }
 
@@ -211,7 +219,11 @@ pub fn export(cfg: &ModelConfig, w: &Weights) -> Result<Vec<(String, Tensor)>> {
             ("post_feedforward_layernorm", &b.post_mlp_norm),
         ];
         for (name, n) in norms {
-            norm(&mut out, &format!("{p}.{name}"), n.as_ref().ok_or_else(|| missing(name))?)?;
+            norm(
+                &mut out,
+                &format!("{p}.{name}"),
+                n.as_ref().ok_or_else(|| missing(name))?,
+            )?;
         }
         let gate = b.gate.as_ref().ok_or_else(|| missing("gate_proj"))?;
         for (name, lin) in [
