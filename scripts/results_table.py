@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prints RESULTS.md's tables from results/<model>/*.json (written by scripts/results-<model>.sh).
+"""Prints RESULTS.md's tables from results/<model>/*.json (written by scripts/results.sh <model>).
 
     python3 scripts/results_table.py results/smollm2
 """

@@ -285,9 +285,14 @@ fn score_batch(
         let g = g.reshape((b * t, g.dim(D::Minus1)?))?;
         for (hi, head) in site.heads.iter().enumerate() {
             let blk = head.block;
-            let a = dx.narrow(1, blk.in_off, blk.in_len)?.matmul(&head.u)?;
+            // Column blocks are strided views; the CUDA matmul wants them contiguous.
+            let a = dx
+                .narrow(1, blk.in_off, blk.in_len)?
+                .contiguous()?
+                .matmul(&head.u)?;
             let gv = g
                 .narrow(1, blk.out_off, blk.out_len)?
+                .contiguous()?
                 .matmul(&head.vh.t()?)?;
             let sc = (a * gv)?.broadcast_mul(&head.s)?;
             let batch_agg: Vec<f32> = match acc.agg {

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Re-runs rows of RESULTS.md on a real model (CPU). Each row writes results/<model>/<row>.json
+# (the `prune --json` object), <row>.time (GNU time -v: peak memory) and <row>.log (progress).
+# Usage: scripts/results.sh smollm2|gemma3 [row ...]   (no row: every row of that model, in order)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model_key=${1:?usage: scripts/results.sh smollm2|gemma3 [row ...]}
+shift
+bin=${EIGENPRUNE_BIN:-./target/release/eigenprune}
+declare -A rows
+case $model_key in
+  smollm2)
+    ./scripts/fetch-smollm2.sh
+    model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+    grid=0.05,0.1,0.2,0.3
+    rows=(
+      [int-mult]="--task int-mult --portion $grid"
+      [int-mult-seed1]="--task int-mult --portion 0.2 --seed 1"
+      [int-mult-seed2]="--task int-mult --portion 0.2 --seed 2"
+      [int-mult-random]="--task int-mult --portion 0.2 --method random"
+      [int-mult-smallest]="--task int-mult --portion 0.2 --method smallest"
+      [int-mult-auto]="--task int-mult --portion auto"
+      [copa]="--task copa --portion $grid"
+      [cb]="--task cb --portion $grid --scoring-batches 20"
+      [rte]="--task rte --portion 0.2 --scoring-batches 20"
+      [int-sum]="--task int-sum --portion $grid --scoring-batches 100"
+      [copa-seed1]="--task copa --portion 0.2 --seed 1"
+      [copa-seed2]="--task copa --portion 0.2 --seed 2"
+      [copa-random]="--task copa --portion 0.2 --method random"
+      [copa-smallest]="--task copa --portion 0.2 --method smallest"
+    )
+    order=(int-mult int-mult-seed1 int-mult-seed2 int-mult-random int-mult-smallest int-mult-auto
+           copa cb rte int-sum copa-seed1 copa-seed2 copa-random copa-smallest)
+    ;;
+  gemma3)
+    ./scripts/fetch-gemma3.sh
+    model=models/gemma-3-270m-q4_k_m.gguf
+    grid=0.1,0.2,0.3
+    rows=(
+      [int-mult]="--task int-mult --portion $grid"
+      [int-mult-seed1]="--task int-mult --portion 0.2 --seed 1"
+      [int-mult-seed2]="--task int-mult --portion 0.2 --seed 2"
+      [int-mult-random]="--task int-mult --portion 0.2 --method random"
+      [int-mult-smallest]="--task int-mult --portion 0.2 --method smallest"
+      [int-mult-auto]="--task int-mult --portion auto"
+      [int-mult-finetune]="--task int-mult --portion 0.2 --finetune-epochs 1 --finetune-lr 1e-5"
+      [copa]="--task copa --portion $grid --scoring-batches 20"
+      [cb]="--task cb --portion $grid --scoring-batches 20"
+      [int-sum]="--task int-sum --portion $grid --scoring-batches 40"
+      [rte]="--task rte --portion 0.2 --scoring-batches 10"
+    )
+    order=(int-mult int-mult-seed1 int-mult-seed2 int-mult-random int-mult-smallest int-mult-auto
+           int-mult-finetune copa cb int-sum rte)
+    ;;
+  *) echo "unknown model $model_key (smollm2, gemma3)" >&2; exit 2 ;;
+esac
+out=results/$model_key
+mkdir -p "$out"
+[ $# -gt 0 ] && order=("$@")
+for row in "${order[@]}"; do
+  args=${rows[$row]:?unknown row $row}
+  echo "== $row: eigenprune prune --model $model $args --json" >&2
+  # shellcheck disable=SC2086
+  /usr/bin/time -v -o "$out/$row.time" "$bin" prune --model "$model" $args --json \
+    > "$out/$row.json" 2> "$out/$row.log"
+  tail -c 300 "$out/$row.json" >&2; echo >&2
+done
