@@ -2,11 +2,14 @@
 # Re-runs rows of RESULTS.md on a real model (CPU). Each row writes results/<model>/<row>.json
 # (the `prune --json` object), <row>.time (GNU time -v: peak memory) and <row>.log (progress).
 # Usage: scripts/results.sh smollm2|gemma3 [row ...]   (no row: every row of that model, in order)
+# Rows whose arguments say `--device cuda:0` (names ending in -gpu, and rte) ran on the H200 with
+# a `--features cuda` build (EIGENPRUNE_BIN); the rest on this machine's CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model_key=${1:?usage: scripts/results.sh smollm2|gemma3 [row ...]}
 shift
 bin=${EIGENPRUNE_BIN:-./target/release/eigenprune}
+gpu="--device cuda:0"
 declare -A rows
 case $model_key in
   smollm2)
@@ -22,7 +25,13 @@ case $model_key in
       [int-mult-auto]="--task int-mult --portion auto"
       [copa]="--task copa --portion $grid"
       [cb]="--task cb --portion $grid --scoring-batches 20"
-      [rte]="--task rte --portion 0.2 --scoring-batches 20"
+      [rte]="--task rte --portion $grid --scoring-batches 20 $gpu"
+      [cb-gpu]="--task cb --portion $grid $gpu"
+      [rte-gpu]="--task rte --portion $grid $gpu"
+      [cb-gpu-seed1]="--task cb --portion 0.2 --seed 1 $gpu"
+      [cb-gpu-seed2]="--task cb --portion 0.2 --seed 2 $gpu"
+      [cb-gpu-random]="--task cb --portion 0.2 --method random $gpu"
+      [cb-gpu-smallest]="--task cb --portion 0.2 --method smallest $gpu"
       [int-sum]="--task int-sum --portion $grid --scoring-batches 100"
       [copa-seed1]="--task copa --portion 0.2 --seed 1"
       [copa-seed2]="--task copa --portion 0.2 --seed 2"
@@ -30,7 +39,8 @@ case $model_key in
       [copa-smallest]="--task copa --portion 0.2 --method smallest"
     )
     order=(int-mult int-mult-seed1 int-mult-seed2 int-mult-random int-mult-smallest int-mult-auto
-           copa cb rte int-sum copa-seed1 copa-seed2 copa-random copa-smallest)
+           copa cb rte int-sum copa-seed1 copa-seed2 copa-random copa-smallest
+           cb-gpu rte-gpu cb-gpu-seed1 cb-gpu-seed2 cb-gpu-random cb-gpu-smallest)
     ;;
   gemma3)
     ./scripts/fetch-gemma3.sh
@@ -44,13 +54,18 @@ case $model_key in
       [int-mult-smallest]="--task int-mult --portion 0.2 --method smallest"
       [int-mult-auto]="--task int-mult --portion auto"
       [int-mult-finetune]="--task int-mult --portion 0.2 --finetune-epochs 1 --finetune-lr 1e-5"
-      [copa]="--task copa --portion $grid --scoring-batches 20"
-      [cb]="--task cb --portion $grid --scoring-batches 20"
       [int-sum]="--task int-sum --portion $grid --scoring-batches 40"
-      [rte]="--task rte --portion 0.2 --scoring-batches 10"
+      [rte]="--task rte --portion $grid --scoring-batches 20 $gpu"
     )
+    for t in copa cb rte; do
+      rows[$t-gpu]="--task $t --portion $grid $gpu"
+      for s in 1 2; do rows[$t-gpu-seed$s]="--task $t --portion 0.2 --seed $s $gpu"; done
+      for m in random smallest; do rows[$t-gpu-$m]="--task $t --portion 0.2 --method $m $gpu"; done
+    done
     order=(int-mult int-mult-seed1 int-mult-seed2 int-mult-random int-mult-smallest int-mult-auto
-           int-mult-finetune copa cb int-sum rte)
+           int-mult-finetune int-sum rte copa-gpu cb-gpu rte-gpu
+           copa-gpu-seed1 copa-gpu-seed2 copa-gpu-random copa-gpu-smallest
+           cb-gpu-seed1 cb-gpu-seed2 cb-gpu-random cb-gpu-smallest)
     ;;
   *) echo "unknown model $model_key (smollm2, gemma3)" >&2; exit 2 ;;
 esac
