@@ -32,6 +32,15 @@ case $model_key in
       [cb-gpu-seed2]="--task cb --portion 0.2 --seed 2 $gpu"
       [cb-gpu-random]="--task cb --portion 0.2 --method random $gpu"
       [cb-gpu-smallest]="--task cb --portion 0.2 --method smallest $gpu"
+      [copa-gpu-seed1]="--task copa --portion 0.2 --seed 1 $gpu"
+      [copa-gpu-seed2]="--task copa --portion 0.2 --seed 2 $gpu"
+      [copa-gpu-random]="--task copa --portion 0.2 --method random $gpu"
+      [copa-gpu-smallest]="--task copa --portion 0.2 --method smallest $gpu"
+      [rte-gpu-seed1]="--task rte --portion 0.2 --seed 1 --scoring-batches 100 $gpu"
+      [rte-gpu-seed2]="--task rte --portion 0.2 --seed 2 --scoring-batches 100 $gpu"
+      [rte-gpu-random]="--task rte --portion 0.2 --method random --scoring-batches 100 $gpu"
+      [rte-gpu-smallest]="--task rte --portion 0.2 --method smallest --scoring-batches 100 $gpu"
+      [rte-cpu]="--task rte --portion 0.2 --scoring-batches 20"
       [int-sum]="--task int-sum --portion $grid --scoring-batches 100"
       [copa-seed1]="--task copa --portion 0.2 --seed 1"
       [copa-seed2]="--task copa --portion 0.2 --seed 2"
@@ -40,7 +49,9 @@ case $model_key in
     )
     order=(int-mult int-mult-seed1 int-mult-seed2 int-mult-random int-mult-smallest int-mult-auto
            copa cb rte int-sum copa-seed1 copa-seed2 copa-random copa-smallest
-           cb-gpu rte-gpu cb-gpu-seed1 cb-gpu-seed2 cb-gpu-random cb-gpu-smallest)
+           cb-gpu rte-gpu cb-gpu-seed1 cb-gpu-seed2 cb-gpu-random cb-gpu-smallest
+           copa-gpu-seed1 copa-gpu-seed2 copa-gpu-random copa-gpu-smallest
+           rte-gpu-seed1 rte-gpu-seed2 rte-gpu-random rte-gpu-smallest rte-cpu)
     ;;
   gemma3)
     ./scripts/fetch-gemma3.sh
