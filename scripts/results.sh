@@ -26,20 +26,6 @@ case $model_key in
       [copa]="--task copa --portion $grid"
       [cb]="--task cb --portion $grid --scoring-batches 20"
       [rte]="--task rte --portion $grid --scoring-batches 20 $gpu"
-      [cb-gpu]="--task cb --portion $grid $gpu"
-      [rte-gpu]="--task rte --portion $grid $gpu"
-      [cb-gpu-seed1]="--task cb --portion 0.2 --seed 1 $gpu"
-      [cb-gpu-seed2]="--task cb --portion 0.2 --seed 2 $gpu"
-      [cb-gpu-random]="--task cb --portion 0.2 --method random $gpu"
-      [cb-gpu-smallest]="--task cb --portion 0.2 --method smallest $gpu"
-      [copa-gpu-seed1]="--task copa --portion 0.2 --seed 1 $gpu"
-      [copa-gpu-seed2]="--task copa --portion 0.2 --seed 2 $gpu"
-      [copa-gpu-random]="--task copa --portion 0.2 --method random $gpu"
-      [copa-gpu-smallest]="--task copa --portion 0.2 --method smallest $gpu"
-      [rte-gpu-seed1]="--task rte --portion 0.2 --seed 1 --scoring-batches 100 $gpu"
-      [rte-gpu-seed2]="--task rte --portion 0.2 --seed 2 --scoring-batches 100 $gpu"
-      [rte-gpu-random]="--task rte --portion 0.2 --method random --scoring-batches 100 $gpu"
-      [rte-gpu-smallest]="--task rte --portion 0.2 --method smallest --scoring-batches 100 $gpu"
       [rte-cpu]="--task rte --portion 0.2 --scoring-batches 20"
       [int-sum]="--task int-sum --portion $grid --scoring-batches 100"
       [copa-seed1]="--task copa --portion 0.2 --seed 1"
@@ -47,6 +33,14 @@ case $model_key in
       [copa-random]="--task copa --portion 0.2 --method random"
       [copa-smallest]="--task copa --portion 0.2 --method smallest"
     )
+    # On the H200: grids over the whole training split; seeds and controls at 0.2 (rte's on 100
+    # batches).
+    for t in cb rte; do rows[$t-gpu]="--task $t --portion $grid $gpu"; done
+    for t in cb copa rte; do
+      sub=""; [ $t = rte ] && sub="--scoring-batches 100"
+      for s in 1 2; do rows[$t-gpu-seed$s]="--task $t --portion 0.2 --seed $s $sub $gpu"; done
+      for m in random smallest; do rows[$t-gpu-$m]="--task $t --portion 0.2 --method $m $sub $gpu"; done
+    done
     order=(int-mult int-mult-seed1 int-mult-seed2 int-mult-random int-mult-smallest int-mult-auto
            copa cb rte int-sum copa-seed1 copa-seed2 copa-random copa-smallest
            cb-gpu rte-gpu cb-gpu-seed1 cb-gpu-seed2 cb-gpu-random cb-gpu-smallest

@@ -544,6 +544,15 @@ async fn openai_python_client() {
     assert!(log.contains("every check passed"), "{log}");
 }
 
+/// A greedy completion of the model names Paris as France's capital.
+async fn names_paris(server: &Server, model: &str) {
+    let body = json!({"model": model, "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0});
+    let (status, c) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{c}");
+    let text = c["choices"][0]["text"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{c}");
+}
+
 /// The real SmolLM2 through the service (skipped without models/, which `.ci/run` fetches):
 /// greedy completion, a pruning job, the variant answering, an evaluation of the variant equal
 /// to the job's own figure, and `--max-resident-models 1` keeping one model resident.
@@ -560,18 +569,7 @@ async fn smollm2_end_to_end() {
     }
     let model = gguf.display().to_string();
     let server = Server::start_with(model.clone(), 1, None, 1, "smollm2").await;
-    let greedy = |m: &str, prompt: &str| json!({"model": m, "prompt": prompt, "max_tokens": 3, "temperature": 0});
-    let (status, c) = server
-        .post(
-            "/v1/completions",
-            greedy(&model, "The capital of France is"),
-        )
-        .await;
-    assert_eq!(status, 200, "{c}");
-    assert!(
-        c["choices"][0]["text"].as_str().unwrap().contains("Paris"),
-        "{c}"
-    );
+    names_paris(&server, &model).await;
 
     let hp = json!({"portion": 0.05, "scoring_batches": 2, "components": ["k"]});
     let (status, job) = server
@@ -590,9 +588,8 @@ async fn smollm2_end_to_end() {
     assert!(result["pruned"].as_u64().unwrap() > 0, "{job}");
     let variant = job["pruned_model"].as_str().unwrap();
 
-    let (status, c) = server
-        .post("/v1/completions", greedy(variant, "7 x 8 ="))
-        .await;
+    let body = json!({"model": variant, "prompt": "7 x 8 =", "max_tokens": 3, "temperature": 0});
+    let (status, c) = server.post("/v1/completions", body).await;
     assert_eq!(status, 200, "{c}");
     let (status, ev) = server
         .post(
@@ -612,17 +609,7 @@ async fn smollm2_end_to_end() {
     // One resident model at a time: the variant evicted the base; the base comes back.
     let (resident, text) = metric(&server, "eigenprune_resident_models").await;
     assert_eq!(resident, 1.0, "{text}");
-    let (status, c) = server
-        .post(
-            "/v1/completions",
-            greedy(&model, "The capital of France is"),
-        )
-        .await;
-    assert_eq!(status, 200, "{c}");
-    assert!(
-        c["choices"][0]["text"].as_str().unwrap().contains("Paris"),
-        "{c}"
-    );
+    names_paris(&server, &model).await;
     let (resident, text) = metric(&server, "eigenprune_resident_models").await;
     assert_eq!(resident, 1.0, "{text}");
 }

@@ -42,23 +42,8 @@ pub fn from_gguf_bpe(spec: &GgufBpe) -> Result<Tokenizer> {
             )))
         }
     };
-    let vocab: serde_json::Map<String, Value> = spec
-        .tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    let added: Vec<Value> = spec
-        .tokens
-        .iter()
-        .zip(spec.token_types)
-        .enumerate()
-        .filter(|(_, (_, &ty))| ty == CONTROL)
-        .map(|(id, (content, _))| {
-            json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
+    let vocab = vocab_json(spec.tokens);
+    let added = added_tokens(spec.tokens, spec.token_types, &[CONTROL]);
     let doc = json!({
         "version": "1.0",
         "truncation": null,
@@ -130,23 +115,8 @@ pub fn from_gguf_spm(spec: &GgufSpm) -> Result<Tokenizer> {
         .iter()
         .map(|&(_, l, r)| [spec.tokens[l].as_str(), spec.tokens[r].as_str()])
         .collect();
-    let vocab: serde_json::Map<String, Value> = spec
-        .tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    let added: Vec<Value> = spec
-        .tokens
-        .iter()
-        .zip(spec.token_types)
-        .enumerate()
-        .filter(|(_, (_, &ty))| ty == CONTROL || ty == USER_DEFINED)
-        .map(|(id, (content, &ty))| {
-            json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": ty == CONTROL})
-        })
-        .collect();
+    let vocab = vocab_json(spec.tokens);
+    let added = added_tokens(spec.tokens, spec.token_types, &[CONTROL, USER_DEFINED]);
     let post_processor = match spec.bos_id.filter(|_| spec.add_bos) {
         Some(bos) => {
             let name = &spec.tokens[bos as usize];
@@ -183,4 +153,28 @@ pub fn from_gguf_spm(spec: &GgufSpm) -> Result<Tokenizer> {
     doc.to_string()
         .parse::<Tokenizer>()
         .map_err(|e| EngineError::Tokenizer(format!("building the GGUF tokenizer: {e}")))
+}
+
+/// `{piece: id}` for a tokenizer.json model.
+fn vocab_json(tokens: &[String]) -> serde_json::Map<String, Value> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect()
+}
+
+/// The pieces of the given GGUF types as tokenizer.json added tokens, matched whole before the
+/// model runs; control pieces are special (dropped when decoding with skip_special_tokens).
+fn added_tokens(tokens: &[String], types: &[i32], kinds: &[i32]) -> Vec<Value> {
+    tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter(|(_, (_, ty))| kinds.contains(ty))
+        .map(|(id, (content, &ty))| {
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": ty == CONTROL})
+        })
+        .collect()
 }

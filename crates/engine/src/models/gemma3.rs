@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use serde_json::Value;
 
 use super::gpt2::push_norm;
+use super::llama::{assemble, push_maps};
 use super::phi::push_linear;
 use super::{special_tokens, Fields, TensorMap};
 use crate::config::{Activation, Arch, ModelConfig, NormKind};
@@ -186,14 +187,7 @@ pub fn load(config_json: &Value, t: &mut TensorMap) -> Result<(ModelConfig, Weig
         });
     }
     let final_norm = gemma_norm(t, "model.norm", d)?;
-    let lm_head = t.lm_head(cfg.tie_embeddings, &embed, cfg.vocab_size, d)?;
-    let weights = Weights {
-        embed,
-        pos_embed: None,
-        blocks,
-        final_norm,
-        lm_head,
-    };
+    let weights = assemble(t, &cfg, embed, blocks, final_norm)?;
     Ok((cfg, weights))
 }
 
@@ -225,18 +219,7 @@ pub fn export(cfg: &ModelConfig, w: &Weights) -> Result<Vec<(String, Tensor)>> {
                 n.as_ref().ok_or_else(|| missing(name))?,
             )?;
         }
-        let gate = b.gate.as_ref().ok_or_else(|| missing("gate_proj"))?;
-        for (name, lin) in [
-            ("self_attn.q_proj", &b.q),
-            ("self_attn.k_proj", &b.k),
-            ("self_attn.v_proj", &b.v),
-            ("self_attn.o_proj", &b.o),
-            ("mlp.gate_proj", gate),
-            ("mlp.up_proj", &b.up),
-            ("mlp.down_proj", &b.down),
-        ] {
-            push_linear(&mut out, &format!("{p}.{name}"), lin);
-        }
+        push_maps(&mut out, &p, b)?;
     }
     norm(&mut out, "model.norm", &w.final_norm)?;
     if !cfg.tie_embeddings {

@@ -8,7 +8,7 @@ use super::gpt2::push_norm;
 use super::phi::push_linear;
 use super::{special_tokens, Fields, TensorMap};
 use crate::config::{Activation, Arch, ModelConfig, NormKind};
-use crate::weights::{Block, Weights};
+use crate::weights::{Block, Norm, Weights};
 use crate::Result;
 
 pub fn config(arch: Arch, config: &Value) -> Result<ModelConfig> {
@@ -83,15 +83,45 @@ pub fn load(arch: Arch, config_json: &Value, t: &mut TensorMap) -> Result<(Model
         });
     }
     let final_norm = t.norm("model.norm", d, false)?;
-    let lm_head = t.lm_head(cfg.tie_embeddings, &embed, cfg.vocab_size, d)?;
-    let weights = Weights {
+    let weights = assemble(t, &cfg, embed, blocks, final_norm)?;
+    Ok((cfg, weights))
+}
+
+/// Weights of a rotary model (no learned positions) with its output head, tied or not.
+pub(crate) fn assemble(
+    t: &mut TensorMap,
+    cfg: &ModelConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    final_norm: Norm,
+) -> Result<Weights> {
+    let lm_head = t.lm_head(cfg.tie_embeddings, &embed, cfg.vocab_size, cfg.d_model)?;
+    Ok(Weights {
         embed,
         pos_embed: None,
         blocks,
         final_norm,
         lm_head,
-    };
-    Ok((cfg, weights))
+    })
+}
+
+/// A block's attention and gated-MLP maps under their HF names (`q_proj` ... `down_proj`).
+pub(crate) fn push_maps(out: &mut Vec<(String, Tensor)>, prefix: &str, b: &Block) -> Result<()> {
+    let gate = b.gate.as_ref().ok_or_else(|| {
+        crate::EngineError::InvalidInput(format!("{prefix}: a gated MLP without its gate"))
+    })?;
+    for (name, lin) in [
+        ("self_attn.q_proj", &b.q),
+        ("self_attn.k_proj", &b.k),
+        ("self_attn.v_proj", &b.v),
+        ("self_attn.o_proj", &b.o),
+        ("mlp.gate_proj", gate),
+        ("mlp.up_proj", &b.up),
+        ("mlp.down_proj", &b.down),
+    ] {
+        push_linear(out, &format!("{prefix}.{name}"), lin);
+    }
+    Ok(())
 }
 
 pub fn export(cfg: &ModelConfig, w: &Weights) -> Result<Vec<(String, Tensor)>> {
@@ -102,18 +132,7 @@ pub fn export(cfg: &ModelConfig, w: &Weights) -> Result<Vec<(String, Tensor)>> {
         if let Some(ln2) = &b.ln2 {
             push_norm(&mut out, &format!("{p}.post_attention_layernorm"), ln2);
         }
-        let gate = b.gate.as_ref().expect("Llama MLPs are gated");
-        for (name, lin) in [
-            ("self_attn.q_proj", &b.q),
-            ("self_attn.k_proj", &b.k),
-            ("self_attn.v_proj", &b.v),
-            ("self_attn.o_proj", &b.o),
-            ("mlp.gate_proj", gate),
-            ("mlp.up_proj", &b.up),
-            ("mlp.down_proj", &b.down),
-        ] {
-            push_linear(&mut out, &format!("{p}.{name}"), lin);
-        }
+        push_maps(&mut out, &p, b)?;
     }
     push_norm(&mut out, "model.norm", &w.final_norm);
     if !cfg.tie_embeddings {
