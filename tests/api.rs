@@ -262,23 +262,23 @@ async fn end_to_end(server: &Server) {
         );
     }
 
-    let (status, ev) = server
-        .post(
-            "/v1/evaluations",
-            json!({"model": variant, "dataset": ds["id"]}),
-        )
-        .await;
+    let request = json!({"model": variant, "dataset": ds["id"]});
+    evaluation_matches_the_job(server, request, result).await;
+    metrics_after_the_run(server).await;
+}
+
+/// An evaluation of a job's variant succeeds and equals the job's own "after" figure.
+async fn evaluation_matches_the_job(server: &Server, request: Value, job_result: &Value) {
+    let (status, ev) = server.post("/v1/evaluations", request).await;
     assert_eq!(status, 200, "{ev}");
-    let ev_done = server
+    let ev = server
         .wait(&format!("/v1/evaluations/{}", ev["id"].as_str().unwrap()))
         .await;
-    assert_eq!(ev_done["status"], "succeeded", "{ev_done}");
-    // The variant's evaluation equals the job's own "after" figure.
+    assert_eq!(ev["status"], "succeeded", "{ev}");
     assert_eq!(
-        ev_done["result"]["accuracy"]["correct"],
-        result["accuracy_after"]["correct"]
+        ev["result"]["accuracy"]["correct"],
+        job_result["accuracy_after"]["correct"]
     );
-    metrics_after_the_run(server).await;
 }
 
 /// One figure of /metrics (Prometheus text), and the whole text for messages.
@@ -591,21 +591,8 @@ async fn smollm2_end_to_end() {
     let body = json!({"model": variant, "prompt": "7 x 8 =", "max_tokens": 3, "temperature": 0});
     let (status, c) = server.post("/v1/completions", body).await;
     assert_eq!(status, 200, "{c}");
-    let (status, ev) = server
-        .post(
-            "/v1/evaluations",
-            json!({"model": variant, "task": "int-mult"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{ev}");
-    let ev = server
-        .wait(&format!("/v1/evaluations/{}", ev["id"].as_str().unwrap()))
-        .await;
-    assert_eq!(ev["status"], "succeeded", "{ev}");
-    assert_eq!(
-        ev["result"]["accuracy"]["correct"],
-        result["accuracy_after"]["correct"]
-    );
+    let request = json!({"model": variant, "task": "int-mult"});
+    evaluation_matches_the_job(&server, request, result).await;
     // One resident model at a time: the variant evicted the base; the base comes back.
     let (resident, text) = metric(&server, "eigenprune_resident_models").await;
     assert_eq!(resident, 1.0, "{text}");
