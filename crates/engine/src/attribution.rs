@@ -259,7 +259,11 @@ fn score_batch(
     acc.count += pair_ok.iter().filter(|&&ok| ok).count() as f64;
     acc.tokens += packed.valid.iter().flatten().filter(|&&ok| ok).count();
 
-    for (si, site) in svds.iter().enumerate() {
+    // Per-head aggregates and per-site input sums stay on the device until the batch is done:
+    // one copy to the host each, not one per head (a sync each on a GPU).
+    let mut head_aggs: Vec<Tensor> = Vec::new();
+    let mut input_sums: Vec<Tensor> = Vec::new();
+    for site in svds {
         let rec = trace
             .get(site.layer, site.component)
             .ok_or_else(|| EngineError::InvalidInput("trace lacks a site".into()))?;
@@ -283,7 +287,7 @@ fn score_batch(
         )?;
         let dx = (prev - &x)?;
         let g = g.reshape((b * t, g.dim(D::Minus1)?))?;
-        for (hi, head) in site.heads.iter().enumerate() {
+        for head in &site.heads {
             let blk = head.block;
             // Column blocks are strided views; the CUDA matmul wants them contiguous.
             let a = dx
@@ -295,26 +299,31 @@ fn score_batch(
                 .contiguous()?
                 .matmul(&head.vh.t()?)?;
             let sc = (a * gv)?.broadcast_mul(&head.s)?;
-            let batch_agg: Vec<f32> = match acc.agg {
-                Aggregate::Max => sc.broadcast_add(&pair_mask)?.max(0)?.to_vec1()?,
-                Aggregate::Mean => sc.broadcast_mul(&pair_weight)?.sum(0)?.to_vec1()?,
-                Aggregate::MeanAbs => sc.abs()?.broadcast_mul(&pair_weight)?.sum(0)?.to_vec1()?,
-            };
-            for (v, new) in acc.values[si][hi].iter_mut().zip(batch_agg) {
-                match acc.agg {
-                    Aggregate::Max => *v = v.max(new as f64),
-                    _ => *v += new as f64,
-                }
-            }
+            head_aggs.push(match acc.agg {
+                Aggregate::Max => sc.broadcast_add(&pair_mask)?.max(0)?,
+                Aggregate::Mean => sc.broadcast_mul(&pair_weight)?.sum(0)?,
+                Aggregate::MeanAbs => sc.abs()?.broadcast_mul(&pair_weight)?.sum(0)?,
+            });
         }
-        let xs = xhat
-            .reshape((b * t, d_in))?
-            .broadcast_mul(&real)?
-            .sum(0)?
-            .to_dtype(DType::F64)?;
-        for (s, v) in acc.input_sums[si].iter_mut().zip(xs.to_vec1::<f64>()?) {
-            *s += v;
+        input_sums.push(xhat.reshape((b * t, d_in))?.broadcast_mul(&real)?.sum(0)?);
+    }
+    let mut batch_agg = Tensor::cat(&head_aggs, 0)?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?
+        .into_iter();
+    for v in acc.values.iter_mut().flatten().flatten() {
+        let new = batch_agg.next().expect("one aggregate per singular value") as f64;
+        match acc.agg {
+            Aggregate::Max => *v = v.max(new),
+            _ => *v += new,
         }
+    }
+    let mut sums = Tensor::cat(&input_sums, 0)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?
+        .into_iter();
+    for s in acc.input_sums.iter_mut().flatten() {
+        *s += sums.next().expect("one input sum per input dimension");
     }
     Ok(())
 }
