@@ -3,21 +3,24 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use eigenprune_engine::edit::Edit;
 use eigenprune_engine::{load_model, LoadOptions, LoadedModel};
 
 pub struct ModelHost {
     pub device: Device,
+    /// Serving dtype of resident models (jobs convert to f32 for the pruning math).
+    dtype: DType,
     max_resident: usize,
     /// Most recently used last.
     resident: Mutex<Vec<(String, Arc<LoadedModel>)>>,
 }
 
 impl ModelHost {
-    pub fn new(device: Device, max_resident: usize) -> Self {
+    pub fn new(opts: LoadOptions, max_resident: usize) -> Self {
         Self {
-            device,
+            device: opts.device,
+            dtype: opts.dtype,
             max_resident: max_resident.max(1),
             resident: Mutex::new(Vec::new()),
         }
@@ -52,6 +55,7 @@ impl ModelHost {
             spec,
             &LoadOptions {
                 device: self.device.clone(),
+                dtype: self.dtype,
             },
         )?);
         tracing::info!(model = %spec, seconds = t.elapsed().as_secs_f64(), "loaded");

@@ -44,6 +44,7 @@ impl Server {
         let engine = EngineArgs {
             preload: vec![model],
             device: "cpu".into(),
+            dtype: "f32".into(),
             max_resident_models,
         };
         let state = build_state(&store, &engine).await.unwrap();

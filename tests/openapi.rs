@@ -26,6 +26,7 @@ async fn every_documented_route_is_served() {
     let engine = EngineArgs {
         preload: vec![],
         device: "cpu".into(),
+        dtype: "f32".into(),
         max_resident_models: 1,
     };
     let state = build_state(&store, &engine).await.unwrap();

@@ -116,6 +116,7 @@ async fn s3_store_holds_objects_and_variants() {
     let engine = EngineArgs {
         preload: vec![model.clone()],
         device: "cpu".into(),
+        dtype: "f32".into(),
         max_resident_models: 2,
     };
     let state = build_state(&store_args, &engine).await.unwrap();

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use eigenprune_engine::edit::Edit;
 use eigenprune_engine::eval::evaluate;
-use eigenprune_engine::{load_model, LoadOptions};
+use eigenprune_engine::load_model;
 use serde_json::json;
 
 use super::{load_task, Progress};
@@ -30,20 +30,18 @@ pub struct EvalArgs {
     pub json: bool,
     #[arg(long, env = "EIGENPRUNE_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Weights' dtype: auto (bf16 on a GPU, f32 on the CPU), f32, bf16 or f16.
+    #[arg(long, env = "EIGENPRUNE_DTYPE", default_value = "auto")]
+    pub dtype: String,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let device = super::parse_device(&args.device)?;
+    let opts = super::load_options(&args.device, &args.dtype)?;
     let task = load_task(&args.task, args.seed)?;
-    let mut loaded = load_model(
-        &args.model,
-        &LoadOptions {
-            device: device.clone(),
-        },
-    )
-    .with_context(|| format!("loading model `{}`", args.model))?;
+    let mut loaded = load_model(&args.model, &opts)
+        .with_context(|| format!("loading model `{}`", args.model))?;
     if let Some(path) = &args.edit {
-        let edit = Edit::load(path, &device)?;
+        let edit = Edit::load(path, &opts.device)?;
         edit.apply(&mut loaded.model)
             .with_context(|| format!("applying {}", path.display()))?;
     }

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Context;
 use clap::Args;
 use eigenprune_engine::generate::{generate, SamplingParams};
-use eigenprune_engine::{load_model, LoadOptions};
+use eigenprune_engine::load_model;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -29,12 +29,15 @@ pub struct GenerateArgs {
     /// cpu or cuda:N.
     #[arg(long, env = "EIGENPRUNE_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Weights' dtype: auto (bf16 on a GPU, f32 on the CPU), f32, bf16 or f16.
+    #[arg(long, env = "EIGENPRUNE_DTYPE", default_value = "auto")]
+    pub dtype: String,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let device = super::parse_device(&args.device)?;
+    let opts = super::load_options(&args.device, &args.dtype)?;
     let t0 = std::time::Instant::now();
-    let loaded = load_model(&args.model, &LoadOptions { device })
+    let loaded = load_model(&args.model, &opts)
         .with_context(|| format!("loading model `{}`", args.model))?;
     eprintln!(
         "loaded {} in {:.2}s",

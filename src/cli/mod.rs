@@ -58,6 +58,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// `--device`: `cpu`, or `cuda:N` in a build with the `cuda` feature.
+/// `--device` and `--dtype` as the engine's load options.
+pub fn load_options(device: &str, dtype: &str) -> anyhow::Result<eigenprune_engine::LoadOptions> {
+    use candle_core::DType;
+    let device = parse_device(device)?;
+    let dtype = match dtype {
+        "auto" if device.is_cuda() => DType::BF16,
+        "auto" | "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => anyhow::bail!("unknown dtype `{other}` (auto, f32, bf16, f16)"),
+    };
+    Ok(eigenprune_engine::LoadOptions { device, dtype })
+}
+
 pub fn parse_device(spec: &str) -> anyhow::Result<candle_core::Device> {
     match spec {
         "cpu" => Ok(candle_core::Device::Cpu),

@@ -116,7 +116,12 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let settings = settings(&args)?;
     let device = super::parse_device(&args.device)?;
     let task = load_task(&args.task, args.seed)?;
-    let loaded = load_model(&args.model, &LoadOptions { device })
+    // Pruning math is f32; the weights are loaded in f32 so nothing is rounded first.
+    let opts = LoadOptions {
+        device,
+        dtype: candle_core::DType::F32,
+    };
+    let loaded = load_model(&args.model, &opts)
         .with_context(|| format!("loading model `{}`", args.model))?;
     let mut progress = Progress::default();
     let report = pipeline::run(

@@ -35,6 +35,9 @@ pub struct EngineArgs {
     /// cpu or cuda:N.
     #[arg(long, env = "EIGENPRUNE_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Weights' dtype: auto (bf16 on a GPU, f32 on the CPU), f32, bf16 or f16.
+    #[arg(long, env = "EIGENPRUNE_DTYPE", default_value = "auto")]
+    pub dtype: String,
     /// Models (bases and variants) kept resident; the coldest is evicted beyond this.
     #[arg(long, env = "EIGENPRUNE_MAX_RESIDENT_MODELS", default_value_t = 4)]
     pub max_resident_models: usize,
@@ -87,8 +90,8 @@ pub async fn build_state(store: &StoreArgs, engine: &EngineArgs) -> anyhow::Resu
         .with_context(|| format!("creating {}", store.data_dir.display()))?;
     let db = Db::connect(&store.database_url()).await?;
     let storage = Storage::from_url(&store.object_store()?)?;
-    let device = super::parse_device(&engine.device)?;
-    let host = Arc::new(ModelHost::new(device, engine.max_resident_models));
+    let opts = super::load_options(&engine.device, &engine.dtype)?;
+    let host = Arc::new(ModelHost::new(opts, engine.max_resident_models));
     for m in &engine.preload {
         let (h, m2) = (host.clone(), m.clone());
         tokio::task::spawn_blocking(move || h.base(&m2))

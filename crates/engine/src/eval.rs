@@ -2,7 +2,7 @@
 //! teacher-forced) and, for fixed-choice tasks, choice accuracy (highest log-likelihood among
 //! the label words, as lm-evaluation-harness does).
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 use tokenizers::Tokenizer;
 
 use crate::batch::{answer_targets, encode, pack, Sequence};
@@ -120,7 +120,8 @@ fn score_sequences(
         let picked = hidden
             .reshape((b * t, d))?
             .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
-        let logp = candle_nn::ops::log_softmax(&model.logits(&picked)?, D::Minus1)?;
+        let logits = model.logits(&picked)?.to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let argmax: Vec<u32> = logp.argmax(D::Minus1)?.to_vec1()?;
         let target_t = Tensor::new(targets.as_slice(), device)?;
         let lp: Vec<f32> = logp

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -52,12 +52,15 @@ impl ModelSource {
 
 pub struct LoadOptions {
     pub device: Device,
+    /// The dtype weights are kept in (pruning math converts to f32 itself).
+    pub dtype: DType,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             device: Device::Cpu,
+            dtype: DType::F32,
         }
     }
 }
@@ -83,7 +86,7 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             read_directory(&dir, &opts.device)?
         }
     };
-    let model = models::build(&config_json, TensorMap::new(tensors))?;
+    let model = models::build(&config_json, TensorMap::new(tensors))?.to_dtype(opts.dtype)?;
     Ok(LoadedModel {
         model,
         tokenizer,

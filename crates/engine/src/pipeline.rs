@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use candle_core::DType;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use tokenizers::Tokenizer;
 
@@ -107,6 +108,14 @@ pub fn run(
     if settings.portions.is_empty() {
         return Err(EngineError::InvalidInput("no portion given".into()));
     }
+    // Pruning math is f32 whatever the serving dtype (the edit is applied in the base's dtype).
+    let base32;
+    let base = if base.dtype() == DType::F32 {
+        base
+    } else {
+        base32 = base.to_dtype(DType::F32)?;
+        &base32
+    };
     let mut seconds = BTreeMap::new();
     let mut clock = Instant::now();
     let mut lap = |name: &str, seconds: &mut BTreeMap<String, f64>| {

@@ -56,14 +56,17 @@ impl Transformer {
     pub fn new(config: ModelConfig, weights: Weights) -> Result<Self> {
         config.validate()?;
         let device = weights.embed.device().clone();
+        let dtype = weights.embed.dtype();
         let (rope_cos, rope_sin) = if config.rotary_dims > 0 {
-            let (c, s) = rope_tables(&config, config.rope_theta, &device)?;
+            let (c, s) = rope_tables(&config, config.rope_theta, &device, dtype)?;
             (Some(c), Some(s))
         } else {
             (None, None)
         };
         let rope_local = match config.rope_local_theta {
-            Some(theta) if config.rotary_dims > 0 => Some(rope_tables(&config, theta, &device)?),
+            Some(theta) if config.rotary_dims > 0 => {
+                Some(rope_tables(&config, theta, &device, dtype)?)
+            }
             _ => None,
         };
         Ok(Self {
@@ -77,6 +80,34 @@ impl Transformer {
 
     pub fn device(&self) -> &Device {
         self.weights.embed.device()
+    }
+
+    /// The dtype the weights (and so the activations) are in.
+    pub fn dtype(&self) -> DType {
+        self.weights.embed.dtype()
+    }
+
+    /// A copy with every weight and table in `dtype` (the same model when it already is).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let mut m = self.clone();
+        let tied = m.weights.tied();
+        for t in m.weights.tensors_mut() {
+            *t = t.to_dtype(dtype)?;
+        }
+        if tied {
+            m.weights.lm_head.weight = m.weights.embed.clone();
+        }
+        let cast = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_dtype(dtype)).transpose();
+        m.rope_cos = cast(&m.rope_cos)?;
+        m.rope_sin = cast(&m.rope_sin)?;
+        m.rope_local = match &m.rope_local {
+            Some((c, s)) => Some((c.to_dtype(dtype)?, s.to_dtype(dtype)?)),
+            None => None,
+        };
+        Ok(m)
     }
 
     /// Runs the blocks over `ids` [B, T] and returns the final normed hidden states [B, T, D].
@@ -387,7 +418,8 @@ impl Transformer {
                 }
             }
         }
-        Ok(Some(Tensor::from_vec(mask, (b, 1, t, tk), self.device())?))
+        let mask = Tensor::from_vec(mask, (b, 1, t, tk), self.device())?;
+        Ok(Some(mask.to_dtype(self.dtype())?))
     }
 }
 
@@ -434,7 +466,13 @@ fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
     }
 }
 
-fn rope_tables(config: &ModelConfig, theta: f64, device: &Device) -> Result<(Tensor, Tensor)> {
+/// (cos, sin) tables, computed in f32 and kept in the weights' `dtype`.
+fn rope_tables(
+    config: &ModelConfig,
+    theta: f64,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Tensor, Tensor)> {
     let half = config.rotary_dims / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0 / theta.powf(2.0 * i as f64 / config.rotary_dims as f64) as f32)
@@ -445,5 +483,5 @@ fn rope_tables(config: &ModelConfig, theta: f64, device: &Device) -> Result<(Ten
         .to_dtype(DType::F32)?
         .reshape((n, 1))?;
     let freqs = pos.broadcast_mul(&inv_freq)?;
-    Ok((freqs.cos()?, freqs.sin()?))
+    Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
 }

@@ -387,3 +387,63 @@ fn finetune_then_prune_round_trips_through_the_edit() {
         );
     }
 }
+
+/// Serving weights in bf16: logits stay close to f32's, generation runs, and a pruning job on
+/// the bf16 model (its math in f32) yields an edit that applies to it in bf16.
+#[test]
+fn bf16_serving_weights_work_end_to_end() {
+    use candle_core::DType;
+    use eigenprune_engine::generate::{generate, SamplingParams};
+    use eigenprune_engine::pipeline::{run, PruneSettings};
+    use eigenprune_engine::tasks::Task;
+    for arch in ["llama", "gemma3", "gpt2"] {
+        let m32 = fixture(arch);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(arch);
+        let opts = LoadOptions {
+            dtype: DType::BF16,
+            ..Default::default()
+        };
+        let m16 = load_model(dir.to_str().unwrap(), &opts).unwrap();
+        assert_eq!(m16.model.dtype(), DType::BF16);
+        let want = logits(&m32, &m32.model);
+        let got = logits(&m16, &m16.model).to_dtype(DType::F32).unwrap();
+        let rel = max_diff(&got, &want) / max_diff(&want, &want.zeros_like().unwrap());
+        assert!(
+            rel < 0.05,
+            "{arch}: bf16 logits off by {rel} of their range"
+        );
+
+        let ids = m16.tokenizer.encode("3 x 7 =", false).unwrap();
+        let params = SamplingParams {
+            max_tokens: 4,
+            ..Default::default()
+        };
+        generate(&m16.model, ids.get_ids(), &params, |_| true).unwrap();
+
+        let rows = examples();
+        let task = Task {
+            name: "times7".into(),
+            train: rows[..10].to_vec(),
+            test: rows[10..].to_vec(),
+        };
+        let report = run(
+            &m16.model,
+            &m16.tokenizer,
+            &task,
+            &PruneSettings::default(),
+            &mut |_, _, _| true,
+        )
+        .unwrap();
+        let mut variant = m16.model.clone();
+        report.results[0].edit.apply(&mut variant).unwrap();
+        assert_eq!(variant.dtype(), DType::BF16, "{arch}");
+        assert!(report.results[0].pruned > 0, "{arch}");
+        let pruned = logits(&m16, &variant).to_dtype(DType::F32).unwrap();
+        assert!(
+            max_diff(&pruned, &got) > 0.0,
+            "{arch}: the edit changed nothing"
+        );
+    }
+}
