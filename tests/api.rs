@@ -601,3 +601,30 @@ async fn smollm2_end_to_end() {
     let (resident, text) = metric(&server, "eigenprune_resident_models").await;
     assert_eq!(resident, 1.0, "{text}");
 }
+
+/// A job that fine-tunes first: its result reports the fine-tuning, and its variant (base + an
+/// edit carrying every fine-tuned parameter) is served and evaluates as the job said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finetuned_job_serves_its_variant() {
+    let server = Server::start(None, 1, "finetune").await;
+    let hp = json!({"portion": 0.2, "scoring_batches": 2,
+                    "finetune": {"epochs": 2, "lr": 0.01, "batch_size": 16}});
+    let (status, job) = server
+        .post(
+            "/v1/pruning/jobs",
+            json!({"model": fixture("llama"), "task": "int-mult", "hyperparameters": hp}),
+        )
+        .await;
+    assert_eq!(status, 200, "{job}");
+    let job = server
+        .wait(&format!("/v1/pruning/jobs/{}", job["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &job["result"];
+    let losses = result["finetune"]["epoch_losses"].as_array().unwrap();
+    assert_eq!(losses.len(), 2, "{result}");
+    assert!(result["finetune"]["accuracy_pretrained"]["total"] == 80);
+    let variant = job["pruned_model"].as_str().unwrap();
+    let request = json!({"model": variant, "task": "int-mult"});
+    evaluation_matches_the_job(&server, request, result).await;
+}
