@@ -7,7 +7,7 @@ use tokenizers::Tokenizer;
 
 use crate::batch::{answer_targets, encode, pack, Sequence};
 use crate::tasks::Example;
-use crate::transformer::Transformer;
+use crate::transformer::{KvCache, Transformer};
 use crate::Result;
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -55,12 +55,17 @@ pub fn evaluate(
             None => seqs.push((i, None, encode(tok, &ex.prompt, &ex.answer)?)),
         }
     }
-    let scores = score_sequences(
-        model,
-        &seqs.iter().map(|s| &s.2).collect::<Vec<_>>(),
-        batch_size,
-        progress,
-    )?;
+    let all_choices = !examples.is_empty() && examples.iter().all(|e| e.choices.is_some());
+    let scores = if all_choices {
+        score_choices(model, &seqs, batch_size, progress)?
+    } else {
+        score_sequences(
+            model,
+            &seqs.iter().map(|s| &s.2).collect::<Vec<_>>(),
+            batch_size,
+            progress,
+        )?
+    };
     let mut result = EvalResult {
         total: examples.len(),
         ..Default::default()
@@ -91,6 +96,153 @@ pub fn evaluate(
         result.choice_correct = Some(right);
     }
     Ok(result)
+}
+
+/// Fixed-choice examples: each prompt runs once, then every choice continues it from the
+/// prompt's KV cache (cb's three label words cost one prompt, not three). The scores equal
+/// [`score_sequences`]'s up to float rounding. `seqs` lists (example, choice, sequence) with an
+/// example's choices together, as [`evaluate`] builds it.
+fn score_choices(
+    model: &Transformer,
+    seqs: &[(usize, Option<usize>, Sequence)],
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Vec<Scored>> {
+    // Per example: the indices of its sequences in `seqs`.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, (ex, _, _)) in seqs.iter().enumerate() {
+        match groups.last_mut() {
+            Some(g) if seqs[g[0]].0 == *ex => g.push(i),
+            _ => groups.push(vec![i]),
+        }
+    }
+    groups.sort_by_key(|g| seqs[g[0]].2.prompt.len());
+    let mut out = vec![
+        Scored {
+            logprob: 0.0,
+            all_argmax: false
+        };
+        seqs.len()
+    ];
+    let device = model.device();
+    let mut done = 0;
+    for chunk in groups.chunks(batch_size.max(1)) {
+        // The prompts, left-padded so that every row's last prompt token is the last column.
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|g| seqs[g[0]].2.prompt.clone()).collect();
+        let packed = pack(&prompts, true, 0, device)?;
+        let mut cache = KvCache::default();
+        let hidden = model.forward(&packed.ids, &packed.valid, Some(&mut cache), None)?;
+        let last = hidden.narrow(1, packed.width - 1, 1)?.squeeze(1)?;
+        let first = log_probs(model, &last)?;
+        let most = chunk.iter().map(Vec::len).max().unwrap_or(0);
+        for c in 0..most {
+            // Choice c of every example that has one (a one-token stand-in for those that do
+            // not, ignored), right-padded after the prompt.
+            let answers: Vec<Option<&Sequence>> = chunk
+                .iter()
+                .map(|g| g.get(c).map(|&i| &seqs[i].2))
+                .collect();
+            let rows: Vec<Vec<u32>> = answers
+                .iter()
+                .map(|a| a.map_or(vec![0], |s| s.answer.clone()))
+                .collect();
+            let cont = pack(&rows, false, 0, device)?;
+            let mut cc = cache.clone();
+            let h = model.forward(&cont.ids, &cont.valid, Some(&mut cc), None)?;
+            let (b, t, d) = h.dims3()?;
+            // Answer token j > 0 is predicted at continuation position j - 1.
+            let positions: Vec<u32> = answers
+                .iter()
+                .enumerate()
+                .flat_map(|(r, a)| {
+                    let n = a.map_or(0, |s| s.answer.len());
+                    (1..n).map(move |j| (r * t + j - 1) as u32)
+                })
+                .collect();
+            let rest = if positions.is_empty() {
+                None
+            } else {
+                let idx = Tensor::new(positions.as_slice(), device)?;
+                Some(log_probs(
+                    model,
+                    &h.reshape((b * t, d))?.index_select(&idx, 0)?,
+                )?)
+            };
+            let present: Vec<(usize, &Sequence)> = answers
+                .iter()
+                .enumerate()
+                .filter_map(|(r, a)| a.map(|s| (r, s)))
+                .collect();
+            let heads = first.score(
+                &present.iter().map(|(r, _)| *r as u32).collect::<Vec<_>>(),
+                &present.iter().map(|(_, s)| s.answer[0]).collect::<Vec<_>>(),
+            )?;
+            let tails = match &rest {
+                Some(lp) => {
+                    let toks: Vec<u32> = present
+                        .iter()
+                        .flat_map(|(_, s)| s.answer[1..].iter().copied())
+                        .collect();
+                    let rows: Vec<u32> = (0..toks.len() as u32).collect();
+                    lp.score(&rows, &toks)?
+                }
+                None => Vec::new(),
+            };
+            let mut tails = tails.into_iter();
+            for ((r, s), mut sc) in present.into_iter().zip(heads) {
+                for _ in 1..s.answer.len() {
+                    let next = tails.next().expect("one score per later answer token");
+                    sc.logprob += next.logprob;
+                    sc.all_argmax &= next.all_argmax;
+                }
+                out[chunk[r][c]] = sc;
+            }
+        }
+        done += chunk.iter().map(Vec::len).sum::<usize>();
+        if !progress(done, seqs.len()) {
+            return Err(crate::EngineError::Cancelled);
+        }
+    }
+    Ok(out)
+}
+
+/// Log-probabilities [N, vocab] of N hidden states (on the device) and each row's argmax.
+struct LogProbs {
+    logp: Tensor,
+    argmax: Vec<u32>,
+}
+
+impl LogProbs {
+    /// The score of `tokens[i]` at row `rows[i]`, gathered on the device in one call.
+    fn score(&self, rows: &[u32], tokens: &[u32]) -> Result<Vec<Scored>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let device = self.logp.device();
+        let picked = self
+            .logp
+            .index_select(&Tensor::new(rows, device)?, 0)?
+            .gather(&Tensor::new(tokens, device)?.unsqueeze(1)?, 1)?
+            .squeeze(1)?
+            .to_vec1::<f32>()?;
+        Ok(picked
+            .iter()
+            .zip(rows.iter().zip(tokens))
+            .map(|(&lp, (&r, &tok))| Scored {
+                logprob: lp as f64,
+                all_argmax: self.argmax[r as usize] == tok,
+            })
+            .collect())
+    }
+}
+
+fn log_probs(model: &Transformer, hidden: &Tensor) -> Result<LogProbs> {
+    let logits = model.logits(hidden)?.to_dtype(DType::F32)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    Ok(LogProbs {
+        argmax: logp.argmax(D::Minus1)?.to_vec1()?,
+        logp,
+    })
 }
 
 /// Log-likelihood of each continuation and whether greedy decoding reproduces it.
@@ -142,4 +294,73 @@ fn score_sequences(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{load_model, LoadOptions};
+
+    /// Choice examples with prompts of different lengths (longer than the Mistral and Gemma
+    /// test windows), multi-token choices, and two or three choices.
+    fn examples() -> Vec<Example> {
+        let ex = |prompt: &str, choices: &[&str], label: usize| Example {
+            prompt: prompt.into(),
+            answer: choices[label].into(),
+            choices: Some(choices.iter().map(|c| c.to_string()).collect()),
+            label: Some(label),
+        };
+        vec![
+            ex(
+                "The capital of France is",
+                &[" Paris", " Rome", " a cat sat"],
+                0,
+            ),
+            ex("12 x 7 =", &[" 84", " 19 x 19"], 1),
+            ex(
+                "Premise: the cat sat on the mat. Hypothesis: a cat sat.",
+                &[" True", " False", " Neither"],
+                2,
+            ),
+            ex("3 + 4", &[" = 7", " is 361."], 0),
+            ex(
+                "Does the premise entail the hypothesis?",
+                &[" yes", " no"],
+                1,
+            ),
+        ]
+    }
+
+    #[test]
+    fn shared_prompt_scores_equal_separate_sequences() {
+        for arch in ["llama", "gemma3", "mistral", "gpt2", "phi"] {
+            let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures")
+                .join(arch);
+            let m = load_model(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+            let exs = examples();
+            let mut seqs = Vec::new();
+            for (i, ex) in exs.iter().enumerate() {
+                for (c, choice) in ex.choices.as_ref().unwrap().iter().enumerate() {
+                    seqs.push((
+                        i,
+                        Some(c),
+                        encode(&m.tokenizer, &ex.prompt, choice).unwrap(),
+                    ));
+                }
+            }
+            let refs: Vec<&Sequence> = seqs.iter().map(|s| &s.2).collect();
+            for bs in [1, 2, 16] {
+                let shared = score_choices(&m.model, &seqs, bs, &mut |_, _| true).unwrap();
+                let separate = score_sequences(&m.model, &refs, bs, &mut |_, _| true).unwrap();
+                for (a, b) in shared.iter().zip(&separate) {
+                    assert!(
+                        (a.logprob - b.logprob).abs() < 1e-4,
+                        "{arch} bs {bs}: {a:?} {b:?}"
+                    );
+                    assert_eq!(a.all_argmax, b.all_argmax, "{arch} bs {bs}");
+                }
+            }
+        }
+    }
 }

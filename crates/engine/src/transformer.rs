@@ -25,7 +25,7 @@ pub struct Transformer {
 }
 
 /// Keys and values of past positions, per layer, plus which of them are real (not padding).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// Per row: one flag per cached position.
