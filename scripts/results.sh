@@ -62,6 +62,12 @@ case $model_key in
       [int-sum]="--task int-sum --portion $grid --scoring-batches 40"
       [rte]="--task rte --portion $grid --scoring-batches 20 $gpu"
     )
+    # Seeds and controls at 0.2 on this CPU, on the same scored subsets as the rows above.
+    for t in rte int-sum; do
+      sub="--scoring-batches 20"; [ $t = int-sum ] && sub="--scoring-batches 40"
+      for s in 1 2; do rows[$t-seed$s]="--task $t --portion 0.2 --seed $s $sub"; done
+      for m in random smallest; do rows[$t-$m]="--task $t --portion 0.2 --method $m $sub"; done
+    done
     for t in copa cb rte; do
       rows[$t-gpu]="--task $t --portion $grid $gpu"
       for s in 1 2; do rows[$t-gpu-seed$s]="--task $t --portion 0.2 --seed $s $gpu"; done
@@ -70,7 +76,9 @@ case $model_key in
     order=(int-mult int-mult-seed1 int-mult-seed2 int-mult-random int-mult-smallest int-mult-auto
            int-mult-finetune int-sum rte copa-gpu cb-gpu rte-gpu
            copa-gpu-seed1 copa-gpu-seed2 copa-gpu-random copa-gpu-smallest
-           cb-gpu-seed1 cb-gpu-seed2 cb-gpu-random cb-gpu-smallest)
+           cb-gpu-seed1 cb-gpu-seed2 cb-gpu-random cb-gpu-smallest
+           rte-seed1 rte-seed2 rte-random rte-smallest
+           int-sum-seed1 int-sum-seed2 int-sum-random int-sum-smallest)
     ;;
   *) echo "unknown model $model_key (smollm2, gemma3)" >&2; exit 2 ;;
 esac
