@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device};
+use eigenprune_engine::batcher::Batcher;
 use eigenprune_engine::edit::Edit;
 use eigenprune_engine::{load_model, LoadOptions, LoadedModel};
 
@@ -14,7 +15,12 @@ pub struct ModelHost {
     max_resident: usize,
     /// Most recently used last.
     resident: Mutex<Vec<(String, Arc<LoadedModel>)>>,
+    /// A decoding thread per model that completions use, by model key.
+    batchers: Mutex<Vec<(String, Arc<LoadedModel>, Batcher)>>,
 }
+
+/// Sequences one model decodes together at most.
+const MAX_BATCH_ROWS: usize = 32;
 
 impl ModelHost {
     pub fn new(opts: LoadOptions, max_resident: usize) -> Self {
@@ -23,6 +29,7 @@ impl ModelHost {
             dtype: opts.dtype,
             max_resident: max_resident.max(1),
             resident: Mutex::new(Vec::new()),
+            batchers: Mutex::new(Vec::new()),
         }
     }
 
@@ -41,6 +48,9 @@ impl ModelHost {
         r.push((key.to_string(), m));
         while r.len() > self.max_resident {
             let (evicted, _) = r.remove(0);
+            // Its decoding thread ends once the requests it holds are done.
+            let mut b = self.batchers.lock().expect("batchers lock");
+            b.retain(|(k, _, _)| *k != evicted);
             tracing::info!(model = %evicted, "evicted from the resident set");
         }
     }
@@ -85,6 +95,20 @@ impl ModelHost {
         });
         self.insert(id, m.clone());
         Ok(m)
+    }
+
+    /// The decoding thread of `model` (named `key`), started on first use; continuous batching
+    /// across every completion request for that model.
+    pub fn batcher(&self, key: &str, model: &Arc<LoadedModel>) -> Batcher {
+        let mut b = self.batchers.lock().expect("batchers lock");
+        if let Some((_, _, batcher)) = b.iter().find(|(k, m, _)| k == key && Arc::ptr_eq(m, model))
+        {
+            return batcher.clone();
+        }
+        b.retain(|(k, _, _)| k != key);
+        let batcher = Batcher::start(model.clone(), MAX_BATCH_ROWS);
+        b.push((key.to_string(), model.clone(), batcher.clone()));
+        batcher
     }
 
     /// Parameter bytes of every resident model (a variant counts in full).

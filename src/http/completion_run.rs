@@ -1,7 +1,10 @@
 //! The generation behind /v1/completions: one choice at a time, with stop strings honoured on
 //! text (not tokens), optional logprobs and echo, and text deltas for streaming.
 
-use eigenprune_engine::generate::{generate, sequence_logprobs, SamplingParams};
+use std::sync::mpsc::Receiver;
+
+use eigenprune_engine::batcher::{Batcher, Event};
+use eigenprune_engine::generate::{sequence_logprobs, SamplingParams};
 use eigenprune_engine::LoadedModel;
 use serde_json::{json, Value};
 
@@ -51,41 +54,46 @@ impl TextStream<'_> {
     }
 }
 
-/// Generates one choice for `prompt`. `on_delta` receives the text as it becomes final (the
-/// whole text, in pieces); returning false stops generation (the client went away).
+/// Finishes one choice from the batcher's events for it. `on_delta` receives the text as it
+/// becomes final (the whole text, in pieces); returning false stops generation (the client went
+/// away): dropping `events` cancels the request in the batcher.
 pub fn complete_one(
     model: &LoadedModel,
-    prompt: &[u32],
-    params: &SamplingParams,
+    events: Receiver<Event>,
+    max_tokens: usize,
     stops: &[String],
     mut on_delta: impl FnMut(&str) -> bool,
 ) -> anyhow::Result<Choice> {
     let tok = &model.tokenizer;
     let mut stream = TextStream { stops, sent: 0 };
-    let mut all = Vec::new();
+    let mut ids = Vec::new();
     let mut stopped_text = None;
     let mut open = true;
-    let (ids, _) = if params.max_tokens == 0 {
-        (Vec::new(), Default::default())
-    } else {
-        generate(&model.model, prompt, params, |id| {
-            all.push(id);
-            let text = tok.decode(&all, true).unwrap_or_default();
-            if let Some(cut) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-                open = on_delta(stream.advance(&text, cut));
-                stopped_text = Some(text[..cut].to_string());
-                return false;
-            }
-            let delta = stream.release(&text);
-            open = delta.is_empty() || on_delta(delta);
-            open
-        })?
-    };
+    for event in events.iter() {
+        let id = match event {
+            Event::Token(id) => id,
+            Event::Done => break,
+            Event::Failed(e) => anyhow::bail!("generation failed: {e}"),
+        };
+        ids.push(id);
+        let text = tok.decode(&ids, true).unwrap_or_default();
+        if let Some(cut) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+            open = on_delta(stream.advance(&text, cut));
+            stopped_text = Some(text[..cut].to_string());
+            break;
+        }
+        let delta = stream.release(&text);
+        open = delta.is_empty() || on_delta(delta);
+        if !open {
+            break;
+        }
+    }
+    drop(events);
     let (text, finish_reason) = match stopped_text {
         Some(t) => (t, "stop"),
         None => {
             let t = tok.decode(&ids, true).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let reason = if ids.len() < params.max_tokens {
+            let reason = if ids.len() < max_tokens {
                 "stop"
             } else {
                 "length"
@@ -105,6 +113,20 @@ pub fn complete_one(
         text,
         finish_reason,
     })
+}
+
+/// Submits every choice (prompts x n, in that order) to the batcher at once, so they decode
+/// together; the receivers come back in the same order.
+pub fn submit_all(
+    batcher: &Batcher,
+    prompts: &[Vec<u32>],
+    n: usize,
+    params: &SamplingParams,
+) -> Vec<Receiver<Event>> {
+    prompts
+        .iter()
+        .flat_map(|p| (0..n).map(move |k| batcher.submit(p.clone(), choice_params(params, k))))
+        .collect()
 }
 
 /// OpenAI's logprobs object for `ids[from..]`, scored in context of `ids[..from]`.
@@ -139,6 +161,7 @@ fn logprobs_json(model: &LoadedModel, ids: &[u32], from: usize, top: u32) -> any
 /// Every choice (prompts x n, in that order) and the usage (prompt, completion tokens).
 pub fn run(
     model: &LoadedModel,
+    batcher: &Batcher,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     stops: &[String],
@@ -146,11 +169,12 @@ pub fn run(
 ) -> anyhow::Result<(Vec<Value>, (usize, usize))> {
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut pending = submit_all(batcher, prompts, opts.n, params).into_iter();
     for prompt in prompts {
         prompt_tokens += prompt.len();
-        for k in 0..opts.n {
-            let p = choice_params(params, k);
-            let c = complete_one(model, prompt, &p, stops, |_| true)?;
+        for _ in 0..opts.n {
+            let events = pending.next().expect("one receiver per choice");
+            let c = complete_one(model, events, params.max_tokens, stops, |_| true)?;
             completion_tokens += c.ids.len();
             let all: Vec<u32> = prompt.iter().chain(&c.ids).copied().collect();
             let from = if opts.echo { 0 } else { prompt.len() };

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use eigenprune_engine::batcher::Batcher;
 use eigenprune_engine::generate::SamplingParams;
 use eigenprune_engine::LoadedModel;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::completion_run::{choice_params, complete_one, run, Options};
+use super::completion_run::{complete_one, run, submit_all, Options};
 use super::error::{ApiError, ApiResult, Json};
 use crate::app::{AppState, Metrics};
 
@@ -186,19 +187,24 @@ pub async fn create(
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
     if req.stream {
         let usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let batcher = state.host.batcher(&req.model, &model);
         let head = StreamHead {
             id,
             model: req.model,
             created: crate::db::now(),
             usage,
         };
-        return Ok(stream(state, model, prompts, params, stops, opts.n, head));
+        return Ok(stream(
+            state, model, batcher, prompts, params, stops, opts.n, head,
+        ));
     }
-    let (choices, usage) =
-        tokio::task::spawn_blocking(move || run(&model, &prompts, &params, &stops, &opts))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+    let batcher = state.host.batcher(&req.model, &model);
+    let (choices, usage) = tokio::task::spawn_blocking(move || {
+        run(&model, &batcher, &prompts, &params, &stops, &opts)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     Metrics::add(&state.metrics.tokens_generated, usage.1 as u64);
     Ok(Json(json!({
         "id": id,
@@ -241,9 +247,11 @@ impl StreamHead {
 /// `stream = true`: Server-Sent Events as OpenAI sends them, one chunk per text delta, a final
 /// chunk per choice with its finish_reason, optional usage, then `[DONE]`. Generation stops
 /// when the client disconnects.
+#[allow(clippy::too_many_arguments)]
 fn stream(
     state: AppState,
     model: Arc<LoadedModel>,
+    batcher: Batcher,
     prompts: Vec<Vec<u32>>,
     params: SamplingParams,
     stops: Vec<String>,
@@ -254,15 +262,17 @@ fn stream(
     tokio::task::spawn_blocking(move || {
         let send = |e: Event| tx.blocking_send(e).is_ok();
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        let mut pending = submit_all(&batcher, &prompts, n, &params).into_iter();
         for (p, prompt) in prompts.iter().enumerate() {
             prompt_tokens += prompt.len();
             for k in 0..n {
                 let index = p * n + k;
+                let events = pending.next().expect("one receiver per choice");
                 let delta = |text: &str| {
                     let c = json!([{"text": text, "index": index, "logprobs": null, "finish_reason": null}]);
                     send(head.chunk(c, Value::Null))
                 };
-                match complete_one(&model, prompt, &choice_params(&params, k), &stops, delta) {
+                match complete_one(&model, events, params.max_tokens, &stops, delta) {
                     Ok(c) => {
                         completion_tokens += c.ids.len();
                         Metrics::add(&state.metrics.tokens_generated, c.ids.len() as u64);

@@ -3,6 +3,7 @@
 
 pub mod attribution;
 pub mod batch;
+pub mod batcher;
 pub mod config;
 pub mod device;
 pub mod edit;

@@ -39,6 +39,89 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Rows (sequences) held.
+    pub fn rows(&self) -> usize {
+        self.valid.len()
+    }
+
+    /// This cache's rows followed by `other`'s; the shorter is left-padded with positions
+    /// marked as padding, so every row keeps its own positions.
+    pub fn concat(self, other: KvCache) -> Result<KvCache> {
+        if self.valid.is_empty() {
+            return Ok(other);
+        }
+        if other.valid.is_empty() {
+            return Ok(self);
+        }
+        let t = self.len().max(other.len());
+        let (a, b) = (self.left_pad(t)?, other.left_pad(t)?);
+        let mut layers = Vec::with_capacity(a.layers.len());
+        for (x, y) in a.layers.into_iter().zip(b.layers) {
+            layers.push(match (x, y) {
+                (Some((ka, va)), Some((kb, vb))) => {
+                    Some((Tensor::cat(&[&ka, &kb], 0)?, Tensor::cat(&[&va, &vb], 0)?))
+                }
+                _ => None,
+            });
+        }
+        let mut valid = a.valid;
+        valid.extend(b.valid);
+        Ok(KvCache { layers, valid })
+    }
+
+    /// Only the given rows, dropping leading positions that are padding in all of them.
+    pub fn select(&self, rows: &[usize]) -> Result<KvCache> {
+        let valid: Vec<Vec<bool>> = rows.iter().map(|&r| self.valid[r].clone()).collect();
+        let skip = valid
+            .iter()
+            .map(|v| v.iter().take_while(|&&ok| !ok).count())
+            .min()
+            .unwrap_or(0);
+        let keep = self.len() - skip;
+        let valid = valid.into_iter().map(|v| v[skip..].to_vec()).collect();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            layers.push(match layer {
+                Some((k, v)) => {
+                    let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+                    let idx = Tensor::new(idx.as_slice(), k.device())?;
+                    let pick = |x: &Tensor| -> candle_core::Result<Tensor> {
+                        x.index_select(&idx, 0)?.narrow(2, skip, keep)?.contiguous()
+                    };
+                    Some((pick(k)?, pick(v)?))
+                }
+                None => None,
+            });
+        }
+        Ok(KvCache { layers, valid })
+    }
+
+    fn left_pad(self, t: usize) -> Result<KvCache> {
+        let pad = t - self.len();
+        if pad == 0 {
+            return Ok(self);
+        }
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in self.layers {
+            layers.push(match layer {
+                Some((k, v)) => {
+                    let front = |x: &Tensor| -> candle_core::Result<Tensor> {
+                        let (b, h, _, d) = x.dims4()?;
+                        let zeros = Tensor::zeros((b, h, pad, d), x.dtype(), x.device())?;
+                        Tensor::cat(&[&zeros, x], 2)
+                    };
+                    Some((front(&k)?, front(&v)?))
+                }
+                None => None,
+            });
+        }
+        let valid = self
+            .valid
+            .into_iter()
+            .map(|v| std::iter::repeat_n(false, pad).chain(v).collect())
+            .collect();
+        Ok(KvCache { layers, valid })
+    }
 }
 
 struct Step<'a> {

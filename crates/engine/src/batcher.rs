@@ -1,0 +1,213 @@
+//! Continuous batching: one decoding thread per model serves every concurrent generation. A
+//! request is prefilled on its own, then joins the running batch (its KV cache rows are
+//! concatenated, left-padded, to the others'); every step decodes one token for all rows at
+//! once; a row leaves as soon as it finishes or its receiver is dropped. A long request never
+//! holds back a short one, and concurrent requests share each step's weight reads.
+
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor};
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::generate::{sample, SamplingParams};
+use crate::transformer::{KvCache, Transformer};
+use crate::{EngineError, LoadedModel, Result};
+
+/// What a request receives, in order: tokens, then exactly one `Done` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Token(u32),
+    /// Finished: a stop token was chosen (not sent) or `max_tokens` were sent.
+    Done,
+    Failed(String),
+}
+
+struct Request {
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    events: Sender<Event>,
+}
+
+/// A handle to a model's decoding thread; cheap to clone. The thread ends when every handle
+/// is dropped and its last rows are done.
+#[derive(Clone)]
+pub struct Batcher {
+    requests: Sender<Request>,
+}
+
+impl Batcher {
+    /// Starts the decoding thread for `model`; at most `max_rows` sequences decode together.
+    pub fn start(model: Arc<LoadedModel>, max_rows: usize) -> Self {
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("eigenprune-batcher".into())
+            .spawn(move || run(&model.model, rx, max_rows.max(1)))
+            .expect("spawning the batcher thread");
+        Self { requests: tx }
+    }
+
+    /// Queues a generation; its events arrive on the returned receiver. Dropping the receiver
+    /// cancels it at the next step.
+    pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Receiver<Event> {
+        let (events, rx) = channel();
+        let request = Request {
+            prompt,
+            params,
+            events,
+        };
+        if let Err(e) = self.requests.send(request) {
+            let _ =
+                e.0.events
+                    .send(Event::Failed("the model was unloaded".into()));
+        }
+        rx
+    }
+}
+
+/// One sequence in the running batch.
+struct Row {
+    params: SamplingParams,
+    rng: StdRng,
+    last: u32,
+    sent: usize,
+    events: Sender<Event>,
+}
+
+fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize) {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut cache = KvCache::default();
+    loop {
+        // Admit waiting requests (block only when idle).
+        while rows.len() < max_rows {
+            let next = if rows.is_empty() {
+                match requests.recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            } else {
+                match requests.try_recv() {
+                    Ok(r) => r,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) if rows.is_empty() => return,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            };
+            if let Some((row, own)) = prefill(model, next) {
+                match std::mem::take(&mut cache).concat(own) {
+                    Ok(joined) => {
+                        cache = joined;
+                        rows.push(row);
+                    }
+                    Err(e) => {
+                        rows.push(row);
+                        fail_all(&mut rows, &e);
+                        cache = KvCache::default();
+                    }
+                }
+            }
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        match step(model, &mut rows, &mut cache) {
+            Ok(()) => {}
+            Err(e) => {
+                fail_all(&mut rows, &e);
+                cache = KvCache::default();
+            }
+        }
+    }
+}
+
+fn fail_all(rows: &mut Vec<Row>, e: &EngineError) {
+    for r in rows.drain(..) {
+        let _ = r.events.send(Event::Failed(e.to_string()));
+    }
+}
+
+/// Runs a request's prompt on its own cache and sends its first token. None when it is
+/// already done (max_tokens 0, a stop token, max_tokens 1, its receiver gone, or an error,
+/// which the request is told).
+fn prefill(model: &Transformer, req: Request) -> Option<(Row, KvCache)> {
+    let events = req.events.clone();
+    match try_prefill(model, req) {
+        Ok(row) => row,
+        Err(e) => {
+            let _ = events.send(Event::Failed(e.to_string()));
+            None
+        }
+    }
+}
+
+fn try_prefill(model: &Transformer, req: Request) -> Result<Option<(Row, KvCache)>> {
+    if req.prompt.is_empty() {
+        return Err(EngineError::InvalidInput("the prompt is empty".into()));
+    }
+    if req.params.max_tokens == 0 {
+        let _ = req.events.send(Event::Done);
+        return Ok(None);
+    }
+    let mut cache = KvCache::default();
+    let n = req.prompt.len();
+    let ids = Tensor::new(req.prompt.as_slice(), model.device())?.unsqueeze(0)?;
+    let hidden = model.forward(&ids, &[vec![true; n]], Some(&mut cache), None)?;
+    let logits = model
+        .logits(&hidden.narrow(1, n - 1, 1)?)?
+        .flatten_all()?
+        .to_dtype(DType::F32)?;
+    let mut row = Row {
+        rng: StdRng::seed_from_u64(req.params.seed),
+        params: req.params,
+        last: 0,
+        sent: 0,
+        events: req.events,
+    };
+    let token = sample(&logits, &row.params, &mut row.rng)?;
+    Ok(emit(&mut row, token).then_some((row, cache)))
+}
+
+/// Sends `token` to the row's request unless it stops generation. Returns whether the row
+/// stays in the batch.
+fn emit(row: &mut Row, token: u32) -> bool {
+    if row.params.stop_tokens.contains(&token) {
+        let _ = row.events.send(Event::Done);
+        return false;
+    }
+    if row.events.send(Event::Token(token)).is_err() {
+        return false;
+    }
+    row.sent += 1;
+    row.last = token;
+    if row.sent >= row.params.max_tokens {
+        let _ = row.events.send(Event::Done);
+        return false;
+    }
+    true
+}
+
+/// One decoding step for every row; finished rows leave the batch and the cache.
+fn step(model: &Transformer, rows: &mut Vec<Row>, cache: &mut KvCache) -> Result<()> {
+    let last: Vec<u32> = rows.iter().map(|r| r.last).collect();
+    let ids = Tensor::new(last.as_slice(), model.device())?.unsqueeze(1)?;
+    let valid = vec![vec![true]; rows.len()];
+    let hidden = model.forward(&ids, &valid, Some(cache), None)?;
+    let logits = model.logits(&hidden.squeeze(1)?)?.to_dtype(DType::F32)?;
+    let mut keep = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter_mut().enumerate() {
+        let token = sample(&logits.get(i)?, &row.params, &mut row.rng)?;
+        if emit(row, token) {
+            keep.push(i);
+        }
+    }
+    if keep.len() < rows.len() {
+        *cache = cache.select(&keep)?;
+        let mut i = 0;
+        rows.retain(|_| {
+            let k = keep.contains(&i);
+            i += 1;
+            k
+        });
+    }
+    Ok(())
+}
