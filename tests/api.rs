@@ -545,6 +545,18 @@ async fn openai_python_client() {
     assert!(log.contains("every check passed"), "{log}");
 }
 
+/// An int-mult pruning job on `model` with `hyperparameters`, run to success; the finished job.
+async fn int_mult_job_succeeds(server: &Server, model: &str, hyperparameters: Value) -> Value {
+    let body = json!({"model": model, "task": "int-mult", "hyperparameters": hyperparameters});
+    let (status, job) = server.post("/v1/pruning/jobs", body).await;
+    assert_eq!(status, 200, "{job}");
+    let job = server
+        .wait(&format!("/v1/pruning/jobs/{}", job["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    job
+}
+
 /// A greedy completion of the model names Paris as France's capital.
 async fn names_paris(server: &Server, model: &str) {
     let body = json!({"model": model, "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0});
@@ -573,17 +585,7 @@ async fn smollm2_end_to_end() {
     names_paris(&server, &model).await;
 
     let hp = json!({"portion": 0.05, "scoring_batches": 2, "components": ["k"]});
-    let (status, job) = server
-        .post(
-            "/v1/pruning/jobs",
-            json!({"model": model, "task": "int-mult", "hyperparameters": hp}),
-        )
-        .await;
-    assert_eq!(status, 200, "{job}");
-    let job = server
-        .wait(&format!("/v1/pruning/jobs/{}", job["id"].as_str().unwrap()))
-        .await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    let job = int_mult_job_succeeds(&server, &model, hp).await;
     let result = &job["result"];
     assert_eq!(result["test_size"], 80, "{job}");
     assert!(result["pruned"].as_u64().unwrap() > 0, "{job}");
@@ -609,17 +611,7 @@ async fn finetuned_job_serves_its_variant() {
     let server = Server::start(None, 1, "finetune").await;
     let hp = json!({"portion": 0.2, "scoring_batches": 2,
                     "finetune": {"epochs": 2, "lr": 0.01, "batch_size": 16}});
-    let (status, job) = server
-        .post(
-            "/v1/pruning/jobs",
-            json!({"model": fixture("llama"), "task": "int-mult", "hyperparameters": hp}),
-        )
-        .await;
-    assert_eq!(status, 200, "{job}");
-    let job = server
-        .wait(&format!("/v1/pruning/jobs/{}", job["id"].as_str().unwrap()))
-        .await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    let job = int_mult_job_succeeds(&server, &fixture("llama"), hp).await;
     let result = &job["result"];
     let losses = result["finetune"]["epoch_losses"].as_array().unwrap();
     assert_eq!(losses.len(), 2, "{result}");

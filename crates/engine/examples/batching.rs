@@ -18,7 +18,11 @@ fn main() -> anyhow::Result<()> {
     let m = Arc::new(load_model(model, &LoadOptions::default())?);
     let prompts: Vec<Vec<u32>> = (0..n)
         .map(|i| {
-            let text = format!("Question {i}: what is {} times {}? Answer:", 3 + i, 7 + 2 * i);
+            let text = format!(
+                "Question {i}: what is {} times {}? Answer:",
+                3 + i,
+                7 + 2 * i
+            );
             m.tokenizer.encode(text, true).map(|e| e.get_ids().to_vec())
         })
         .collect::<Result<_, _>>()

@@ -30,7 +30,7 @@ impl EvalResult {
 }
 
 /// How one (prompt, continuation) scored.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Scored {
     logprob: f64,
     all_argmax: bool,
@@ -117,13 +117,7 @@ fn score_choices(
         }
     }
     groups.sort_by_key(|g| seqs[g[0]].2.prompt.len());
-    let mut out = vec![
-        Scored {
-            logprob: 0.0,
-            all_argmax: false
-        };
-        seqs.len()
-    ];
+    let mut out = vec![Scored::default(); seqs.len()];
     let device = model.device();
     let mut done = 0;
     for chunk in groups.chunks(batch_size.max(1)) {
@@ -254,13 +248,7 @@ fn score_sequences(
 ) -> Result<Vec<Scored>> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| seqs[i].len());
-    let mut out = vec![
-        Scored {
-            logprob: 0.0,
-            all_argmax: false
-        };
-        seqs.len()
-    ];
+    let mut out = vec![Scored::default(); seqs.len()];
     let device = model.device();
     for (done, chunk) in order.chunks(batch_size.max(1)).enumerate() {
         let batch: Vec<&Sequence> = chunk.iter().map(|&i| seqs[i]).collect();
