@@ -111,6 +111,14 @@ impl ModelHost {
         batcher
     }
 
+    /// (sequences decoding, sequences waiting to join) over every model's batcher.
+    pub fn decoding_load(&self) -> (usize, usize) {
+        let b = self.batchers.lock().expect("batchers lock");
+        b.iter()
+            .map(|(_, _, batcher)| batcher.load())
+            .fold((0, 0), |acc, l| (acc.0 + l.0, acc.1 + l.1))
+    }
+
     /// Parameter bytes of every resident model (a variant counts in full).
     pub fn resident_bytes(&self) -> u64 {
         let r = self.resident.lock().expect("model host lock");

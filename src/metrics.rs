@@ -24,6 +24,8 @@ pub struct Gauges {
     pub resident_model_bytes: u64,
     /// (used, total) bytes of the accelerator, when there is one.
     pub device_memory: Option<(u64, u64)>,
+    /// Completion sequences (decoding, waiting to join a batch).
+    pub decoding: (usize, usize),
 }
 
 impl Metrics {
@@ -93,6 +95,15 @@ impl Metrics {
         line(format!(
             "eigenprune_resident_model_bytes {}",
             g.resident_model_bytes
+        ));
+        line("# TYPE eigenprune_decoding_sequences gauge".into());
+        line(format!(
+            "eigenprune_decoding_sequences{{state=\"active\"}} {}",
+            g.decoding.0
+        ));
+        line(format!(
+            "eigenprune_decoding_sequences{{state=\"waiting\"}} {}",
+            g.decoding.1
         ));
         if let Some((used, total)) = g.device_memory {
             line("# TYPE eigenprune_gpu_memory_used_bytes gauge".into());

@@ -327,6 +327,15 @@ async fn metrics_after_the_run(server: &Server) {
     assert_eq!(value("eigenprune_queue_depth"), 0.0, "{text}");
     assert!(value("eigenprune_jobs{kind=\"pruning\",status=\"succeeded\"}") >= 1.0);
     assert!(value("eigenprune_resident_model_bytes") > 0.0, "{text}");
+    // Every completion has finished: nothing decoding, nothing waiting.
+    assert_eq!(
+        value("eigenprune_decoding_sequences{state=\"active\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("eigenprune_decoding_sequences{state=\"waiting\"}"),
+        0.0
+    );
 }
 
 async fn bad_input(server: &Server) {

@@ -26,12 +26,13 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 /// Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> String {
     let host = state.host.clone();
-    let (resident_models, resident_model_bytes, device_memory) =
+    let (resident_models, resident_model_bytes, device_memory, decoding) =
         tokio::task::spawn_blocking(move || {
             (
                 host.resident().len(),
                 host.resident_bytes(),
                 host.device_memory(),
+                host.decoding_load(),
             )
         })
         .await
@@ -41,6 +42,7 @@ pub async fn metrics(State(state): State<AppState>) -> String {
         resident_models,
         resident_model_bytes,
         device_memory,
+        decoding,
     };
     state.metrics.render(&gauges)
 }

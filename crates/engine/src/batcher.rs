@@ -4,6 +4,7 @@
 //! once; a row leaves as soon as it finishes or its receiver is dropped. A long request never
 //! holds back a short one, and concurrent requests share each step's weight reads.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
@@ -34,17 +35,35 @@ struct Request {
 #[derive(Clone)]
 pub struct Batcher {
     requests: Sender<Request>,
+    load: Arc<Load>,
+}
+
+/// Sequences decoding now, and submitted ones not yet admitted (for /metrics).
+#[derive(Default)]
+struct Load {
+    active: AtomicUsize,
+    waiting: AtomicUsize,
 }
 
 impl Batcher {
     /// Starts the decoding thread for `model`; at most `max_rows` sequences decode together.
     pub fn start(model: Arc<LoadedModel>, max_rows: usize) -> Self {
         let (tx, rx) = channel();
+        let load = Arc::new(Load::default());
+        let l = load.clone();
         std::thread::Builder::new()
             .name("eigenprune-batcher".into())
-            .spawn(move || run(&model.model, rx, max_rows.max(1)))
+            .spawn(move || run(&model.model, rx, max_rows.max(1), &l))
             .expect("spawning the batcher thread");
-        Self { requests: tx }
+        Self { requests: tx, load }
+    }
+
+    /// (sequences decoding, sequences waiting to join).
+    pub fn load(&self) -> (usize, usize) {
+        (
+            self.load.active.load(Ordering::Relaxed),
+            self.load.waiting.load(Ordering::Relaxed),
+        )
     }
 
     /// Queues a generation; its events arrive on the returned receiver. Dropping the receiver
@@ -56,7 +75,9 @@ impl Batcher {
             params,
             events,
         };
+        self.load.waiting.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.requests.send(request) {
+            self.load.waiting.fetch_sub(1, Ordering::Relaxed);
             let _ =
                 e.0.events
                     .send(Event::Failed("the model was unloaded".into()));
@@ -74,10 +95,11 @@ struct Row {
     events: Sender<Event>,
 }
 
-fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize) {
+fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize, load: &Load) {
     let mut rows: Vec<Row> = Vec::new();
     let mut cache = KvCache::default();
     loop {
+        load.active.store(rows.len(), Ordering::Relaxed);
         // Admit waiting requests (block only when idle).
         while rows.len() < max_rows {
             let next = if rows.is_empty() {
@@ -93,6 +115,7 @@ fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize) {
                     Err(TryRecvError::Disconnected) => break,
                 }
             };
+            load.waiting.fetch_sub(1, Ordering::Relaxed);
             if let Some((row, own)) = prefill(model, next) {
                 match std::mem::take(&mut cache).concat(own) {
                     Ok(joined) => {
