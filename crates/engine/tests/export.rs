@@ -137,3 +137,9 @@ fn llama_export_roundtrips() {
 fn qwen2_export_roundtrips() {
     roundtrip("qwen2", &[Component::K, Component::Q]);
 }
+
+#[test]
+fn gemma3_export_roundtrips() {
+    // Norms leave as w (the engine holds 1 + w); the key bias edit turns on attention_bias.
+    roundtrip("gemma3", &[Component::K, Component::V]);
+}
