@@ -152,6 +152,31 @@ enum JobError {
     Failed(&'static str, String),
 }
 
+/// An engine error as a job error. Running out of GPU memory is told as such, with what is
+/// free now and what to change, rather than as an opaque engine error.
+fn engine_failure(e: EngineError, device_memory: Option<(u64, u64)>) -> JobError {
+    let text = e.to_string();
+    if matches!(e, EngineError::Cancelled) {
+        return JobError::Cancelled;
+    }
+    if text.contains("OUT_OF_MEMORY") || text.to_lowercase().contains("out of memory") {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let free = device_memory.map_or_else(
+            || "unknown".to_string(),
+            |(used, total)| format!("{:.1} of {:.1} GiB", gib(total - used), gib(total)),
+        );
+        return JobError::Failed(
+            "out_of_gpu_memory",
+            format!(
+                "the job did not fit in GPU memory (free now: {free}); lower batch_size or \
+                 eval_batch_size, or keep fewer models resident (--max-resident-models). \
+                 Engine: {text}"
+            ),
+        );
+    }
+    JobError::Failed("engine_error", text)
+}
+
 fn failed(code: &'static str) -> impl Fn(anyhow::Error) -> JobError {
     move |e| JobError::Failed(code, format!("{e:#}"))
 }
@@ -196,10 +221,8 @@ async fn execute(
         }
         !cancel.load(Ordering::Relaxed)
     };
-    let map_engine = |e: EngineError| match e {
-        EngineError::Cancelled => JobError::Cancelled,
-        other => JobError::Failed("engine_error", other.to_string()),
-    };
+    let host = state.host.clone();
+    let map_engine = move |e: EngineError| engine_failure(e, host.device_memory());
     if job.kind == "evaluation" {
         let task = load_task(state, job, 42).await?;
         let model = crate::http::completions::resolve_model(state, &job.model)
@@ -280,4 +303,33 @@ async fn execute(
             summary: summary.to_string(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_gpu_memory_is_named_with_what_is_free() {
+        let oom = EngineError::InvalidInput(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        );
+        let used_total = Some((100u64 << 30, 140u64 << 30));
+        match engine_failure(oom, used_total) {
+            JobError::Failed(code, message) => {
+                assert_eq!(code, "out_of_gpu_memory");
+                assert!(message.contains("40.0 of 140.0 GiB"), "{message}");
+            }
+            JobError::Cancelled => panic!("not a cancel"),
+        }
+        let other = EngineError::InvalidInput("bad".into());
+        assert!(matches!(
+            engine_failure(other, None),
+            JobError::Failed("engine_error", _)
+        ));
+        assert!(matches!(
+            engine_failure(EngineError::Cancelled, None),
+            JobError::Cancelled
+        ));
+    }
 }
