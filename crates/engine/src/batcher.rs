@@ -1,16 +1,17 @@
-//! Continuous batching: one decoding thread per model serves every concurrent generation. A
-//! request is prefilled on its own, then joins the running batch (its KV cache rows are
+//! Continuous batching: one decoding thread per model serves every concurrent generation.
+//! Requests that arrive together are prefilled together, then join the running batch (its KV cache rows are
 //! concatenated, left-padded, to the others'); every step decodes one token for all rows at
 //! once; a row leaves as soon as it finishes or its receiver is dropped. A long request never
 //! holds back a short one, and concurrent requests share each step's weight reads.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 
+use crate::batch::pack;
 use crate::generate::{sample, SamplingParams};
 use crate::transformer::{KvCache, Transformer};
 use crate::{EngineError, LoadedModel, Result};
@@ -100,9 +101,10 @@ fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize, load: 
     let mut cache = KvCache::default();
     loop {
         load.active.store(rows.len(), Ordering::Relaxed);
-        // Admit waiting requests (block only when idle).
-        while rows.len() < max_rows {
-            let next = if rows.is_empty() {
+        // Admit waiting requests (block only when idle), then prefill them together.
+        let mut arrivals = Vec::new();
+        while rows.len() + arrivals.len() < max_rows {
+            let next = if rows.is_empty() && arrivals.is_empty() {
                 match requests.recv() {
                     Ok(r) => r,
                     Err(_) => return,
@@ -110,23 +112,19 @@ fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize, load: 
             } else {
                 match requests.try_recv() {
                     Ok(r) => r,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) if rows.is_empty() => return,
-                    Err(TryRecvError::Disconnected) => break,
+                    Err(_) => break,
                 }
             };
             load.waiting.fetch_sub(1, Ordering::Relaxed);
-            if let Some((row, own)) = prefill(model, next) {
-                match std::mem::take(&mut cache).concat(own) {
-                    Ok(joined) => {
-                        cache = joined;
-                        rows.push(row);
-                    }
-                    Err(e) => {
-                        rows.push(row);
-                        fail_all(&mut rows, &e);
-                        cache = KvCache::default();
-                    }
+            arrivals.push(next);
+        }
+        if let Some((new_rows, own)) = prefill(model, arrivals) {
+            rows.extend(new_rows);
+            match std::mem::take(&mut cache).concat(own) {
+                Ok(joined) => cache = joined,
+                Err(e) => {
+                    fail_all(&mut rows, &e);
+                    cache = KvCache::default();
                 }
             }
         }
@@ -149,45 +147,66 @@ fn fail_all(rows: &mut Vec<Row>, e: &EngineError) {
     }
 }
 
-/// Runs a request's prompt on its own cache and sends its first token. None when it is
-/// already done (max_tokens 0, a stop token, max_tokens 1, its receiver gone, or an error,
-/// which the request is told).
-fn prefill(model: &Transformer, req: Request) -> Option<(Row, KvCache)> {
-    let events = req.events.clone();
-    match try_prefill(model, req) {
-        Ok(row) => row,
+/// Runs newly arrived prompts together (left-padded) on a cache of their own and sends each
+/// its first token. Returns the rows that go on decoding with their cache, if any; requests
+/// already done (max_tokens 0 or 1, a stop token, a dropped receiver) or failed are told so.
+fn prefill(model: &Transformer, requests: Vec<Request>) -> Option<(Vec<Row>, KvCache)> {
+    let mut ready = Vec::with_capacity(requests.len());
+    for r in requests {
+        if r.prompt.is_empty() {
+            let _ = r.events.send(Event::Failed("the prompt is empty".into()));
+        } else if r.params.max_tokens == 0 {
+            let _ = r.events.send(Event::Done);
+        } else {
+            ready.push(r);
+        }
+    }
+    if ready.is_empty() {
+        return None;
+    }
+    let events: Vec<Sender<Event>> = ready.iter().map(|r| r.events.clone()).collect();
+    match try_prefill(model, ready) {
+        Ok(out) => out,
         Err(e) => {
-            let _ = events.send(Event::Failed(e.to_string()));
+            for ev in events {
+                let _ = ev.send(Event::Failed(e.to_string()));
+            }
             None
         }
     }
 }
 
-fn try_prefill(model: &Transformer, req: Request) -> Result<Option<(Row, KvCache)>> {
-    if req.prompt.is_empty() {
-        return Err(EngineError::InvalidInput("the prompt is empty".into()));
+fn try_prefill(model: &Transformer, requests: Vec<Request>) -> Result<Option<(Vec<Row>, KvCache)>> {
+    let prompts: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
+    let packed = pack(&prompts, true, 0, model.device())?;
+    let mut cache = KvCache::default();
+    let hidden = model.forward(&packed.ids, &packed.valid, Some(&mut cache), None)?;
+    let last = hidden.narrow(1, packed.width - 1, 1)?.squeeze(1)?;
+    let logits = model.logits(&last)?.to_dtype(DType::F32)?;
+    let (mut rows, mut keep) = (Vec::new(), Vec::new());
+    for (i, req) in requests.into_iter().enumerate() {
+        let mut row = Row {
+            rng: StdRng::seed_from_u64(req.params.seed),
+            params: req.params,
+            last: 0,
+            sent: 0,
+            events: req.events,
+        };
+        let token = sample(&logits.get(i)?, &row.params, &mut row.rng)?;
+        if emit(&mut row, token) {
+            rows.push(row);
+            keep.push(i);
+        }
     }
-    if req.params.max_tokens == 0 {
-        let _ = req.events.send(Event::Done);
+    if rows.is_empty() {
         return Ok(None);
     }
-    let mut cache = KvCache::default();
-    let n = req.prompt.len();
-    let ids = Tensor::new(req.prompt.as_slice(), model.device())?.unsqueeze(0)?;
-    let hidden = model.forward(&ids, &[vec![true; n]], Some(&mut cache), None)?;
-    let logits = model
-        .logits(&hidden.narrow(1, n - 1, 1)?)?
-        .flatten_all()?
-        .to_dtype(DType::F32)?;
-    let mut row = Row {
-        rng: StdRng::seed_from_u64(req.params.seed),
-        params: req.params,
-        last: 0,
-        sent: 0,
-        events: req.events,
+    let cache = if keep.len() < cache.rows() {
+        cache.select(&keep)?
+    } else {
+        cache
     };
-    let token = sample(&logits, &row.params, &mut row.rng)?;
-    Ok(emit(&mut row, token).then_some((row, cache)))
+    Ok(Some((rows, cache)))
 }
 
 /// Sends `token` to the row's request unless it stops generation. Returns whether the row
