@@ -17,19 +17,19 @@ pub struct ModelHost {
     resident: Mutex<Vec<(String, Arc<LoadedModel>)>>,
     /// A decoding thread per model that completions use, by model key.
     batchers: Mutex<Vec<(String, Arc<LoadedModel>, Batcher)>>,
+    max_batch_rows: usize,
 }
 
-/// Sequences one model decodes together at most.
-const MAX_BATCH_ROWS: usize = 32;
-
 impl ModelHost {
-    pub fn new(opts: LoadOptions, max_resident: usize) -> Self {
+    /// `max_batch_rows`: sequences one model decodes together at most.
+    pub fn new(opts: LoadOptions, max_resident: usize, max_batch_rows: usize) -> Self {
         Self {
             device: opts.device,
             dtype: opts.dtype,
             max_resident: max_resident.max(1),
             resident: Mutex::new(Vec::new()),
             batchers: Mutex::new(Vec::new()),
+            max_batch_rows: max_batch_rows.max(1),
         }
     }
 
@@ -106,7 +106,7 @@ impl ModelHost {
             return batcher.clone();
         }
         b.retain(|(k, _, _)| k != key);
-        let batcher = Batcher::start(model.clone(), MAX_BATCH_ROWS);
+        let batcher = Batcher::start(model.clone(), self.max_batch_rows);
         b.push((key.to_string(), model.clone(), batcher.clone()));
         batcher
     }

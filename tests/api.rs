@@ -45,6 +45,7 @@ impl Server {
             preload: vec![model],
             device: "cpu".into(),
             dtype: "f32".into(),
+            max_batch_rows: 8,
             max_resident_models,
         };
         let state = build_state(&store, &engine).await.unwrap();

@@ -27,6 +27,7 @@ async fn every_documented_route_is_served() {
         preload: vec![],
         device: "cpu".into(),
         dtype: "f32".into(),
+        max_batch_rows: 8,
         max_resident_models: 1,
     };
     let state = build_state(&store, &engine).await.unwrap();

@@ -117,6 +117,7 @@ async fn s3_store_holds_objects_and_variants() {
         preload: vec![model.clone()],
         device: "cpu".into(),
         dtype: "f32".into(),
+        max_batch_rows: 8,
         max_resident_models: 2,
     };
     let state = build_state(&store_args, &engine).await.unwrap();

@@ -41,6 +41,9 @@ pub struct EngineArgs {
     /// Models (bases and variants) kept resident; the coldest is evicted beyond this.
     #[arg(long, env = "EIGENPRUNE_MAX_RESIDENT_MODELS", default_value_t = 4)]
     pub max_resident_models: usize,
+    /// Completion sequences one model decodes together (continuous batching); more wait.
+    #[arg(long, env = "EIGENPRUNE_MAX_BATCH_ROWS", default_value_t = 32)]
+    pub max_batch_rows: usize,
 }
 
 #[derive(Args, Debug)]
@@ -91,7 +94,11 @@ pub async fn build_state(store: &StoreArgs, engine: &EngineArgs) -> anyhow::Resu
     let db = Db::connect(&store.database_url()).await?;
     let storage = Storage::from_url(&store.object_store()?)?;
     let opts = super::load_options(&engine.device, &engine.dtype)?;
-    let host = Arc::new(ModelHost::new(opts, engine.max_resident_models));
+    let host = Arc::new(ModelHost::new(
+        opts,
+        engine.max_resident_models,
+        engine.max_batch_rows,
+    ));
     for m in &engine.preload {
         let (h, m2) = (host.clone(), m.clone());
         tokio::task::spawn_blocking(move || h.base(&m2))

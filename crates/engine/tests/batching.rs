@@ -111,3 +111,26 @@ fn a_short_request_does_not_wait_for_a_long_one() {
     );
     assert_eq!(tokens(&again).len(), 3);
 }
+
+#[test]
+fn a_full_batch_makes_requests_wait_not_fail() {
+    let m = fixture("llama");
+    let batcher = Batcher::start(m.clone(), 1);
+    let ids = m
+        .tokenizer
+        .encode("3 x 7 =", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let params = SamplingParams {
+        max_tokens: 5,
+        ..Default::default()
+    };
+    let receivers: Vec<_> = (0..3)
+        .map(|_| batcher.submit(ids.clone(), params.clone()))
+        .collect();
+    let (alone, _) = generate(&m.model, &ids, &params, |_| true).unwrap();
+    for rx in &receivers {
+        assert_eq!(tokens(rx), alone);
+    }
+}
