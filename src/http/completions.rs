@@ -185,9 +185,9 @@ pub async fn create(
         logprobs: req.logprobs,
     };
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    let batcher = state.host.batcher(&req.model, &model);
     if req.stream {
         let usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let batcher = state.host.batcher(&req.model, &model);
         let head = StreamHead {
             id,
             model: req.model,
@@ -198,7 +198,6 @@ pub async fn create(
             state, model, batcher, prompts, params, stops, opts.n, head,
         ));
     }
-    let batcher = state.host.batcher(&req.model, &model);
     let (choices, usage) = tokio::task::spawn_blocking(move || {
         run(&model, &batcher, &prompts, &params, &stops, &opts)
     })

@@ -235,21 +235,16 @@ fn step(model: &Transformer, rows: &mut Vec<Row>, cache: &mut KvCache) -> Result
     let valid = vec![vec![true]; rows.len()];
     let hidden = model.forward(&ids, &valid, Some(cache), None)?;
     let logits = model.logits(&hidden.squeeze(1)?)?.to_dtype(DType::F32)?;
-    let mut keep = Vec::with_capacity(rows.len());
+    let mut stays = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter_mut().enumerate() {
         let token = sample(&logits.get(i)?, &row.params, &mut row.rng)?;
-        if emit(row, token) {
-            keep.push(i);
-        }
+        stays.push(emit(row, token));
     }
-    if keep.len() < rows.len() {
+    if stays.contains(&false) {
+        let keep: Vec<usize> = (0..rows.len()).filter(|&i| stays[i]).collect();
         *cache = cache.select(&keep)?;
-        let mut i = 0;
-        rows.retain(|_| {
-            let k = keep.contains(&i);
-            i += 1;
-            k
-        });
+        let mut stays = stays.into_iter();
+        rows.retain(|_| stays.next().unwrap_or(false));
     }
     Ok(())
 }

@@ -179,16 +179,15 @@ impl Edit {
 /// Replaces every parameter of `weights` (in [`Weights::tensors_mut`] order), shapes checked;
 /// a tied output projection follows the embedding.
 pub fn set_parameters(weights: &mut Weights, values: &[Tensor]) -> Result<()> {
-    let tied = weights.tied();
-    let mut params = weights.tensors_mut();
-    if params.len() != values.len() {
+    let count = weights.tensors_mut().len();
+    if count != values.len() {
         return Err(EngineError::InvalidInput(format!(
-            "the edit carries {} fine-tuned parameters; the model has {}",
+            "the edit carries {} fine-tuned parameters; the model has {count}",
             values.len(),
-            params.len()
         )));
     }
-    for (i, (p, v)) in params.iter_mut().zip(values).enumerate() {
+    weights.map_parameters(|i, p| {
+        let v = &values[i];
         if p.dims() != v.dims() {
             return Err(EngineError::ShapeMismatch {
                 name: format!("{FINETUNED}{i:05}"),
@@ -196,10 +195,6 @@ pub fn set_parameters(weights: &mut Weights, values: &[Tensor]) -> Result<()> {
                 expected: p.dims().to_vec(),
             });
         }
-        **p = v.to_device(p.device())?.to_dtype(p.dtype())?;
-    }
-    if tied {
-        weights.lm_head.weight = weights.embed.clone();
-    }
-    Ok(())
+        Ok(v.to_device(p.device())?.to_dtype(p.dtype())?)
+    })
 }

@@ -36,6 +36,22 @@ struct Scored {
     all_argmax: bool,
 }
 
+impl Scored {
+    /// A continuation's score from its tokens': log-probabilities add, argmax must hold for all.
+    fn sum(tokens: impl Iterator<Item = Scored>) -> Scored {
+        tokens.fold(
+            Scored {
+                logprob: 0.0,
+                all_argmax: true,
+            },
+            |acc, t| Scored {
+                logprob: acc.logprob + t.logprob,
+                all_argmax: acc.all_argmax && t.all_argmax,
+            },
+        )
+    }
+}
+
 pub fn evaluate(
     model: &Transformer,
     tok: &Tokenizer,
@@ -55,8 +71,8 @@ pub fn evaluate(
             None => seqs.push((i, None, encode(tok, &ex.prompt, &ex.answer)?)),
         }
     }
-    let all_choices = !examples.is_empty() && examples.iter().all(|e| e.choices.is_some());
-    let scores = if all_choices {
+    let has_choices = examples.iter().all(|e| e.choices.is_some());
+    let scores = if has_choices {
         score_choices(model, &seqs, batch_size, progress)?
     } else {
         score_sequences(
@@ -70,7 +86,6 @@ pub fn evaluate(
         total: examples.len(),
         ..Default::default()
     };
-    let has_choices = examples.iter().all(|e| e.choices.is_some());
     let mut best: Vec<Option<(f64, usize)>> = vec![None; examples.len()];
     for ((ex_idx, choice, _), sc) in seqs.iter().zip(&scores) {
         let ex = &examples[*ex_idx];
@@ -183,13 +198,9 @@ fn score_choices(
                 None => Vec::new(),
             };
             let mut tails = tails.into_iter();
-            for ((r, s), mut sc) in present.into_iter().zip(heads) {
-                for _ in 1..s.answer.len() {
-                    let next = tails.next().expect("one score per later answer token");
-                    sc.logprob += next.logprob;
-                    sc.all_argmax &= next.all_argmax;
-                }
-                out[chunk[r][c]] = sc;
+            for ((r, s), head) in present.into_iter().zip(heads) {
+                let later = tails.by_ref().take(s.answer.len() - 1);
+                out[chunk[r][c]] = Scored::sum(std::iter::once(head).chain(later));
             }
         }
         done += chunk.iter().map(Vec::len).sum::<usize>();
@@ -260,22 +271,10 @@ fn score_sequences(
         let picked = hidden
             .reshape((b * t, d))?
             .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
-        let logits = model.logits(&picked)?.to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let argmax: Vec<u32> = logp.argmax(D::Minus1)?.to_vec1()?;
-        let target_t = Tensor::new(targets.as_slice(), device)?;
-        let lp: Vec<f32> = logp
-            .gather(&target_t.unsqueeze(1)?, 1)?
-            .squeeze(1)?
-            .to_vec1()?;
-        let mut k = 0;
+        let at: Vec<u32> = (0..targets.len() as u32).collect();
+        let mut tokens = log_probs(model, &picked)?.score(&at, &targets)?.into_iter();
         for (&i, s) in chunk.iter().zip(&batch) {
-            let n = s.answer.len();
-            out[i] = Scored {
-                logprob: lp[k..k + n].iter().map(|&x| x as f64).sum(),
-                all_argmax: argmax[k..k + n] == targets[k..k + n],
-            };
-            k += n;
+            out[i] = Scored::sum(tokens.by_ref().take(s.answer.len()));
         }
         if !progress(((done + 1) * batch_size).min(seqs.len()), seqs.len()) {
             return Err(crate::EngineError::Cancelled);

@@ -78,17 +78,14 @@ pub fn finetune(
         .map(|e| encode_example(tok, e))
         .collect::<Result<_>>()?;
     let mut model = base.clone();
-    let tied = model.weights.tied();
     let mut vars = Vec::new();
-    for t in model.weights.tensors_mut() {
+    model.weights.map_parameters(|_, t| {
         // Var::from_tensor copies: training never writes into the base model's storage.
         let v = Var::from_tensor(t)?;
-        *t = v.as_tensor().clone();
+        let trained = v.as_tensor().clone();
         vars.push(v);
-    }
-    if tied {
-        model.weights.lm_head.weight = model.weights.embed.clone();
-    }
+        Ok(trained)
+    })?;
     let params = ParamsAdamW {
         lr: settings.lr,
         weight_decay: settings.weight_decay,
@@ -122,11 +119,6 @@ pub fn finetune(
         epoch_losses.push(sum / per_epoch as f64);
     }
     drop(opt);
-    for t in model.weights.tensors_mut() {
-        *t = t.detach();
-    }
-    if tied {
-        model.weights.lm_head.weight = model.weights.embed.clone();
-    }
+    model.weights.map_parameters(|_, t| Ok(t.detach()))?;
     Ok((model, FinetuneReport { epoch_losses }))
 }

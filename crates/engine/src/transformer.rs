@@ -17,9 +17,8 @@ const MASKED: f32 = -1e9;
 pub struct Transformer {
     pub config: ModelConfig,
     pub weights: Weights,
-    /// [max_positions, rotary_dims / 2] each; empty for learned positions.
-    rope_cos: Option<Tensor>,
-    rope_sin: Option<Tensor>,
+    /// (cos, sin), [max_positions, rotary_dims / 2] each; None for learned positions.
+    rope: Option<(Tensor, Tensor)>,
     /// The local layers' (cos, sin) when their rotary base differs (Gemma-3).
     rope_local: Option<(Tensor, Tensor)>,
 }
@@ -79,17 +78,20 @@ impl KvCache {
             .unwrap_or(0);
         let keep = self.len() - skip;
         let valid = valid.into_iter().map(|v| v[skip..].to_vec()).collect();
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        // One index tensor for every layer, on the cache's device.
+        let idx = match self.layers.iter().flatten().next() {
+            Some((k, _)) => Some(Tensor::new(idx.as_slice(), k.device())?),
+            None => None,
+        };
+        let pick = |x: &Tensor| -> candle_core::Result<Tensor> {
+            let idx = idx.as_ref().expect("a cached layer implies an index");
+            x.index_select(idx, 0)?.narrow(2, skip, keep)?.contiguous()
+        };
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             layers.push(match layer {
-                Some((k, v)) => {
-                    let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-                    let idx = Tensor::new(idx.as_slice(), k.device())?;
-                    let pick = |x: &Tensor| -> candle_core::Result<Tensor> {
-                        x.index_select(&idx, 0)?.narrow(2, skip, keep)?.contiguous()
-                    };
-                    Some((pick(k)?, pick(v)?))
-                }
+                Some((k, v)) => Some((pick(k)?, pick(v)?)),
                 None => None,
             });
         }
@@ -140,23 +142,18 @@ impl Transformer {
         config.validate()?;
         let device = weights.embed.device().clone();
         let dtype = weights.embed.dtype();
-        let (rope_cos, rope_sin) = if config.rotary_dims > 0 {
-            let (c, s) = rope_tables(&config, config.rope_theta, &device, dtype)?;
-            (Some(c), Some(s))
-        } else {
-            (None, None)
-        };
-        let rope_local = match config.rope_local_theta {
+        let tables = |theta: Option<f64>| match theta {
             Some(theta) if config.rotary_dims > 0 => {
-                Some(rope_tables(&config, theta, &device, dtype)?)
+                rope_tables(&config, theta, &device, dtype).map(Some)
             }
-            _ => None,
+            _ => Ok(None),
         };
+        let rope = tables(Some(config.rope_theta))?;
+        let rope_local = tables(config.rope_local_theta)?;
         Ok(Self {
             config,
             weights,
-            rope_cos,
-            rope_sin,
+            rope,
             rope_local,
         })
     }
@@ -176,20 +173,15 @@ impl Transformer {
             return Ok(self.clone());
         }
         let mut m = self.clone();
-        let tied = m.weights.tied();
-        for t in m.weights.tensors_mut() {
-            *t = t.to_dtype(dtype)?;
-        }
-        if tied {
-            m.weights.lm_head.weight = m.weights.embed.clone();
-        }
-        let cast = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_dtype(dtype)).transpose();
-        m.rope_cos = cast(&m.rope_cos)?;
-        m.rope_sin = cast(&m.rope_sin)?;
-        m.rope_local = match &m.rope_local {
-            Some((c, s)) => Some((c.to_dtype(dtype)?, s.to_dtype(dtype)?)),
-            None => None,
+        m.weights.map_parameters(|_, t| Ok(t.to_dtype(dtype)?))?;
+        let cast = |r: &Option<(Tensor, Tensor)>| -> Result<Option<(Tensor, Tensor)>> {
+            Ok(match r {
+                Some((c, s)) => Some((c.to_dtype(dtype)?, s.to_dtype(dtype)?)),
+                None => None,
+            })
         };
+        m.rope = cast(&m.rope)?;
+        m.rope_local = cast(&m.rope_local)?;
         Ok(m)
     }
 
@@ -361,9 +353,9 @@ impl Transformer {
 
     /// Rotary embedding (HF "rotate half" layout) on the first `rotary_dims` of each head.
     fn rotate(&self, x: &Tensor, positions: &Tensor, local: bool) -> candle_core::Result<Tensor> {
-        let (cos, sin) = match (&self.rope_local, &self.rope_cos, &self.rope_sin) {
-            (Some((c, s)), _, _) if local => (c, s),
-            (_, Some(c), Some(s)) => (c, s),
+        let (cos, sin) = match (&self.rope_local, &self.rope) {
+            (Some(local_tables), _) if local => local_tables,
+            (_, Some(tables)) => tables,
             _ => return Ok(x.clone()),
         };
         let (b, _h, t, hd) = x.dims4()?;

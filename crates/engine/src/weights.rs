@@ -130,6 +130,22 @@ impl Weights {
         out
     }
 
+    /// Replaces every parameter, in [`Self::tensors_mut`] order, by `f(index, current)`; a tied
+    /// output projection follows the embedding.
+    pub fn map_parameters(
+        &mut self,
+        mut f: impl FnMut(usize, &Tensor) -> crate::Result<Tensor>,
+    ) -> crate::Result<()> {
+        let tied = self.tied();
+        for (i, t) in self.tensors_mut().into_iter().enumerate() {
+            *t = f(i, t)?;
+        }
+        if tied {
+            self.lm_head.weight = self.embed.clone();
+        }
+        Ok(())
+    }
+
     /// Every parameter tensor once, in [`Self::tensors_mut`] order (cheap: tensors share storage).
     pub fn parameters(&self) -> Vec<Tensor> {
         let mut w = self.clone();
