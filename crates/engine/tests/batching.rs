@@ -1,19 +1,14 @@
 //! Continuous batching: requests decoded together give the tokens each gives alone, a short
 //! request finishes while a long one is still going, and a dropped receiver cancels.
 
-use std::path::PathBuf;
+mod common;
+
+use common::load_fixture;
+
 use std::sync::Arc;
 
 use eigenprune_engine::batcher::{Batcher, Event};
 use eigenprune_engine::generate::{generate, SamplingParams};
-use eigenprune_engine::{load_model, LoadOptions, LoadedModel};
-
-fn fixture(name: &str) -> Arc<LoadedModel> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name);
-    Arc::new(load_model(dir.to_str().unwrap(), &LoadOptions::default()).unwrap())
-}
 
 fn tokens(rx: &std::sync::mpsc::Receiver<Event>) -> Vec<u32> {
     let mut out = Vec::new();
@@ -30,7 +25,7 @@ fn tokens(rx: &std::sync::mpsc::Receiver<Event>) -> Vec<u32> {
 #[test]
 fn batched_requests_match_single_generation() {
     for arch in ["llama", "gemma3", "gpt2"] {
-        let m = fixture(arch);
+        let m = Arc::new(load_fixture(arch));
         let batcher = Batcher::start(m.clone(), 8);
         let prompts = [
             "The capital of France is",
@@ -67,7 +62,7 @@ fn batched_requests_match_single_generation() {
 
 #[test]
 fn a_short_request_does_not_wait_for_a_long_one() {
-    let m = fixture("llama");
+    let m = Arc::new(load_fixture("llama"));
     let batcher = Batcher::start(m.clone(), 8);
     let ids = m
         .tokenizer
@@ -114,7 +109,7 @@ fn a_short_request_does_not_wait_for_a_long_one() {
 
 #[test]
 fn a_full_batch_makes_requests_wait_not_fail() {
-    let m = fixture("llama");
+    let m = Arc::new(load_fixture("llama"));
     let batcher = Batcher::start(m.clone(), 1);
     let ids = m
         .tokenizer

@@ -1,21 +1,19 @@
 //! Loading errors name the problem.
 
+mod common;
+
+use common::fixture_dir;
+
 use std::path::{Path, PathBuf};
 
 use eigenprune_engine::{load_model, LoadOptions};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
 
 fn copy_fixture(name: &str, tag: &str) -> PathBuf {
     let dst = std::env::temp_dir().join(format!("eigenprune-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dst);
     std::fs::create_dir_all(&dst).unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixture(name).join(f), dst.join(f)).unwrap();
+        std::fs::copy(fixture_dir(name).join(f), dst.join(f)).unwrap();
     }
     dst
 }

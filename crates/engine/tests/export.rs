@@ -1,6 +1,10 @@
 //! An edited model exported as a full HF checkpoint reloads with the same logits; the files are
 //! left in target/export-check/<arch>/ with the logits, for scripts/check_export.py (HF side).
 
+mod common;
+
+use common::max_abs_diff;
+
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
@@ -79,27 +83,13 @@ fn roundtrip(arch: &str, components: &[Component]) {
     let want = logits(&edited, &ids);
     let reloaded = load_model(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let got = logits(&reloaded.model, &ids);
-    let d: f32 = (got - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let d = max_abs_diff(&got, &want);
     assert!(
         d < 1e-5,
         "{arch}: exported checkpoint's logits differ by {d}"
     );
     let base = logits(&m.model, &ids);
-    let moved: f32 = (base - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let moved = max_abs_diff(&base, &want);
     assert!(moved > 0.0, "{arch}: the edit changed nothing");
     save_expected(&ids, want, &out);
     // The LoRA adapter of an edit without bias deltas.

@@ -3,6 +3,10 @@
 //! and greedy decoding knows where the Eiffel Tower is. Skips, saying so, without the file.
 //! Reference: tests/fixtures/gemma3_real.safetensors, by scripts/gemma3_reference.py.
 
+mod common;
+
+use common::max_abs_diff;
+
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
@@ -53,15 +57,7 @@ fn gemma3_real_model() {
             .unwrap();
         let ours = logits.gather(&top_ids, 1).unwrap();
         let want = &reference[&format!("top_logits.{i}")];
-        let diff: f32 = (&ours - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        worst = worst.max(diff);
+        worst = worst.max(max_abs_diff(&ours, want));
         let argmax: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
         let hf_argmax: Vec<u32> = top_ids
             .narrow(1, 0, 1)

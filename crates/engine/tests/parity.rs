@@ -1,16 +1,12 @@
 //! Logit and gradient parity with HF transformers on tiny random checkpoints.
 //! Fixtures: tests/fixtures/<arch>/, written by scripts/make_fixtures.py.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture_dir, max_abs_diff};
 
 use candle_core::{DType, Device, Tensor};
 use eigenprune_engine::{load_model, Component, LoadOptions, Trace};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let diff = (a - b)
@@ -32,7 +28,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn check(name: &str) {
-    let dir = fixture(name);
+    let dir = fixture_dir(name);
     let loaded = load_model(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let model = &loaded.model;
     let exp =
@@ -56,15 +52,7 @@ fn check(name: &str) {
         for (pos, _) in flags.iter().enumerate().filter(|(_, &ok)| ok) {
             let got = logits.get(row).unwrap().get(pos).unwrap();
             let exp_row = want.get(row).unwrap().get(pos).unwrap();
-            let d = (got - &exp_row)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            worst = worst.max(d);
+            worst = worst.max(max_abs_diff(&got, &exp_row));
         }
     }
     assert!(worst < 1e-4, "{name}: logits differ by up to {worst}");

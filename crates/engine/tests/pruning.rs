@@ -1,7 +1,9 @@
 //! Sanity of the method on tiny fixture models: portion 0 changes nothing, pruning changes
 //! the keys exactly as the folded form says, GPT-2's key bias edit is inert, B = 1 is refused.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture_dir, load_fixture, max_abs_diff};
 
 use candle_core::{Device, Tensor};
 use eigenprune_engine::attribution::{normalise, sweep, Scores, SweepSettings};
@@ -9,13 +11,6 @@ use eigenprune_engine::prune::{build_edit, ranking, select, BiasMode, Method, Se
 use eigenprune_engine::svd::{decompose, SiteSvd};
 use eigenprune_engine::tasks::{parse_jsonl, Example};
 use eigenprune_engine::{load_model, Component, LoadOptions, LoadedModel, Trace};
-
-fn fixture(name: &str) -> LoadedModel {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name);
-    load_model(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
-}
 
 fn examples() -> Vec<Example> {
     let rows: String = (0..12)
@@ -70,20 +65,9 @@ fn logits(m: &LoadedModel, model: &eigenprune_engine::Transformer) -> Tensor {
         .unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 #[test]
 fn batch_size_one_is_refused() {
-    let m = fixture("llama");
+    let m = load_fixture("llama");
     let svds = decompose(&m.model, &[Component::K]).unwrap();
     let err = sweep(
         &m.model,
@@ -101,7 +85,7 @@ fn batch_size_one_is_refused() {
 #[test]
 fn portion_zero_changes_nothing_and_pruning_changes_the_model() {
     for arch in ["llama", "phi", "gpt2", "qwen2"] {
-        let m = fixture(arch);
+        let m = load_fixture(arch);
         let comps = [
             Component::K,
             Component::Q,
@@ -146,7 +130,7 @@ fn portion_zero_changes_nothing_and_pruning_changes_the_model() {
         );
         let mut edited = m.model.clone();
         edit.apply(&mut edited).unwrap();
-        let d = max_diff(&base, &logits(&m, &edited));
+        let d = max_abs_diff(&base, &logits(&m, &edited));
         assert!(d > 1e-5, "{arch}: pruning changes the logits (by {d})");
     }
 }
@@ -155,7 +139,7 @@ fn portion_zero_changes_nothing_and_pruning_changes_the_model() {
 #[test]
 fn edited_keys_match_the_folded_form() {
     for arch in ["gpt2", "llama", "phi"] {
-        let m = fixture(arch);
+        let m = load_fixture(arch);
         let (svds, scores, sel) = score_and_select(&m, &[Component::K], 3, 0.4);
         let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, BiasMode::Mean).unwrap();
         let mut edited = m.model.clone();
@@ -242,7 +226,7 @@ fn edited_keys_match_the_folded_form() {
             .unwrap()
             .broadcast_add(&b_eff)
             .unwrap();
-        let d = max_diff(&got, &want);
+        let d = max_abs_diff(&got, &want);
         assert!(
             d < 1e-4,
             "{arch}: edited keys differ from the folded form by {d}"
@@ -265,7 +249,7 @@ fn blk_norm(model: &eigenprune_engine::Transformer, resid: &Tensor) -> Tensor {
 
 /// Max logit difference between the edits with `bias = none` and `bias = mean` (keys, 30%).
 fn bias_effect(arch: &str) -> f32 {
-    let m = fixture(arch);
+    let m = load_fixture(arch);
     let (svds, scores, sel) = score_and_select(&m, &[Component::K], 4, 0.3);
     let outs: Vec<Tensor> = [BiasMode::None, BiasMode::Mean]
         .into_iter()
@@ -276,7 +260,7 @@ fn bias_effect(arch: &str) -> f32 {
             logits(&m, &edited)
         })
         .collect();
-    max_diff(&outs[0], &outs[1])
+    max_abs_diff(&outs[0], &outs[1])
 }
 
 #[test]
@@ -292,7 +276,7 @@ fn gpt2_key_bias_edit_does_not_change_logits() {
 
 #[test]
 fn svd_cache_returns_the_same_decomposition() {
-    let m = fixture("llama");
+    let m = load_fixture("llama");
     let dir = std::env::temp_dir().join(format!("eigenprune-svd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let comps = [Component::K, Component::O];
@@ -307,8 +291,8 @@ fn svd_cache_returns_the_same_decomposition() {
         );
         for (ha, hb) in a.heads.iter().zip(&b.heads) {
             assert_eq!(ha.block, hb.block);
-            assert_eq!(max_diff(&ha.u, &hb.u), 0.0);
-            assert_eq!(max_diff(&ha.s, &hb.s), 0.0);
+            assert_eq!(max_abs_diff(&ha.u, &hb.u), 0.0);
+            assert_eq!(max_abs_diff(&ha.s, &hb.s), 0.0);
         }
     }
     // Other weights, other key: an edited model misses the cache.
@@ -330,7 +314,7 @@ fn finetune_then_prune_round_trips_through_the_edit() {
     use eigenprune_engine::pipeline::{run, Portion, PruneSettings};
     use eigenprune_engine::tasks::Task;
     for arch in ["llama", "gpt2"] {
-        let m = fixture(arch);
+        let m = load_fixture(arch);
         let rows = examples();
         let task = Task {
             name: "times7".into(),
@@ -351,7 +335,7 @@ fn finetune_then_prune_round_trips_through_the_edit() {
         })
         .unwrap();
         assert_eq!(
-            max_diff(&before, &logits(&m, &m.model)),
+            max_abs_diff(&before, &logits(&m, &m.model)),
             0.0,
             "{arch}: base changed"
         );
@@ -378,11 +362,11 @@ fn finetune_then_prune_round_trips_through_the_edit() {
         .unwrap();
         let pruned = logits(&m, &variant);
         assert!(
-            max_diff(&logits(&m, &tuned), &before) > 1e-3,
+            max_abs_diff(&logits(&m, &tuned), &before) > 1e-3,
             "{arch}: no fine-tuning"
         );
         assert!(
-            max_diff(&pruned, &logits(&m, &tuned)) > 0.0,
+            max_abs_diff(&pruned, &logits(&m, &tuned)) > 0.0,
             "{arch}: no pruning"
         );
     }
@@ -397,10 +381,8 @@ fn bf16_serving_weights_work_end_to_end() {
     use eigenprune_engine::pipeline::{run, PruneSettings};
     use eigenprune_engine::tasks::Task;
     for arch in ["llama", "gemma3", "gpt2"] {
-        let m32 = fixture(arch);
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures")
-            .join(arch);
+        let m32 = load_fixture(arch);
+        let dir = fixture_dir(arch);
         let opts = LoadOptions {
             dtype: DType::BF16,
             ..Default::default()
@@ -409,7 +391,7 @@ fn bf16_serving_weights_work_end_to_end() {
         assert_eq!(m16.model.dtype(), DType::BF16);
         let want = logits(&m32, &m32.model);
         let got = logits(&m16, &m16.model).to_dtype(DType::F32).unwrap();
-        let rel = max_diff(&got, &want) / max_diff(&want, &want.zeros_like().unwrap());
+        let rel = max_abs_diff(&got, &want) / max_abs_diff(&want, &want.zeros_like().unwrap());
         assert!(
             rel < 0.05,
             "{arch}: bf16 logits off by {rel} of their range"
@@ -442,7 +424,7 @@ fn bf16_serving_weights_work_end_to_end() {
         assert!(report.results[0].pruned > 0, "{arch}");
         let pruned = logits(&m16, &variant).to_dtype(DType::F32).unwrap();
         assert!(
-            max_diff(&pruned, &got) > 0.0,
+            max_abs_diff(&pruned, &got) > 0.0,
             "{arch}: the edit changed nothing"
         );
     }

@@ -1,6 +1,10 @@
 //! The real SmolLM2-135M-Instruct GGUF (fetched by scripts/fetch-smollm2.sh) runs and knows
 //! that Paris is the capital of France. Skips, saying so, when the file is absent.
 
+mod common;
+
+use common::max_abs_diff;
+
 use std::path::PathBuf;
 
 use eigenprune_engine::generate::{generate, SamplingParams};
@@ -96,13 +100,6 @@ fn cached_decoding_matches_a_full_forward() {
         .forward(&last, &[vec![true]], Some(&mut cache), None)
         .unwrap();
     let want = h_full.narrow(1, ids.len() - 1, 1).unwrap();
-    let diff = (h_last - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&h_last, &want);
     assert!(diff < 1e-3, "cached step differs by {diff}");
 }

@@ -1,0 +1,31 @@
+//! Helpers shared by the engine's integration tests; each test binary uses some of them.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+use eigenprune_engine::{load_model, LoadOptions, LoadedModel};
+
+/// tests/fixtures/<name>: a tiny random HF checkpoint (scripts/make_fixtures.py).
+pub fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+/// The fixture loaded in f32 on the CPU.
+pub fn load_fixture(name: &str) -> LoadedModel {
+    load_model(fixture_dir(name).to_str().unwrap(), &LoadOptions::default()).unwrap()
+}
+
+/// max |a - b| over all elements (f32 tensors of the same shape).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
