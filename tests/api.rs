@@ -2,20 +2,15 @@
 //! dataset upload -> pruning job -> poll -> succeeded -> completion with the variant ->
 //! evaluation; bad input gets 4xx with stable codes.
 
+mod common;
+
+use common::{cpu_engine, fixture, serve};
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eigenprune::app;
-use eigenprune::cli::serve::{build_state, spawn_workers, EngineArgs, StoreArgs};
+use eigenprune::cli::serve::StoreArgs;
 use serde_json::{json, Value};
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 struct Server {
     base: String,
@@ -41,18 +36,8 @@ impl Server {
             database_url,
             object_store: None,
         };
-        let engine = EngineArgs {
-            preload: vec![model],
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            max_batch_rows: 8,
-            max_resident_models,
-        };
-        let state = build_state(&store, &engine).await.unwrap();
-        spawn_workers(&state, workers);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(app::serve(listener, state));
+        let engine = cpu_engine(vec![model], max_resident_models);
+        let base = serve(&store, &engine, workers).await;
         Server {
             base,
             client: reqwest::Client::new(),

@@ -1,6 +1,10 @@
 //! Crash safety: SIGKILL the server while a job runs, start it again: the job completes once,
 //! nothing accepted is lost, nothing is duplicated.
 
+mod common;
+
+use common::fixture;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -58,10 +62,7 @@ async fn a_killed_server_finishes_its_job_once_after_restart() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/llama")
-        .display()
-        .to_string();
+    let model = fixture("llama");
 
     let mut server = start(&dir, port);
     wait_up(&client, &base).await;

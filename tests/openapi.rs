@@ -1,8 +1,12 @@
 //! openapi/openapi.json is what the code generates, and every documented route is served.
 
+mod common;
+
+use common::{cpu_engine, serve};
+
 use std::path::PathBuf;
 
-use eigenprune::cli::serve::{build_state, EngineArgs, StoreArgs};
+use eigenprune::cli::serve::StoreArgs;
 
 #[test]
 fn committed_openapi_is_fresh() {
@@ -23,17 +27,7 @@ async fn every_documented_route_is_served() {
         database_url: None,
         object_store: None,
     };
-    let engine = EngineArgs {
-        preload: vec![],
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        max_batch_rows: 8,
-        max_resident_models: 1,
-    };
-    let state = build_state(&store, &engine).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(eigenprune::app::serve(listener, state));
+    let base = serve(&store, &cpu_engine(vec![], 1), 0).await;
     let client = reqwest::Client::new();
     for (path, method, ..) in eigenprune::openapi::OPERATIONS {
         let url = format!("{base}{}", path.replace("{id}", "x"));

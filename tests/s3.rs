@@ -2,12 +2,16 @@
 //! round-trip, a wrong key is refused, and a pruning job stores its variant there.
 //! One test per binary: it sets process-wide AWS_* variables.
 
+mod common;
+
+use common::{cpu_engine, fixture, serve};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use eigenprune::cli::serve::{build_state, spawn_workers, EngineArgs, StoreArgs};
+use eigenprune::cli::serve::StoreArgs;
 use eigenprune::storage::Storage;
 use serde_json::{json, Value};
 
@@ -104,27 +108,14 @@ async fn s3_store_holds_objects_and_variants() {
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "SKTEST");
 
     // A pruning job through the service stores its edit in the bucket.
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/llama")
-        .display()
-        .to_string();
+    let model = fixture("llama");
     let store_args = StoreArgs {
         data_dir: dir.join("data"),
         database_url: None,
         object_store: Some(url.into()),
     };
-    let engine = EngineArgs {
-        preload: vec![model.clone()],
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        max_batch_rows: 8,
-        max_resident_models: 2,
-    };
-    let state = build_state(&store_args, &engine).await.unwrap();
-    spawn_workers(&state, 1);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(eigenprune::app::serve(listener, state));
+    let engine = cpu_engine(vec![model.clone()], 2);
+    let base = serve(&store_args, &engine, 1).await;
     let client = reqwest::Client::new();
     let job: Value = client
         .post(format!("{base}/v1/pruning/jobs"))
