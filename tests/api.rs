@@ -67,6 +67,19 @@ impl Server {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
+    /// A GET's body as text, asking for `accept`.
+    async fn text(&self, path: &str, accept: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .client
@@ -149,15 +162,11 @@ async fn end_to_end(server: &Server) {
     );
 
     let sse = server
-        .client
-        .get(format!("{}/v1/pruning/jobs/{id}/events", server.base))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text(
+            &format!("/v1/pruning/jobs/{id}/events"),
+            "text/event-stream",
+        )
+        .await;
     assert!(
         sse.contains("event: progress")
             && sse.contains("\"phase\":\"sweep\"")
@@ -268,39 +277,33 @@ async fn evaluation_matches_the_job(server: &Server, request: Value, job_result:
     );
 }
 
-/// One figure of /metrics (Prometheus text), and the whole text for messages.
-async fn metric(server: &Server, name: &str) -> (f64, String) {
-    let text = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = text
-        .lines()
+/// The /metrics page (Prometheus text).
+async fn metrics_text(server: &Server) -> String {
+    server.text("/metrics", "text/plain").await
+}
+
+/// One figure of a Prometheus text.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
         .rsplit(' ')
         .next()
         .unwrap()
         .parse()
-        .unwrap();
-    (value, text)
+        .unwrap()
+}
+
+/// One figure of /metrics, and the whole text for messages.
+async fn metric(server: &Server, name: &str) -> (f64, String) {
+    let text = metrics_text(server).await;
+    (metric_value(&text, name), text)
 }
 
 /// /metrics after a job and completions: Prometheus text with live figures.
 async fn metrics_after_the_run(server: &Server) {
-    let (_, text) = metric(server, "eigenprune_queue_depth").await;
-    let value = |name: &str| -> f64 {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let text = metrics_text(server).await;
+    let value = |name: &str| metric_value(&text, name);
     assert!(
         value("eigenprune_requests_total{code=\"2xx\"}") >= 5.0,
         "{text}"
