@@ -11,6 +11,13 @@ shift
 bin=${EIGENPRUNE_BIN:-./target/release/eigenprune}
 gpu="--device cuda:0"
 declare -A rows
+# controls NAME ARGS: rows NAME-seed1, NAME-seed2 (seeds 1 and 2), NAME-random and NAME-smallest
+# (the same count of singular values at random, or the smallest), all at portion 0.2.
+controls() {
+  local name=$1 args=$2
+  for s in 1 2; do rows[$name-seed$s]="$args --portion 0.2 --seed $s"; done
+  for m in random smallest; do rows[$name-$m]="$args --portion 0.2 --method $m"; done
+}
 case $model_key in
   smollm2)
     ./scripts/fetch-smollm2.sh
@@ -18,29 +25,20 @@ case $model_key in
     grid=0.05,0.1,0.2,0.3
     rows=(
       [int-mult]="--task int-mult --portion $grid"
-      [int-mult-seed1]="--task int-mult --portion 0.2 --seed 1"
-      [int-mult-seed2]="--task int-mult --portion 0.2 --seed 2"
-      [int-mult-random]="--task int-mult --portion 0.2 --method random"
-      [int-mult-smallest]="--task int-mult --portion 0.2 --method smallest"
       [int-mult-auto]="--task int-mult --portion auto"
       [copa]="--task copa --portion $grid"
       [cb]="--task cb --portion $grid --scoring-batches 20"
       [rte]="--task rte --portion $grid --scoring-batches 20 $gpu"
       [rte-cpu]="--task rte --portion 0.2 --scoring-batches 20"
       [int-sum]="--task int-sum --portion $grid --scoring-batches 100"
-      [copa-seed1]="--task copa --portion 0.2 --seed 1"
-      [copa-seed2]="--task copa --portion 0.2 --seed 2"
-      [copa-random]="--task copa --portion 0.2 --method random"
-      [copa-smallest]="--task copa --portion 0.2 --method smallest"
     )
-    # On the H200: grids over the whole training split; seeds and controls at 0.2 (rte's on 100
-    # batches).
+    controls int-mult "--task int-mult"
+    controls copa "--task copa"
+    # On the H200: grids over the whole training split; seeds and controls (rte's on 100 batches).
     for t in cb rte; do rows[$t-gpu]="--task $t --portion $grid $gpu"; done
-    for t in cb copa rte; do
-      sub=""; [ $t = rte ] && sub="--scoring-batches 100"
-      for s in 1 2; do rows[$t-gpu-seed$s]="--task $t --portion 0.2 --seed $s $sub $gpu"; done
-      for m in random smallest; do rows[$t-gpu-$m]="--task $t --portion 0.2 --method $m $sub $gpu"; done
-    done
+    controls cb-gpu "--task cb $gpu"
+    controls copa-gpu "--task copa $gpu"
+    controls rte-gpu "--task rte --scoring-batches 100 $gpu"
     order=(int-mult int-mult-seed1 int-mult-seed2 int-mult-random int-mult-smallest int-mult-auto
            copa cb rte int-sum copa-seed1 copa-seed2 copa-random copa-smallest
            cb-gpu rte-gpu cb-gpu-seed1 cb-gpu-seed2 cb-gpu-random cb-gpu-smallest
@@ -53,25 +51,19 @@ case $model_key in
     grid=0.1,0.2,0.3
     rows=(
       [int-mult]="--task int-mult --portion $grid"
-      [int-mult-seed1]="--task int-mult --portion 0.2 --seed 1"
-      [int-mult-seed2]="--task int-mult --portion 0.2 --seed 2"
-      [int-mult-random]="--task int-mult --portion 0.2 --method random"
-      [int-mult-smallest]="--task int-mult --portion 0.2 --method smallest"
       [int-mult-auto]="--task int-mult --portion auto"
       [int-mult-finetune]="--task int-mult --portion 0.2 --finetune-epochs 1 --finetune-lr 1e-5"
       [int-sum]="--task int-sum --portion $grid --scoring-batches 40"
       [rte]="--task rte --portion $grid --scoring-batches 20 $gpu"
     )
-    # Seeds and controls at 0.2 on this CPU, on the same scored subsets as the rows above.
-    for t in rte int-sum; do
-      sub="--scoring-batches 20"; [ $t = int-sum ] && sub="--scoring-batches 40"
-      for s in 1 2; do rows[$t-seed$s]="--task $t --portion 0.2 --seed $s $sub"; done
-      for m in random smallest; do rows[$t-$m]="--task $t --portion 0.2 --method $m $sub"; done
-    done
+    controls int-mult "--task int-mult"
+    # On this CPU, on the same scored subsets as the rows above.
+    controls rte "--task rte --scoring-batches 20"
+    controls int-sum "--task int-sum --scoring-batches 40"
+    # On the H200, over the whole training split.
     for t in copa cb rte; do
       rows[$t-gpu]="--task $t --portion $grid $gpu"
-      for s in 1 2; do rows[$t-gpu-seed$s]="--task $t --portion 0.2 --seed $s $gpu"; done
-      for m in random smallest; do rows[$t-gpu-$m]="--task $t --portion 0.2 --method $m $gpu"; done
+      controls $t-gpu "--task $t $gpu"
     done
     order=(int-mult int-mult-seed1 int-mult-seed2 int-mult-random int-mult-smallest int-mult-auto
            int-mult-finetune int-sum rte copa-gpu cb-gpu rte-gpu
