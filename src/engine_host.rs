@@ -18,6 +18,8 @@ pub struct ModelHost {
     /// A decoding thread per model that completions use, by model key.
     batchers: Mutex<Vec<(String, Arc<LoadedModel>, Batcher)>>,
     max_batch_rows: usize,
+    /// GPU memory reserved by running pruning jobs.
+    pub reservations: Arc<crate::jobs::admission::Reservations>,
 }
 
 impl ModelHost {
@@ -30,6 +32,7 @@ impl ModelHost {
             resident: Mutex::new(Vec::new()),
             batchers: Mutex::new(Vec::new()),
             max_batch_rows: max_batch_rows.max(1),
+            reservations: Arc::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The command line: one subcommand per file.
 
+pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod prune;
@@ -32,6 +33,8 @@ pub enum Command {
     Worker(Box<serve::WorkerArgs>),
     /// Apply database migrations (also done at start-up).
     Migrate(serve::StoreArgs),
+    /// Benchmark SVD, the attribution sweep and decoding at a real model's shape (random weights).
+    Bench(bench::BenchArgs),
     /// Print the HTTP API's OpenAPI document.
     Openapi,
 }
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Prune(args) => prune::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Serve(args) => runtime()?.block_on(serve::serve(*args)),
         Command::Worker(args) => runtime()?.block_on(serve::worker(*args)),
         Command::Migrate(args) => runtime()?.block_on(serve::migrate(args)),
@@ -77,6 +81,9 @@ pub fn parse_device(spec: &str) -> anyhow::Result<candle_core::Device> {
         "cpu" => Ok(candle_core::Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let n = s.strip_prefix("cuda:").unwrap_or("0").parse::<usize>()?;
+            // EIGENPRUNE_TF32=1: f32 matmuls on tensor cores (10-bit mantissa products).
+            let tf32 = std::env::var("EIGENPRUNE_TF32").is_ok_and(|v| v == "1");
+            candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
             Ok(candle_core::Device::new_cuda(n)?)
         }
         other => anyhow::bail!("unknown device `{other}` (use cpu or cuda:N)"),

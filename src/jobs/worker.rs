@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use eigenprune_engine::eval::evaluate;
-use eigenprune_engine::pipeline;
 use eigenprune_engine::tasks::{self, Task};
 use eigenprune_engine::EngineError;
+use eigenprune_engine::{memory, pipeline};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::admission;
 use crate::app::AppState;
 use crate::db::jobs::JobRow;
 use crate::db::variants::VariantRow;
@@ -201,6 +202,47 @@ async fn load_task(state: &AppState, job: &JobRow, seed: u64) -> Result<Task, Jo
     tasks::custom(&row.name, &text, seed).map_err(|e| failed("invalid_dataset")(e.into()))
 }
 
+/// Reserves the job's GPU memory, waiting (with an event saying why) while running jobs hold
+/// what it needs; refuses a job that cannot fit. Nothing to do on the CPU.
+async fn admit(
+    state: &AppState,
+    need: memory::JobMemory,
+    events: &mpsc::UnboundedSender<(String, f64, String)>,
+    cancelled: &AtomicBool,
+) -> Result<Option<admission::Reservation>, JobError> {
+    let host = &state.host;
+    let mut told = String::new();
+    loop {
+        let Some(device) = host.device_memory() else {
+            return Ok(None);
+        };
+        match host
+            .reservations
+            .try_reserve(need.total, device, host.resident_bytes())
+        {
+            Ok(r) => return Ok(Some(r)),
+            Err(admission::Denied::Refuse(why)) => {
+                return Err(JobError::Failed("insufficient_gpu_memory", why))
+            }
+            Err(admission::Denied::Wait(why)) => {
+                if why_changed(&mut told, &why) {
+                    let _ = events.send(("gpu_memory".into(), 0.0, why));
+                }
+            }
+        }
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(JobError::Cancelled);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn why_changed(told: &mut String, why: &str) -> bool {
+    let changed = told != why;
+    *told = why.to_string();
+    changed
+}
+
 async fn execute(
     state: &AppState,
     job: &JobRow,
@@ -208,6 +250,7 @@ async fn execute(
     tx: mpsc::UnboundedSender<(String, f64, String)>,
 ) -> Result<Outcome, JobError> {
     let params: Value = serde_json::from_str(&job.params).unwrap_or(Value::Null);
+    let (events, cancelled) = (tx.clone(), cancel.clone());
     let mut last = (String::new(), -1.0f64);
     let mut progress = move |phase: &str, done: usize, total: usize| -> bool {
         let fraction = done as f64 / total.max(1) as f64;
@@ -258,8 +301,18 @@ async fn execute(
     let task = load_task(state, job, hyper.seed).await?;
     let host = state.host.clone();
     let base = job.model.clone();
-    let report = tokio::task::spawn_blocking(move || -> Result<_, JobError> {
+    let (model, task, settings, need) = tokio::task::spawn_blocking(move || {
         let model = host.base(&base).map_err(failed("model_not_found"))?;
+        let examples: Vec<_> = task.train.iter().chain(&task.test).cloned().collect();
+        let longest = memory::longest_example(&model.tokenizer, &examples)
+            .map_err(|e| failed("invalid_dataset")(e.into()))?;
+        let need = memory::estimate(&model.model, &settings, longest);
+        Ok::<_, JobError>((model, task, settings, need))
+    })
+    .await
+    .map_err(|e| failed("worker")(e.into()))??;
+    let _reservation = admit(state, need, &events, &cancelled).await?;
+    let report = tokio::task::spawn_blocking(move || -> Result<_, JobError> {
         pipeline::run(
             &model.model,
             &model.tokenizer,

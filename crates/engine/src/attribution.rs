@@ -83,6 +83,21 @@ pub fn sweep(
     settings: &SweepSettings,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Scores> {
+    let seqs = examples
+        .iter()
+        .map(|e| encode_example(tok, e))
+        .collect::<Result<Vec<_>>>()?;
+    sweep_sequences(model, &seqs, svds, settings, progress)
+}
+
+/// [`sweep`] over already tokenized examples.
+pub fn sweep_sequences(
+    model: &Transformer,
+    examples: &[Sequence],
+    svds: &[SiteSvd],
+    settings: &SweepSettings,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Scores> {
     if settings.batch_size < 2 {
         return Err(EngineError::InvalidInput(
             "batch_size must be at least 2: the corrupted input is the previous example of the same batch, so with 1 every score is 0".into(),
@@ -133,14 +148,27 @@ pub fn sweep(
             .collect(),
         tokens: 0,
     };
+    let plans = svds
+        .iter()
+        .map(|site| {
+            let (lin, _) = crate::svd::site_map(model, site.layer, site.component);
+            let (d_out, d_in) = lin.weight.dims2()?;
+            SitePlan::new(site, d_in, d_out)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let total = batches.len();
     let mut seen = 0;
     for (done, batch) in batches.into_iter().enumerate() {
-        let seqs: Vec<Sequence> = batch
-            .iter()
-            .map(|&i| encode_example(tok, &examples[i]))
-            .collect::<Result<_>>()?;
-        score_batch(model, &seqs, svds, &components, settings.input, &mut acc)?;
+        let seqs: Vec<Sequence> = batch.iter().map(|&i| examples[i].clone()).collect();
+        score_batch(
+            model,
+            &seqs,
+            svds,
+            &plans,
+            &components,
+            settings.input,
+            &mut acc,
+        )?;
         seen += seqs.len();
         if !progress(done + 1, total) {
             return Err(EngineError::Cancelled);
@@ -212,10 +240,109 @@ pub fn answer_loss(
     Ok((loss, packed))
 }
 
+/// One side of a site's heads stacked for batched products: either every head reads the
+/// whole vector (one matmul with the factors side by side) or head h reads its own
+/// consecutive slice (a batched matmul over heads).
+struct Side {
+    /// [heads, len, r]
+    stacked: Tensor,
+    /// [len, heads * r] when shared.
+    side_by_side: Option<Tensor>,
+}
+
+impl Side {
+    fn new(factors: Vec<Tensor>, blocks: &[(usize, usize)], width: usize) -> Result<Self> {
+        let heads = factors.len();
+        let len = blocks[0].1;
+        let shared = blocks.iter().all(|&(off, l)| off == 0 && l == width);
+        let tiled = width == heads * len
+            && blocks
+                .iter()
+                .enumerate()
+                .all(|(h, &(off, l))| off == h * len && l == len);
+        if !shared && !tiled {
+            return Err(EngineError::InvalidInput(
+                "heads neither share nor tile their map's input and output".into(),
+            ));
+        }
+        let stacked = Tensor::stack(&factors, 0)?;
+        let r = stacked.dim(2)?;
+        let side_by_side = shared
+            .then(|| stacked.transpose(0, 1)?.reshape((len, heads * r)))
+            .transpose()?;
+        Ok(Self {
+            stacked,
+            side_by_side,
+        })
+    }
+
+    /// x [n, width] -> [n, heads * r]: each head's slice (or all of x) times its factor.
+    fn project(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(m) = &self.side_by_side {
+            return Ok(x.matmul(m)?);
+        }
+        let (heads, len, r) = self.stacked.dims3()?;
+        let n = x.dim(0)?;
+        Ok(x.reshape((n, heads, len))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .matmul(&self.stacked)?
+            .transpose(0, 1)?
+            .reshape((n, heads * r))?)
+    }
+}
+
+/// A site's SVD factors arranged for scoring every head in a few kernels.
+pub(crate) struct SitePlan {
+    inputs: Side,
+    outputs: Side,
+    /// [heads * r]
+    s: Tensor,
+}
+
+impl SitePlan {
+    pub(crate) fn new(site: &SiteSvd, d_in: usize, d_out: usize) -> Result<Self> {
+        let ins: Vec<_> = site
+            .heads
+            .iter()
+            .map(|h| (h.block.in_off, h.block.in_len))
+            .collect();
+        let outs: Vec<_> = site
+            .heads
+            .iter()
+            .map(|h| (h.block.out_off, h.block.out_len))
+            .collect();
+        let us = site.heads.iter().map(|h| h.u.clone()).collect();
+        let vs = site
+            .heads
+            .iter()
+            .map(|h| h.vh.t())
+            .collect::<candle_core::Result<_>>()?;
+        let s = Tensor::cat(
+            &site.heads.iter().map(|h| h.s.clone()).collect::<Vec<_>>(),
+            0,
+        )?;
+        Ok(Self {
+            inputs: Side::new(us, &ins, d_in)?,
+            outputs: Side::new(vs, &outs, d_out)?,
+            s,
+        })
+    }
+
+    fn project_in(&self, dx: &Tensor) -> Result<Tensor> {
+        self.inputs.project(dx)
+    }
+
+    fn project_out(&self, g: &Tensor) -> Result<Tensor> {
+        self.outputs.project(g)
+    }
+}
+
 fn score_batch(
     model: &Transformer,
     seqs: &[Sequence],
     svds: &[SiteSvd],
+    plans: &[SitePlan],
     components: &[Component],
     input: InputMode,
     acc: &mut Accumulator,
@@ -263,7 +390,7 @@ fn score_batch(
     // one copy to the host each, not one per head (a sync each on a GPU).
     let mut head_aggs: Vec<Tensor> = Vec::new();
     let mut input_sums: Vec<Tensor> = Vec::new();
-    for site in svds {
+    for (site, plan) in svds.iter().zip(plans) {
         let rec = trace
             .get(site.layer, site.component)
             .ok_or_else(|| EngineError::InvalidInput("trace lacks a site".into()))?;
@@ -287,24 +414,15 @@ fn score_batch(
         )?;
         let dx = (prev - &x)?;
         let g = g.reshape((b * t, g.dim(D::Minus1)?))?;
-        for head in &site.heads {
-            let blk = head.block;
-            // Column blocks are strided views; the CUDA matmul wants them contiguous.
-            let a = dx
-                .narrow(1, blk.in_off, blk.in_len)?
-                .contiguous()?
-                .matmul(&head.u)?;
-            let gv = g
-                .narrow(1, blk.out_off, blk.out_len)?
-                .contiguous()?
-                .matmul(&head.vh.t()?)?;
-            let sc = (a * gv)?.broadcast_mul(&head.s)?;
-            head_aggs.push(match acc.agg {
-                Aggregate::Max => sc.broadcast_add(&pair_mask)?.max(0)?,
-                Aggregate::Mean => sc.broadcast_mul(&pair_weight)?.sum(0)?,
-                Aggregate::MeanAbs => sc.abs()?.broadcast_mul(&pair_weight)?.sum(0)?,
-            });
-        }
+        // Every head of the site at once: [b*t, heads * r] scores.
+        let a = plan.project_in(&dx)?;
+        let gv = plan.project_out(&g)?;
+        let sc = (a * gv)?.broadcast_mul(&plan.s)?;
+        head_aggs.push(match acc.agg {
+            Aggregate::Max => sc.broadcast_add(&pair_mask)?.max(0)?,
+            Aggregate::Mean => sc.broadcast_mul(&pair_weight)?.sum(0)?,
+            Aggregate::MeanAbs => sc.abs()?.broadcast_mul(&pair_weight)?.sum(0)?,
+        });
         input_sums.push(xhat.reshape((b * t, d_in))?.broadcast_mul(&real)?.sum(0)?);
     }
     let mut batch_agg = Tensor::cat(&head_aggs, 0)?

@@ -33,6 +33,8 @@ pub enum EngineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("GPU: {0}")]
+    Gpu(String),
     #[error("cancelled")]
     Cancelled,
     #[error(transparent)]

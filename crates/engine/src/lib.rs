@@ -4,6 +4,7 @@
 pub mod attribution;
 pub mod batch;
 pub mod batcher;
+pub mod bench;
 pub mod config;
 pub mod device;
 pub mod edit;
@@ -14,10 +15,13 @@ pub mod finetune;
 pub mod generate;
 pub mod gguf;
 pub mod loading;
+pub mod memory;
 pub mod models;
 pub mod pipeline;
 pub mod prune;
 pub mod svd;
+#[cfg(feature = "cuda")]
+mod svd_cuda;
 pub mod tasks;
 pub mod tokenizer;
 pub mod trace;

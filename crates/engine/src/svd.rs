@@ -67,7 +67,11 @@ pub fn site_map(
 }
 
 pub fn head_blocks(model: &Transformer, component: Component) -> Vec<HeadBlock> {
-    let c = &model.config;
+    head_blocks_of(&model.config, component)
+}
+
+/// [`head_blocks`] from the configuration alone.
+pub fn head_blocks_of(c: &crate::config::ModelConfig, component: Component) -> Vec<HeadBlock> {
     let hd = c.head_dim;
     let per_out = |n: usize| -> Vec<HeadBlock> {
         (0..n)
@@ -105,41 +109,37 @@ pub fn head_blocks(model: &Transformer, component: Component) -> Vec<HeadBlock> 
     }
 }
 
-/// The effective matrix of one head, [in_len, out_len], in f64 row-major.
-pub fn effective_matrix(
+/// The effective matrices of a map's heads, stacked: [heads, in_len, out_len], f64, on the
+/// weight's device.
+pub fn effective_matrices(
     lin: &Linear,
     norm: Option<&Norm>,
     kind: NormKind,
-    block: HeadBlock,
-) -> Result<Vec<Vec<f64>>> {
-    let w = lin
-        .weight
-        .narrow(0, block.out_off, block.out_len)?
-        .narrow(1, block.in_off, block.in_len)?
-        .t()?
-        .to_dtype(DType::F64)?
-        .to_vec2::<f64>()?;
-    let mut e = w;
-    if let Some(n) = norm {
-        let gamma: Vec<f64> = n.weight.to_dtype(DType::F64)?.to_vec1()?;
-        for (row, g) in e
-            .iter_mut()
-            .zip(&gamma[block.in_off..block.in_off + block.in_len])
-        {
-            row.iter_mut().for_each(|x| *x *= g);
-        }
-        if kind == NormKind::LayerNorm {
-            let rows = e.len() as f64;
-            for j in 0..block.out_len {
-                let mean = e.iter().map(|r| r[j]).sum::<f64>() / rows;
-                e.iter_mut().for_each(|r| r[j] -= mean);
+    blocks: &[HeadBlock],
+) -> Result<Tensor> {
+    let w = lin.weight.to_dtype(DType::F64)?;
+    let gamma = norm.map(|n| n.weight.to_dtype(DType::F64)).transpose()?;
+    let heads = blocks
+        .iter()
+        .map(|block| {
+            let mut e = w
+                .narrow(0, block.out_off, block.out_len)?
+                .narrow(1, block.in_off, block.in_len)?
+                .t()?;
+            if let Some(g) = &gamma {
+                let g = g.narrow(0, block.in_off, block.in_len)?.unsqueeze(1)?;
+                e = e.broadcast_mul(&g)?;
+                if kind == NormKind::LayerNorm {
+                    e = e.broadcast_sub(&e.mean_keepdim(0)?)?;
+                }
             }
-        }
-    }
-    Ok(e)
+            Ok(e)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&heads, 0)?)
 }
 
-/// Thin SVD on the CPU (faer, f64), returned as f32 tensors on `device`.
+/// Thin SVD on the CPU (faer, f64): U [m, r], s [r], Vh [r, n] as f32 tensors on `device`.
 pub fn thin_svd(e: &[Vec<f64>], device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
     let (m, n) = (e.len(), e[0].len());
     let mat = faer::Mat::<f64>::from_fn(m, n, |i, j| e[i][j]);
@@ -162,24 +162,188 @@ pub fn thin_svd(e: &[Vec<f64>], device: &Device) -> Result<(Tensor, Tensor, Tens
     ))
 }
 
-/// SVDs of every head of every chosen (layer, component).
+/// Where the SVDs are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SvdBackend {
+    /// faer on the host, one head at a time.
+    Cpu,
+    /// cuSOLVER on the model's GPU, every head of a component in one batched call.
+    Cusolver,
+}
+
+impl SvdBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cusolver => "cusolver",
+        }
+    }
+}
+
+/// SVDs of every head of every chosen (layer, component): on the GPU when the model is on
+/// one, else on the CPU. A component cuSOLVER cannot do accurately (gesvda needs full column
+/// rank: LayerNorm's centring makes MLP input maps rank-deficient) falls back to the CPU.
 pub fn decompose(model: &Transformer, components: &[Component]) -> Result<Vec<SiteSvd>> {
-    let mut out = Vec::new();
-    for layer in 0..model.config.n_layers {
-        for &component in components {
-            let (lin, norm) = site_map(model, layer, component);
-            let mut heads = Vec::new();
-            for block in head_blocks(model, component) {
-                let e = effective_matrix(lin, norm, model.config.norm, block)?;
-                let (u, s, vh) = thin_svd(&e, model.device())?;
-                heads.push(HeadSvd { block, u, s, vh });
-            }
-            out.push(SiteSvd {
+    let mut sites: Vec<SiteSvd> = Vec::new();
+    for &component in components {
+        let gpu = if model.device().is_cuda() {
+            decompose_on(model, &[component], SvdBackend::Cusolver).ok()
+        } else {
+            None
+        };
+        let part = match gpu {
+            Some(part) => part,
+            None => decompose_on(model, &[component], SvdBackend::Cpu)?,
+        };
+        sites.extend(part);
+    }
+    // Layer-major, components in the order asked, as `decompose_on` returns them.
+    let rank = |c: Component| components.iter().position(|&x| x == c);
+    sites.sort_by_key(|s| (s.layer, rank(s.component)));
+    Ok(sites)
+}
+
+/// [`decompose`] on a chosen backend, without fallback.
+pub fn decompose_on(
+    model: &Transformer,
+    components: &[Component],
+    backend: SvdBackend,
+) -> Result<Vec<SiteSvd>> {
+    let layers = model.config.n_layers;
+    let mut out: Vec<Option<SiteSvd>> = vec![None; layers * components.len()];
+    for (ci, &component) in components.iter().enumerate() {
+        let blocks = head_blocks(model, component);
+        let stacks = (0..layers)
+            .map(|layer| {
+                let (lin, norm) = site_map(model, layer, component);
+                effective_matrices(lin, norm, model.config.norm, &blocks)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let per_head = match backend {
+            SvdBackend::Cpu => cpu_svds(&stacks, model.device())?,
+            SvdBackend::Cusolver => gpu_svds(&stacks)?,
+        };
+        for (layer, heads) in per_head.into_iter().enumerate() {
+            out[layer * components.len() + ci] = Some(SiteSvd {
                 layer,
                 component,
-                folded: norm.is_some(),
-                heads,
+                folded: site_map(model, layer, component).1.is_some(),
+                heads: heads
+                    .into_iter()
+                    .zip(&blocks)
+                    .map(|((u, s, vh), &block)| HeadSvd { block, u, s, vh })
+                    .collect(),
             });
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|s| s.expect("every site decomposed"))
+        .collect())
+}
+
+type Factors = (Tensor, Tensor, Tensor);
+
+fn cpu_svds(stacks: &[Tensor], device: &Device) -> Result<Vec<Vec<Factors>>> {
+    stacks
+        .iter()
+        .map(|stack| {
+            stack
+                .to_device(&Device::Cpu)?
+                .to_vec3::<f64>()?
+                .iter()
+                .map(|e| thin_svd(e, device))
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_svds(stacks: &[Tensor]) -> Result<Vec<Vec<Factors>>> {
+    let (heads, m, n) = stacks[0].dims3()?;
+    // Chunks of whole layers, about 1 GiB of f64 input each.
+    let per_layer = heads * m * n * 8;
+    let layers_per_call = ((1usize << 30) / per_layer.max(1)).max(1);
+    let mut out = Vec::new();
+    for chunk in stacks.chunks(layers_per_call) {
+        let (u, s, vh, residual) = crate::svd_cuda::batched_thin_svd(&Tensor::cat(chunk, 0)?)?;
+        if residual > 1e-8 {
+            return Err(crate::EngineError::Gpu(format!(
+                "cuSOLVER SVD residual {residual:e} relative to the matrix norm"
+            )));
+        }
+        let (u, s, vh) = (
+            u.to_dtype(DType::F32)?,
+            s.to_dtype(DType::F32)?,
+            vh.to_dtype(DType::F32)?,
+        );
+        for layer in 0..chunk.len() {
+            out.push(
+                (0..heads)
+                    .map(|h| {
+                        let i = layer * heads + h;
+                        Ok((u.get(i)?, s.get(i)?, vh.get(i)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_svds(_stacks: &[Tensor]) -> Result<Vec<Vec<Factors>>> {
+    Err(crate::EngineError::Gpu(
+        "this build has no CUDA support (build with --features cuda)".into(),
+    ))
+}
+
+/// How far two SVDs of the same weights agree.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SvdAgreement {
+    pub heads: usize,
+    /// max |s_a - s_b| / s_b over singular values above 1e-6 of their head's largest.
+    pub max_sigma_rel: f64,
+    /// The largest principal angle (degrees) between the spans of the top-k left singular
+    /// vectors, over heads and k = 1, 2, 4, ..., r (k stops before a gap under 1e-3 relative).
+    pub max_angle_deg: f64,
+}
+
+/// Compares two decompositions of the same model (e.g. GPU against CPU).
+pub fn agreement(a: &[SiteSvd], b: &[SiteSvd]) -> Result<SvdAgreement> {
+    let mut out = SvdAgreement::default();
+    for (sa, sb) in a.iter().zip(b) {
+        for (ha, hb) in sa.heads.iter().zip(&sb.heads) {
+            out.heads += 1;
+            let (s1, s2): (Vec<f32>, Vec<f32>) = (ha.s.to_vec1()?, hb.s.to_vec1()?);
+            let top = s2.first().copied().unwrap_or(0.0) as f64;
+            for (&x, &y) in s1.iter().zip(&s2) {
+                if (y as f64) > 1e-6 * top {
+                    let rel = ((x - y) as f64).abs() / y as f64;
+                    out.max_sigma_rel = out.max_sigma_rel.max(rel);
+                }
+            }
+            let u1 = ha.u.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
+            let u2 = hb.u.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
+            let r = s2.len();
+            let ks = (0..).map(|i| 1usize << i).take_while(|&k| k < r).chain([r]);
+            for k in ks {
+                // Only where the span is well defined: a gap after the k-th singular value.
+                let gap_ok = k == r || ((s2[k - 1] - s2[k]) as f64) > 1e-3 * top;
+                if gap_ok {
+                    // sin of the largest angle = the largest singular value of the part of
+                    // span(b) outside span(a) (no cancellation, unlike acos near 1).
+                    let (a_k, b_k) = (u1.narrow(1, 0, k)?, u2.narrow(1, 0, k)?);
+                    let outside =
+                        (&b_k - a_k.matmul(&a_k.t()?.matmul(&b_k)?)?)?.to_vec2::<f64>()?;
+                    let mat = faer::Mat::<f64>::from_fn(outside.len(), k, |i, j| outside[i][j]);
+                    let sv = mat.singular_values().map_err(|e| {
+                        crate::EngineError::InvalidInput(format!("SVD did not converge: {e:?}"))
+                    })?;
+                    let sin_max = sv.iter().copied().fold(0.0, f64::max).min(1.0);
+                    out.max_angle_deg = out.max_angle_deg.max(sin_max.asin().to_degrees());
+                }
+            }
         }
     }
     Ok(out)

@@ -321,9 +321,11 @@ impl Transformer {
         if let Some(n) = &blk.k_norm {
             k = self.norm(&k, n, step.differentiable)?;
         }
-        let q = self.rotate(&q, &step.positions, local)?;
-        let mut k = self.rotate(&k, &step.positions, local)?;
+        let q = self.rotate(&q, &step.positions, local, step.differentiable)?;
+        let mut k = self.rotate(&k, &step.positions, local, step.differentiable)?;
         let mut v = heads(v, c.n_kv_heads)?;
+        // (The CUDA matmul needs each operand row- or column-major; a cat can leave neither.)
+        k = k.contiguous()?;
         if let Some(slot) = kv {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -331,10 +333,13 @@ impl Transformer {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let k = repeat_kv(&k, c.n_heads / c.n_kv_heads)?;
-        let v = repeat_kv(&v, c.n_heads / c.n_kv_heads)?;
+        // Grouped-query attention without copying keys and values per query head: the `rep`
+        // query heads of a key/value head are stacked along the query axis.
+        let rep = c.n_heads / c.n_kv_heads;
+        let tk = k.dim(2)?;
+        let grouped = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
         let scale = c.query_scale.unwrap_or(1.0 / (c.head_dim as f64).sqrt());
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        let mut scores = (grouped.matmul(&k.t()?)? * scale)?.reshape((b, c.n_heads, t, tk))?;
         let mask = match &step.local_mask {
             Some(m) if local => Some(m),
             _ => step.mask.as_ref(),
@@ -347,12 +352,22 @@ impl Transformer {
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let ctx = probs.matmul(&v)?;
+        let ctx = probs
+            .reshape((b, c.n_kv_heads, rep * t, tk))?
+            .matmul(&v)?
+            .reshape((b, c.n_heads, t, c.head_dim))?;
         Ok(ctx.transpose(1, 2)?.reshape((b, t, c.q_dim()))?)
     }
 
     /// Rotary embedding (HF "rotate half" layout) on the first `rotary_dims` of each head.
-    fn rotate(&self, x: &Tensor, positions: &Tensor, local: bool) -> candle_core::Result<Tensor> {
+    /// With `differentiable` false, candle's fused rotary kernel (it has no backward).
+    fn rotate(
+        &self,
+        x: &Tensor,
+        positions: &Tensor,
+        local: bool,
+        differentiable: bool,
+    ) -> candle_core::Result<Tensor> {
         let (cos, sin) = match (&self.rope_local, &self.rope) {
             (Some(local_tables), _) if local => local_tables,
             (_, Some(tables)) => tables,
@@ -361,8 +376,19 @@ impl Transformer {
         let (b, _h, t, hd) = x.dims4()?;
         let rot = self.config.rotary_dims;
         let half = rot / 2;
-        let cos = cos.index_select(positions, 0)?.reshape((b, 1, t, half))?;
-        let sin = sin.index_select(positions, 0)?.reshape((b, 1, t, half))?;
+        let cos = cos.index_select(positions, 0)?;
+        let sin = sin.index_select(positions, 0)?;
+        if !differentiable {
+            let (cos, sin) = (cos.reshape((b, t, half))?, sin.reshape((b, t, half))?);
+            if rot == hd {
+                return candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin);
+            }
+            let rotated =
+                candle_nn::rotary_emb::rope(&x.narrow(3, 0, rot)?.contiguous()?, &cos, &sin)?;
+            return Tensor::cat(&[rotated, x.narrow(3, rot, hd - rot)?], 3)?.contiguous();
+        }
+        let cos = cos.reshape((b, 1, t, half))?;
+        let sin = sin.reshape((b, 1, t, half))?;
         let x1 = x.narrow(3, 0, half)?;
         let x2 = x.narrow(3, half, half)?;
         let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
@@ -521,16 +547,6 @@ impl Step<'_> {
             None => Ok(output),
         }
     }
-}
-
-fn repeat_kv(x: &Tensor, rep: usize) -> candle_core::Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, n, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, n, rep, t, d))?
-        .reshape((b, n * rep, t, d))
 }
 
 fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {

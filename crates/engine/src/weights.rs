@@ -1,7 +1,8 @@
 //! Dense weights in one layout for every architecture: linear maps are `[out, in]`
 //! (PyTorch `nn.Linear`), so x -> x W^T + b. Loaders convert into it; exporters convert back.
 
-use candle_core::Tensor;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -24,6 +25,8 @@ impl Linear {
         // the matmul pack (copy) all of W^T on every call.
         let y = if rows <= 4 {
             self.weight.matmul(&x2.t()?)?.t()?
+        } else if x2.track_op() && !self.weight.is_variable() {
+            x2.apply_op2(&self.weight, ConstWeightMatmul)?
         } else {
             x2.matmul(&self.weight.t()?)?
         };
@@ -34,6 +37,58 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
         y.reshape(out_dims)
+    }
+}
+
+/// x [m, k] times W^T for a weight W [n, k] that is a constant of the graph: its backward
+/// gives x's gradient only. (candle's matmul backward always computes both operands'
+/// gradients; the sweep differentiates activations, so W's would be a wasted matmul per map.)
+struct ConstWeightMatmul;
+
+impl ConstWeightMatmul {
+    fn dims(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usize, Layout)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, _) = l2.shape().dims2()?;
+        Ok((m, n, k, l2.transpose(0, 1)?))
+    }
+}
+
+impl CustomOp2 for ConstWeightMatmul {
+    fn name(&self) -> &'static str {
+        "const-weight-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, n, k, wt) = Self::dims(l1, l2)?;
+        Ok((s1.matmul(s2, (1, m, n, k), l1, &wt)?, (m, n).into()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (m, n, k, wt) = Self::dims(l1, l2)?;
+        Ok((s1.matmul(s2, (1, m, n, k), l1, &wt)?, (m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(weight)?), None))
     }
 }
 

@@ -19,11 +19,57 @@ use crate::{EngineError, Result};
 /// Checkpoint tensors by their HF name; loaders take what they need, with shape checks.
 pub struct TensorMap {
     tensors: HashMap<String, Tensor>,
+    /// When set, a missing tensor is drawn at random on this device instead (benchmarks at
+    /// real shapes without the real weights).
+    random: Option<RandomInit>,
+}
+
+/// Seeded draws: the device's own generator on a GPU, a seeded host generator on the CPU
+/// (candle's CPU generator cannot be seeded).
+struct RandomInit {
+    device: candle_core::Device,
+    host: rand::rngs::StdRng,
+}
+
+impl RandomInit {
+    fn normal(&mut self, mean: f32, std: f32, shape: &[usize]) -> Result<Tensor> {
+        if !self.device.is_cpu() {
+            return Ok(Tensor::randn(mean, std, shape, &self.device)?);
+        }
+        use rand::Rng;
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                // Box-Muller from two uniforms in (0, 1].
+                let (u1, u2) = (1.0 - self.host.random::<f32>(), self.host.random::<f32>());
+                mean + std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+            })
+            .collect();
+        Ok(Tensor::from_vec(values, shape, &self.device)?)
+    }
 }
 
 impl TensorMap {
     pub fn new(tensors: HashMap<String, Tensor>) -> Self {
-        Self { tensors }
+        Self {
+            tensors,
+            random: None,
+        }
+    }
+
+    /// Every requested tensor drawn from the device's (seeded) generator: matrices N(0, 0.02),
+    /// vectors N(1, 0.02) for norm scales and N(0, 0.02) for biases.
+    pub fn random(device: &candle_core::Device, seed: u64) -> Result<Self> {
+        if !device.is_cpu() {
+            device.set_seed(seed)?;
+        }
+        Ok(Self {
+            tensors: HashMap::new(),
+            random: Some(RandomInit {
+                device: device.clone(),
+                host: rand::SeedableRng::seed_from_u64(seed),
+            }),
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -32,6 +78,14 @@ impl TensorMap {
 
     /// Removes `name`, checks its shape, converts it to f32.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if let Some(random) = &mut self.random {
+            let mean = if shape.len() == 1 && !name.ends_with("bias") {
+                1.0
+            } else {
+                0.0
+            };
+            return random.normal(mean, 0.02, shape);
+        }
         let t = self
             .tensors
             .remove(name)

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use eigenprune_engine::{load_model, LoadOptions, LoadedModel};
 
-/// tests/fixtures/<name>: a tiny random HF checkpoint (scripts/make_fixtures.py).
+/// tests/fixtures/<name>: a tiny random HF checkpoint (scripts/make_fixtures.py). A test
+/// binary run away from its build tree finds them through EIGENPRUNE_FIXTURES.
 pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
+    std::env::var_os("EIGENPRUNE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"))
         .join(name)
 }
 

@@ -1,0 +1,330 @@
+//! Benchmarks at real model shapes with seeded random weights (the real checkpoints need not be
+//! present): the SVD of every key map, the attribution sweep, and greedy decoding at batch 1
+//! and through the continuous batcher. `eigenprune bench` prints them as a table;
+//! `scripts/bench_torch.py` measures the same things with PyTorch + transformers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::attribution::{sweep_sequences, SweepSettings};
+use crate::batch::Sequence;
+use crate::batcher::{Batcher, Event};
+use crate::generate::{generate, SamplingParams};
+use crate::loading::{LoadedModel, ModelSource};
+use crate::models::{self, TensorMap};
+use crate::svd::{agreement, decompose_on, SvdBackend};
+use crate::trace::Component;
+use crate::transformer::Transformer;
+use crate::Result;
+
+#[derive(Clone, Debug)]
+pub struct BenchSettings {
+    pub seed: u64,
+    /// The sweep: this many sequences of `sweep_tokens` tokens (the last 4 are the answer), in
+    /// batches of `sweep_batch`.
+    pub sweep_sequences: usize,
+    pub sweep_tokens: usize,
+    pub sweep_batch: usize,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    /// Concurrent requests for the batched decoding row.
+    pub concurrent: usize,
+    /// Also run the CPU SVD (timed) and report how far the GPU's agrees with it.
+    pub svd_cpu: bool,
+    /// The dtype decoding runs in (pruning math is always f32).
+    pub serve_dtype: DType,
+}
+
+impl Default for BenchSettings {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            sweep_sequences: 1024,
+            sweep_tokens: 32,
+            sweep_batch: 64,
+            prompt_tokens: 16,
+            new_tokens: 128,
+            concurrent: 32,
+            svd_cpu: true,
+            serve_dtype: DType::BF16,
+        }
+    }
+}
+
+/// One line of the table: what ran, its wall time, and a rate where one applies.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    /// Stable key shared with scripts/bench_torch.py: random, svd, svd_cpu, sweep, decode_1,
+    /// decode_n.
+    pub id: String,
+    pub what: String,
+    pub seconds: f64,
+    pub rate: Option<f64>,
+    pub unit: Option<String>,
+    pub note: String,
+}
+
+/// A model of the shape `config_json` describes, with seeded random weights, in `dtype`.
+pub fn random_model(
+    config_json: &Value,
+    device: &Device,
+    dtype: DType,
+    seed: u64,
+) -> Result<Transformer> {
+    models::build(config_json, TensorMap::random(device, seed)?)?.to_dtype(dtype)
+}
+
+fn random_tokens(rng: &mut StdRng, vocab: usize, n: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
+}
+
+fn row(id: &str, what: &str, seconds: f64, rate: Option<(f64, &str)>, note: String) -> Measurement {
+    Measurement {
+        id: id.to_string(),
+        what: what.to_string(),
+        seconds,
+        rate: rate.map(|r| r.0),
+        unit: rate.map(|r| r.1.to_string()),
+        note,
+    }
+}
+
+/// Timed repetitions of the decoding rows (the median is reported).
+const REPEATS: usize = 3;
+
+/// The median wall time of `n` runs of `f`, and the last run's result.
+fn median_of<T>(n: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..n {
+        let start = Instant::now();
+        last = Some(f()?);
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[n / 2], last.expect("n > 0")))
+}
+
+/// Runs every measurement; `report` sees each row as soon as it is measured.
+pub fn run(
+    config_json: &Value,
+    device: &Device,
+    settings: &BenchSettings,
+    report: &mut dyn FnMut(&Measurement),
+) -> Result<Vec<Measurement>> {
+    let mut rows = Vec::new();
+    let mut push = |m: Measurement, rows: &mut Vec<Measurement>| {
+        report(&m);
+        rows.push(m);
+    };
+    let start = Instant::now();
+    let model = random_model(config_json, device, DType::F32, settings.seed)?;
+    device.synchronize()?;
+    let c = &model.config;
+    push(
+        row(
+            "random",
+            "random weights (f32)",
+            start.elapsed().as_secs_f64(),
+            None,
+            format!(
+                "{} layers, d_model {}, {} heads ({} kv), vocab {}, {:.0}M parameters",
+                c.n_layers,
+                c.d_model,
+                c.n_heads,
+                c.n_kv_heads,
+                c.vocab_size,
+                model.weights.bytes() as f64 / 4e6
+            ),
+        ),
+        &mut rows,
+    );
+
+    // SVD of every key map, per head.
+    let keys = [Component::K];
+    let backend = if device.is_cuda() {
+        SvdBackend::Cusolver
+    } else {
+        SvdBackend::Cpu
+    };
+    decompose_on(&model, &keys, backend)?; // warm-up: library load, workspace
+    device.synchronize()?;
+    let start = Instant::now();
+    let svds = decompose_on(&model, &keys, backend)?;
+    device.synchronize()?;
+    let svd_s = start.elapsed().as_secs_f64();
+    let heads: usize = svds.iter().map(|s| s.heads.len()).sum();
+    let first = &svds[0].heads[0];
+    let shape = format!("{heads} heads of {}x{}", first.u.dim(0)?, first.vh.dim(1)?);
+    push(
+        row(
+            "svd",
+            &format!("svd keys ({})", backend.name()),
+            svd_s,
+            None,
+            shape.clone(),
+        ),
+        &mut rows,
+    );
+    if settings.svd_cpu && backend != SvdBackend::Cpu {
+        let start = Instant::now();
+        let cpu = decompose_on(&model, &keys, SvdBackend::Cpu)?;
+        let cpu_s = start.elapsed().as_secs_f64();
+        let agree = agreement(&svds, &cpu)?;
+        push(
+            row(
+                "svd_cpu",
+                "svd keys (cpu, faer)",
+                cpu_s,
+                None,
+                format!(
+                    "{shape}; GPU vs CPU: singular values max rel diff {:.1e}, largest principal angle {:.2e} deg",
+                    agree.max_sigma_rel, agree.max_angle_deg
+                ),
+            ),
+            &mut rows,
+        );
+    }
+
+    // The attribution sweep: forward, backward and every key singular value's score.
+    let mut rng = StdRng::seed_from_u64(settings.seed);
+    let answer = 4.min(settings.sweep_tokens - 1);
+    let seqs: Vec<Sequence> = (0..settings.sweep_sequences)
+        .map(|_| Sequence {
+            prompt: random_tokens(&mut rng, c.vocab_size, settings.sweep_tokens - answer),
+            answer: random_tokens(&mut rng, c.vocab_size, answer),
+        })
+        .collect();
+    let sweep = SweepSettings {
+        batch_size: settings.sweep_batch,
+        shuffle: false,
+        ..Default::default()
+    };
+    let warm = SweepSettings {
+        scoring_batches: Some(1),
+        ..sweep.clone()
+    };
+    sweep_sequences(&model, &seqs, &svds, &warm, &mut |_, _| true)?;
+    let start = Instant::now();
+    let scores = sweep_sequences(&model, &seqs, &svds, &sweep, &mut |_, _| true)?;
+    let sweep_s = start.elapsed().as_secs_f64();
+    push(
+        row(
+            "sweep",
+            "attribution sweep (f32)",
+            sweep_s,
+            Some((scores.tokens as f64 / sweep_s, "tok/s")),
+            format!(
+                "{} x {} tokens, batch {}, forward + backward + scores of {} singular values",
+                settings.sweep_sequences,
+                settings.sweep_tokens,
+                settings.sweep_batch,
+                scores.scores.iter().flatten().flatten().count()
+            ),
+        ),
+        &mut rows,
+    );
+    if device.is_cuda() {
+        // The same sweep with f32 matmuls on tensor cores (TF32), and how far its scores move.
+        let before = candle_core::cuda::gemm_reduced_precision_f32();
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        let start = Instant::now();
+        let fast = sweep_sequences(&model, &seqs, &svds, &sweep, &mut |_, _| true);
+        let fast_s = start.elapsed().as_secs_f64();
+        candle_core::cuda::set_gemm_reduced_precision_f32(before);
+        let flat = |s: &crate::attribution::Scores| -> Vec<f32> {
+            s.scores.iter().flatten().flatten().copied().collect()
+        };
+        let (exact, fast) = (flat(&scores), flat(&fast?));
+        let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = exact
+            .iter()
+            .zip(&fast)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        push(
+            row(
+                "sweep_tf32",
+                "attribution sweep (TF32 matmuls)",
+                fast_s,
+                Some((scores.tokens as f64 / fast_s, "tok/s")),
+                format!(
+                    "EIGENPRUNE_TF32=1; scores differ from f32 by at most {:.1e} of the largest",
+                    worst / scale.max(f32::MIN_POSITIVE)
+                ),
+            ),
+            &mut rows,
+        );
+    }
+    drop(svds);
+
+    // Greedy decoding in the serving dtype.
+    let model = Arc::new(LoadedModel {
+        model: model.to_dtype(settings.serve_dtype)?,
+        tokenizer: tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default()),
+        source: ModelSource::Directory("random-weights".into()),
+        config_json: config_json.clone(),
+    });
+    let params = SamplingParams {
+        max_tokens: settings.new_tokens,
+        ..Default::default()
+    };
+    let prompt = random_tokens(&mut rng, c.vocab_size, settings.prompt_tokens);
+    generate(&model.model, &prompt, &params, |_| true)?;
+    let (one_s, (out, stats)) = median_of(REPEATS, || {
+        generate(&model.model, &prompt, &params, |_| true)
+    })?;
+    push(
+        row(
+            "decode_1",
+            &format!("greedy decoding, batch 1 ({:?})", settings.serve_dtype),
+            one_s,
+            Some((out.len() as f64 / one_s, "tok/s")),
+            format!(
+                "{} prompt + {} new tokens; prefill {:.1} ms; median of 3 runs",
+                settings.prompt_tokens,
+                out.len(),
+                stats.prefill_seconds * 1e3
+            ),
+        ),
+        &mut rows,
+    );
+
+    let batcher = Batcher::start(model.clone(), settings.concurrent);
+    let prompts: Vec<Vec<u32>> = (0..settings.concurrent)
+        .map(|_| random_tokens(&mut rng, c.vocab_size, settings.prompt_tokens))
+        .collect();
+    let decode_all = || -> usize {
+        let receivers: Vec<_> = prompts
+            .iter()
+            .map(|p| batcher.submit(p.clone(), params.clone()))
+            .collect();
+        receivers
+            .into_iter()
+            .map(|rx| rx.iter().filter(|e| matches!(e, Event::Token(_))).count())
+            .sum()
+    };
+    decode_all();
+    let (all_s, tokens) = median_of(REPEATS, || Ok(decode_all()))?;
+    push(
+        row(
+            "decode_n",
+            &format!(
+                "greedy decoding, {} concurrent ({:?})",
+                settings.concurrent, settings.serve_dtype
+            ),
+            all_s,
+            Some((tokens as f64 / all_s, "tok/s")),
+            format!(
+                "{} requests x {} new tokens through the continuous batcher; median of 3 runs",
+                settings.concurrent, settings.new_tokens
+            ),
+        ),
+        &mut rows,
+    );
+    Ok(rows)
+}

@@ -1,0 +1,120 @@
+//! What a pruning job will hold in accelerator memory, estimated before it starts, so a job
+//! that cannot fit is refused or made to wait instead of failing half-way.
+
+use candle_core::DType;
+use serde::Serialize;
+
+use crate::config::ModelConfig;
+use crate::pipeline::PruneSettings;
+use crate::svd::head_blocks_of;
+use crate::transformer::Transformer;
+
+/// Bytes by purpose; `total` is their sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct JobMemory {
+    /// The f32 copy the pruning math runs on (0 when the resident model is already f32).
+    pub weights_f32: u64,
+    /// U, S and Vh of every decomposed head, f32.
+    pub svd: u64,
+    /// The sweep's retained activations and their gradients at `batch_size` sequences of the
+    /// longest example, and the evaluation's logits at `eval_batch_size`.
+    pub activations: u64,
+    /// An edited copy of the decomposed maps for evaluation.
+    pub edited_maps: u64,
+    pub total: u64,
+}
+
+/// The job's own memory beyond the resident model, for sequences of up to `max_tokens`.
+pub fn estimate(model: &Transformer, settings: &PruneSettings, max_tokens: usize) -> JobMemory {
+    let c = &model.config;
+    let f32b = DType::F32.size_in_bytes() as u64;
+    let weights_f32 = if model.dtype() == DType::F32 {
+        0
+    } else {
+        model.weights.bytes() / model.dtype().size_in_bytes() as u64 * f32b
+    };
+    let mut svd = 0u64;
+    let mut edited_maps = 0u64;
+    for &component in &settings.components {
+        for b in head_blocks_of(c, component) {
+            let r = b.in_len.min(b.out_len) as u64;
+            svd += (b.in_len as u64 * r + r + r * b.out_len as u64) * f32b;
+            edited_maps += (b.in_len * b.out_len) as u64 * f32b;
+        }
+    }
+    let layers = c.n_layers as u64;
+    let (svd, edited_maps) = (svd * layers, edited_maps * layers);
+    let t = max_tokens.max(1) as u64;
+    let activations = sweep_activations(c, settings.batch_size as u64, t).max(eval_logits(
+        c,
+        settings.eval_batch_size as u64,
+        t,
+    ));
+    let total = weights_f32 + svd + activations + edited_maps;
+    JobMemory {
+        weights_f32,
+        svd,
+        activations,
+        edited_maps,
+        total,
+    }
+}
+
+/// Per token and layer, a traced forward keeps about 10 residual-width tensors, 4 MLP-width
+/// ones and 3 attention-score rows; the backward holds a gradient of each (f32).
+fn sweep_activations(c: &ModelConfig, batch: u64, t: u64) -> u64 {
+    let per_token_layer = 10 * c.d_model as u64 + 4 * c.d_mlp as u64 + 3 * c.n_heads as u64 * t;
+    let graph = 2 * 4 * per_token_layer * c.n_layers as u64 * batch * t;
+    graph + eval_logits(c, batch, t)
+}
+
+/// Logits and their log-softmax over the vocabulary at every position (f32).
+fn eval_logits(c: &ModelConfig, batch: u64, t: u64) -> u64 {
+    2 * 4 * batch * t * c.vocab_size as u64
+}
+
+/// Tokens of the longest example: its prompt with its answer or its longest choice.
+pub fn longest_example(
+    tok: &tokenizers::Tokenizer,
+    examples: &[crate::tasks::Example],
+) -> crate::Result<usize> {
+    let mut longest = 0;
+    for ex in examples {
+        let mut ends = vec![ex.answer.clone()];
+        ends.extend(ex.choices.iter().flatten().cloned());
+        for end in ends {
+            longest = longest.max(crate::batch::encode(tok, &ex.prompt, &end)?.len());
+        }
+    }
+    Ok(longest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_with_batch_and_length_and_counts_the_f32_copy() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/llama");
+        let m = crate::load_model(dir.to_str().unwrap(), &crate::LoadOptions::default()).unwrap();
+        let s = PruneSettings::default();
+        let small = estimate(&m.model, &s, 16);
+        assert_eq!(small.weights_f32, 0, "an f32 model needs no copy");
+        assert!(small.svd > 0 && small.activations > 0 && small.edited_maps > 0);
+        assert_eq!(
+            small.total,
+            small.weights_f32 + small.svd + small.activations + small.edited_maps
+        );
+        let long = estimate(&m.model, &s, 64);
+        assert!(long.activations > 3 * small.activations);
+        let wide = PruneSettings {
+            batch_size: 50,
+            eval_batch_size: 50,
+            ..s.clone()
+        };
+        assert!(estimate(&m.model, &wide, 16).activations > 5 * small.activations);
+        let bf16 = m.model.to_dtype(DType::BF16).unwrap();
+        assert_eq!(estimate(&bf16, &s, 16).weights_f32, m.model.weights.bytes());
+    }
+}

@@ -1,0 +1,118 @@
+//! The GPU paths agree with the CPU's. Needs a CUDA build and a GPU:
+//! `cargo test --release --features cuda -p eigenprune-engine --test gpu` (build the test binary
+//! with `--no-run` where there is no GPU and run it on one; scripts/gpu_tests.sh does both).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use candle_core::{DType, Device};
+use common::fixture_dir;
+use eigenprune_engine::attribution::{sweep, SweepSettings};
+use eigenprune_engine::svd::{agreement, decompose, decompose_on, SvdBackend};
+use eigenprune_engine::tasks::Example;
+use eigenprune_engine::{load_model, Component, LoadOptions, LoadedModel};
+
+const ARCHS: [&str; 6] = ["gpt2", "phi", "llama", "mistral", "qwen2", "gemma3"];
+
+fn load(name: &str, device: &Device) -> LoadedModel {
+    let opts = LoadOptions {
+        device: device.clone(),
+        dtype: DType::F32,
+    };
+    load_model(fixture_dir(name).to_str().unwrap(), &opts).unwrap()
+}
+
+#[test]
+fn cusolver_svd_matches_cpu_svd() {
+    let gpu = Device::new_cuda(0).unwrap();
+    // Every component: tall (q, k, v, mlp_out) and wide (o, mlp_in) head matrices, LayerNorm
+    // (centred) and RMSNorm folds.
+    let all = [
+        Component::Q,
+        Component::K,
+        Component::V,
+        Component::O,
+        Component::MlpIn,
+        Component::MlpOut,
+    ];
+    for arch in ARCHS {
+        let m = load(arch, &gpu);
+        // Per-head maps always on cuSOLVER; `decompose` may fall back per component (the
+        // rank-deficient LayerNorm-folded MLP input maps), and must agree all the same.
+        let heads = &all[..4];
+        let strict = decompose_on(&m.model, heads, SvdBackend::Cusolver).unwrap();
+        let on_cpu = decompose_on(&m.model, heads, SvdBackend::Cpu).unwrap();
+        let auto = decompose(&m.model, &all).unwrap();
+        let auto_cpu = decompose_on(&m.model, &all, SvdBackend::Cpu).unwrap();
+        for (what, a) in [
+            (
+                "per-head maps on cuSOLVER",
+                agreement(&strict, &on_cpu).unwrap(),
+            ),
+            (
+                "every map, decompose()",
+                agreement(&auto, &auto_cpu).unwrap(),
+            ),
+        ] {
+            eprintln!("{arch} {what}: {a:?}");
+            assert!(a.heads > 0);
+            assert!(
+                a.max_sigma_rel < 1e-4,
+                "{arch} {what}: singular values differ: {a:?}"
+            );
+            assert!(
+                a.max_angle_deg < 1e-2,
+                "{arch} {what}: subspaces differ: {a:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sweep_on_gpu_matches_cpu() {
+    let gpu = Device::new_cuda(0).unwrap();
+    let examples: Vec<Example> = (0..12)
+        .map(|i| Example {
+            prompt: format!("{i} x 7 ="),
+            answer: format!(" {}", i * 7),
+            choices: None,
+            label: None,
+        })
+        .collect();
+    let settings = SweepSettings {
+        batch_size: 4,
+        ..Default::default()
+    };
+    for arch in ARCHS {
+        let mut scores = Vec::new();
+        for device in [Device::Cpu, gpu.clone()] {
+            let m = load(arch, &device);
+            let svds =
+                decompose_on(&m.model, &[Component::K, Component::O], SvdBackend::Cpu).unwrap();
+            let s = sweep(
+                &m.model,
+                &m.tokenizer,
+                &examples,
+                &svds,
+                &settings,
+                &mut |_, _| true,
+            )
+            .unwrap();
+            scores.push(s);
+        }
+        let (cpu, gpu_s) = (&scores[0], &scores[1]);
+        let flat = |s: &eigenprune_engine::attribution::Scores| -> Vec<f32> {
+            s.scores.iter().flatten().flatten().copied().collect()
+        };
+        let (a, b) = (flat(cpu), flat(gpu_s));
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{arch}: max |cpu - gpu| = {worst:e} of scale {scale:e}");
+        assert!(worst <= 1e-4 * scale, "{arch}: {worst} vs scale {scale}");
+        assert_eq!(cpu.tokens, gpu_s.tokens);
+    }
+}
