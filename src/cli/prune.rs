@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use eigenprune_engine::pipeline::{self, PruneReport, PruneSettings};
-use eigenprune_engine::{export, load_model, LoadOptions};
+use eigenprune_engine::{device, export, load_model, memory, LoadOptions};
+
+use crate::jobs::admission::{decide, Decision};
 
 use super::{load_task, Progress};
 use crate::hyper::{parse_portion, Finetune, Hyperparameters, PortionSpec};
@@ -123,6 +125,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     };
     let loaded = load_model(&args.model, &opts)
         .with_context(|| format!("loading model `{}`", args.model))?;
+    let gpu = gpu_admission(&loaded, &task, &settings)?;
     let mut progress = Progress::default();
     let report = pipeline::run(
         &loaded.model,
@@ -163,12 +166,43 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if let (Some((need, before)), Some(after)) = (gpu, device::memory(&loaded.model.device())) {
+        eprintln!(
+            "GPU memory: job estimate {:.2} GiB; in use {:.2} GiB before the job, {:.2} GiB after              (freed blocks stay in the allocator's pool, so this is about the peak)",
+            gib(need.total),
+            gib(before.0),
+            gib(after.0)
+        );
+    }
     if args.json {
         println!("{}", crate::report::report_json(&report));
     } else {
         print_summary(&report);
     }
     Ok(())
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+/// On a GPU: the job's memory estimate against what is free, refusing a job that cannot fit
+/// before it starts. Returns the estimate and the device's (used, total) now.
+fn gpu_admission(
+    loaded: &eigenprune_engine::LoadedModel,
+    task: &eigenprune_engine::tasks::Task,
+    settings: &pipeline::PruneSettings,
+) -> anyhow::Result<Option<(memory::JobMemory, (u64, u64))>> {
+    let Some((used, total)) = device::memory(&loaded.model.device()) else {
+        return Ok(None);
+    };
+    let examples: Vec<_> = task.train.iter().chain(&task.test).cloned().collect();
+    let longest = memory::longest_example(&loaded.tokenizer, &examples)?;
+    let need = memory::estimate(&loaded.model, settings, longest);
+    if let Decision::Refuse(why) = decide(need.total, total - used, total, used, 0) {
+        anyhow::bail!("{why}");
+    }
+    Ok(Some((need, (used, total))))
 }
 
 fn print_summary(r: &PruneReport) {

@@ -3,6 +3,8 @@
 //! position) - (this input), g = d(loss)/d(map output). Aggregated as it goes: memory is
 //! bounded by the batch, never by the data set.
 
+use std::time::Instant;
+
 use candle_core::{DType, Tensor, D};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use tokenizers::Tokenizer;
@@ -41,6 +43,8 @@ pub struct SweepSettings {
     pub scoring_batches: Option<usize>,
     /// Shuffle the examples with `seed` first (the method's default; off for reference tests).
     pub shuffle: bool,
+    /// Time the forward, backward and scoring phases (synchronising the device after each).
+    pub profile: bool,
 }
 
 impl Default for SweepSettings {
@@ -53,6 +57,7 @@ impl Default for SweepSettings {
             input: InputMode::Normed,
             scoring_batches: None,
             shuffle: true,
+            profile: false,
         }
     }
 }
@@ -65,6 +70,9 @@ pub struct Scores {
     pub input_means: Vec<Vec<f32>>,
     pub examples: usize,
     pub tokens: usize,
+    /// Seconds in the forward pass, the backward pass and the scoring, when
+    /// [`SweepSettings::profile`] asked for them (each phase then ends with a device sync).
+    pub phase_seconds: Option<[f64; 3]>,
 }
 
 struct Accumulator {
@@ -73,6 +81,25 @@ struct Accumulator {
     count: f64,
     input_sums: Vec<Vec<f64>>,
     tokens: usize,
+    profile: bool,
+    phase_seconds: [f64; 3],
+}
+
+impl Accumulator {
+    /// With profiling on: waits for the device, then books the time since `*mark` to `phase`.
+    fn lap(
+        &mut self,
+        device: &candle_core::Device,
+        phase: usize,
+        mark: &mut Instant,
+    ) -> Result<()> {
+        if self.profile {
+            device.synchronize()?;
+            self.phase_seconds[phase] += mark.elapsed().as_secs_f64();
+            *mark = Instant::now();
+        }
+        Ok(())
+    }
 }
 
 pub fn sweep(
@@ -147,6 +174,8 @@ pub fn sweep_sequences(
             })
             .collect(),
         tokens: 0,
+        profile: settings.profile,
+        phase_seconds: [0.0; 3],
     };
     let plans = svds
         .iter()
@@ -204,6 +233,7 @@ pub fn sweep_sequences(
         input_means,
         examples: seen,
         tokens: acc.tokens,
+        phase_seconds: settings.profile.then_some(acc.phase_seconds),
     })
 }
 
@@ -348,10 +378,13 @@ fn score_batch(
     acc: &mut Accumulator,
 ) -> Result<()> {
     let device = model.device();
+    let mut mark = Instant::now();
     let mut trace = Trace::new(components);
     let (loss, packed) = answer_loss(model, seqs, &mut trace)?;
     let (b, t) = (seqs.len(), packed.width);
+    acc.lap(device, 0, &mut mark)?;
     let grads = loss.backward()?;
+    acc.lap(device, 1, &mut mark)?;
 
     // Pairs (b, t) where both this example and the previous one have a real token.
     let pair_ok: Vec<bool> = (0..b * t)
@@ -443,6 +476,7 @@ fn score_batch(
     for s in acc.input_sums.iter_mut().flatten() {
         *s += sums.next().expect("one input sum per input dimension");
     }
+    acc.lap(device, 2, &mut mark)?;
     Ok(())
 }
 

@@ -229,6 +229,28 @@ pub fn run(
         ),
         &mut rows,
     );
+    // Where the sweep's time goes: the same sweep with a device sync after each phase.
+    let profiled = SweepSettings {
+        profile: true,
+        ..sweep.clone()
+    };
+    let start = Instant::now();
+    let phases = sweep_sequences(&model, &seqs, &svds, &profiled, &mut |_, _| true)?
+        .phase_seconds
+        .unwrap_or_default();
+    push(
+        row(
+            "sweep_phases",
+            "attribution sweep, phases timed",
+            start.elapsed().as_secs_f64(),
+            None,
+            format!(
+                "forward {:.3} s, backward {:.3} s, scores {:.3} s",
+                phases[0], phases[1], phases[2]
+            ),
+        ),
+        &mut rows,
+    );
     if device.is_cuda() {
         // The same sweep with f32 matmuls on tensor cores (TF32), and how far its scores move.
         let before = candle_core::cuda::gemm_reduced_precision_f32();

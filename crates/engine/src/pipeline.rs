@@ -166,6 +166,7 @@ pub fn run(
         input: settings.input,
         scoring_batches: settings.scoring_batches,
         shuffle: true,
+        profile: false,
     };
     let scores = sweep(
         base,

@@ -133,6 +133,10 @@ struct Step<'a> {
     mask: Option<Tensor>,
     /// The same for sliding-window layers, when they differ from the others.
     local_mask: Option<Tensor>,
+    /// Rotary (cos, sin) rows of the new tokens' positions, [B*T, rotary/2], global and
+    /// sliding-window tables: looked up once per forward, not per layer.
+    rope: Option<(Tensor, Tensor)>,
+    rope_local: Option<(Tensor, Tensor)>,
     differentiable: bool,
     trace: Option<&'a mut Trace>,
 }
@@ -223,6 +227,8 @@ impl Transformer {
         }
         let differentiable = trace.is_some();
         let mut step = Step {
+            rope: self.rope_rows(&self.rope, &positions)?,
+            rope_local: self.rope_rows(&self.rope_local, &positions)?,
             positions,
             mask,
             local_mask,
@@ -321,8 +327,8 @@ impl Transformer {
         if let Some(n) = &blk.k_norm {
             k = self.norm(&k, n, step.differentiable)?;
         }
-        let q = self.rotate(&q, &step.positions, local, step.differentiable)?;
-        let mut k = self.rotate(&k, &step.positions, local, step.differentiable)?;
+        let q = self.rotate(&q, step, local)?;
+        let mut k = self.rotate(&k, step, local)?;
         let mut v = heads(v, c.n_kv_heads)?;
         // (The CUDA matmul needs each operand row- or column-major; a cat can leave neither.)
         k = k.contiguous()?;
@@ -360,25 +366,34 @@ impl Transformer {
     }
 
     /// Rotary embedding (HF "rotate half" layout) on the first `rotary_dims` of each head.
-    /// With `differentiable` false, candle's fused rotary kernel (it has no backward).
-    fn rotate(
+    /// The rows of rotary `tables` at `positions`.
+    fn rope_rows(
         &self,
-        x: &Tensor,
+        tables: &Option<(Tensor, Tensor)>,
         positions: &Tensor,
-        local: bool,
-        differentiable: bool,
-    ) -> candle_core::Result<Tensor> {
-        let (cos, sin) = match (&self.rope_local, &self.rope) {
-            (Some(local_tables), _) if local => local_tables,
-            (_, Some(tables)) => tables,
+    ) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        tables
+            .as_ref()
+            .map(|(cos, sin)| {
+                Ok((
+                    cos.index_select(positions, 0)?,
+                    sin.index_select(positions, 0)?,
+                ))
+            })
+            .transpose()
+    }
+
+    /// Not differentiating: candle's fused rotary kernel (it has no backward).
+    fn rotate(&self, x: &Tensor, step: &Step, local: bool) -> candle_core::Result<Tensor> {
+        let (cos, sin) = match (&step.rope_local, &step.rope) {
+            (Some(local_rows), _) if local => local_rows,
+            (_, Some(rows)) => rows,
             _ => return Ok(x.clone()),
         };
         let (b, _h, t, hd) = x.dims4()?;
         let rot = self.config.rotary_dims;
         let half = rot / 2;
-        let cos = cos.index_select(positions, 0)?;
-        let sin = sin.index_select(positions, 0)?;
-        if !differentiable {
+        if !step.differentiable {
             let (cos, sin) = (cos.reshape((b, t, half))?, sin.reshape((b, t, half))?);
             if rot == hd {
                 return candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin);
