@@ -166,7 +166,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if let (Some((need, before)), Some(after)) = (gpu, device::memory(&loaded.model.device())) {
+    if let (Some((need, before)), Some(after)) = (gpu, device::memory(loaded.model.device())) {
         eprintln!(
             "GPU memory: job estimate {:.2} GiB; in use {:.2} GiB before the job, {:.2} GiB after              (freed blocks stay in the allocator's pool, so this is about the peak)",
             gib(need.total),
@@ -193,7 +193,7 @@ fn gpu_admission(
     task: &eigenprune_engine::tasks::Task,
     settings: &pipeline::PruneSettings,
 ) -> anyhow::Result<Option<(memory::JobMemory, (u64, u64))>> {
-    let Some((used, total)) = device::memory(&loaded.model.device()) else {
+    let Some((used, total)) = device::memory(loaded.model.device()) else {
         return Ok(None);
     };
     let examples: Vec<_> = task.train.iter().chain(&task.test).cloned().collect();
