@@ -45,6 +45,9 @@ pub struct SweepSettings {
     pub shuffle: bool,
     /// Time the forward, backward and scoring phases (synchronising the device after each).
     pub profile: bool,
+    /// The dtype the forward and backward run in (scores are f32 either way); None = the
+    /// model's own. Pruning uses f32; bf16 trades exactness for tensor-core speed.
+    pub dtype: Option<DType>,
 }
 
 impl Default for SweepSettings {
@@ -58,6 +61,7 @@ impl Default for SweepSettings {
             scoring_batches: None,
             shuffle: true,
             profile: false,
+            dtype: None,
         }
     }
 }
@@ -125,6 +129,14 @@ pub fn sweep_sequences(
     settings: &SweepSettings,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Scores> {
+    let cast;
+    let model = match settings.dtype {
+        Some(dtype) if dtype != model.dtype() => {
+            cast = model.to_dtype(dtype)?;
+            &cast
+        }
+        _ => model,
+    };
     if settings.batch_size < 2 {
         return Err(EngineError::InvalidInput(
             "batch_size must be at least 2: the corrupted input is the previous example of the same batch, so with 1 every score is 0".into(),
@@ -260,7 +272,8 @@ pub fn answer_loss(
     let picked = hidden
         .reshape((b * t, d))?
         .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
-    let logp = candle_nn::ops::log_softmax(&model.logits(&picked)?, D::Minus1)?;
+    let logp =
+        candle_nn::ops::log_softmax(&model.logits(&picked)?.to_dtype(DType::F32)?, D::Minus1)?;
     let lp = logp
         .gather(&Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?, 1)?
         .squeeze(1)?;
@@ -430,10 +443,17 @@ fn score_batch(
         let g = trace
             .output_grad(&grads, site.layer, site.component)
             .ok_or_else(|| EngineError::InvalidInput("no gradient at a traced site".into()))?;
-        let resid = rec.resid_pre.as_ref();
+        // Scores are f32 whatever dtype the forward ran in.
+        let g = g.to_dtype(DType::F32)?;
+        let resid = rec
+            .resid_pre
+            .as_ref()
+            .map(|r| r.to_dtype(DType::F32))
+            .transpose()?;
+        let resid = resid.as_ref();
         let xhat = match (site.folded, resid) {
             (true, Some(r)) => normalise(r, model.config.norm, model.config.norm_eps)?,
-            _ => rec.input.clone(),
+            _ => rec.input.to_dtype(DType::F32)?,
         };
         let x = match (input, site.folded, resid) {
             (InputMode::ResidPre, true, Some(r)) => r.clone(),

@@ -94,6 +94,20 @@ fn row(id: &str, what: &str, seconds: f64, rate: Option<(f64, &str)>, note: Stri
     }
 }
 
+/// max |a - b| over every score, relative to the largest |a|.
+fn relative_gap(a: &crate::attribution::Scores, b: &crate::attribution::Scores) -> f32 {
+    let flat = |s: &crate::attribution::Scores| -> Vec<f32> {
+        s.scores.iter().flatten().flatten().copied().collect()
+    };
+    let (a, b) = (flat(a), flat(b));
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    worst / scale.max(f32::MIN_POSITIVE)
+}
+
 /// Timed repetitions of the decoding rows (the median is reported).
 const REPEATS: usize = 3;
 
@@ -252,6 +266,39 @@ pub fn run(
         &mut rows,
     );
     if device.is_cuda() {
+        // The same sweep with the forward and backward in bf16 (scores in f32), as PyTorch's.
+        let bf16 = SweepSettings {
+            dtype: Some(DType::BF16),
+            ..sweep.clone()
+        };
+        sweep_sequences(
+            &model,
+            &seqs,
+            &svds,
+            &SweepSettings {
+                scoring_batches: Some(1),
+                ..bf16.clone()
+            },
+            &mut |_, _| true,
+        )?;
+        let start = Instant::now();
+        let fast = sweep_sequences(&model, &seqs, &svds, &bf16, &mut |_, _| true)?;
+        let fast_s = start.elapsed().as_secs_f64();
+        push(
+            row(
+                "sweep_bf16",
+                "attribution sweep (bf16 forward + backward, f32 scores)",
+                fast_s,
+                Some((scores.tokens as f64 / fast_s, "tok/s")),
+                format!(
+                    "scores differ from f32 by at most {:.1e} of the largest",
+                    relative_gap(&scores, &fast)
+                ),
+            ),
+            &mut rows,
+        );
+    }
+    if device.is_cuda() {
         // The same sweep with f32 matmuls on tensor cores (TF32), and how far its scores move.
         let before = candle_core::cuda::gemm_reduced_precision_f32();
         candle_core::cuda::set_gemm_reduced_precision_f32(true);
@@ -259,15 +306,7 @@ pub fn run(
         let fast = sweep_sequences(&model, &seqs, &svds, &sweep, &mut |_, _| true);
         let fast_s = start.elapsed().as_secs_f64();
         candle_core::cuda::set_gemm_reduced_precision_f32(before);
-        let flat = |s: &crate::attribution::Scores| -> Vec<f32> {
-            s.scores.iter().flatten().flatten().copied().collect()
-        };
-        let (exact, fast) = (flat(&scores), flat(&fast?));
-        let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = exact
-            .iter()
-            .zip(&fast)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let gap = relative_gap(&scores, &fast?);
         push(
             row(
                 "sweep_tf32",
@@ -275,8 +314,7 @@ pub fn run(
                 fast_s,
                 Some((scores.tokens as f64 / fast_s, "tok/s")),
                 format!(
-                    "EIGENPRUNE_TF32=1; scores differ from f32 by at most {:.1e} of the largest",
-                    worst / scale.max(f32::MIN_POSITIVE)
+                    "EIGENPRUNE_TF32=1; scores differ from f32 by at most {gap:.1e} of the largest"
                 ),
             ),
             &mut rows,

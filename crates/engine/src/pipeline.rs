@@ -167,6 +167,7 @@ pub fn run(
         scoring_batches: settings.scoring_batches,
         shuffle: true,
         profile: false,
+        dtype: None,
     };
     let scores = sweep(
         base,
