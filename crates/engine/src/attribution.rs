@@ -79,6 +79,13 @@ pub struct Scores {
     pub phase_seconds: Option<[f64; 3]>,
 }
 
+impl Scores {
+    /// Every score, site by site, head by head.
+    pub fn flat(&self) -> Vec<f32> {
+        self.scores.iter().flatten().flatten().copied().collect()
+    }
+}
+
 struct Accumulator {
     agg: Aggregate,
     values: Vec<Vec<Vec<f64>>>,

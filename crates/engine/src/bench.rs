@@ -96,10 +96,7 @@ fn row(id: &str, what: &str, seconds: f64, rate: Option<(f64, &str)>, note: Stri
 
 /// max |a - b| over every score, relative to the largest |a|.
 fn relative_gap(a: &crate::attribution::Scores, b: &crate::attribution::Scores) -> f32 {
-    let flat = |s: &crate::attribution::Scores| -> Vec<f32> {
-        s.scores.iter().flatten().flatten().copied().collect()
-    };
-    let (a, b) = (flat(a), flat(b));
+    let (a, b) = (a.flat(), b.flat());
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
     let worst = a
         .iter()

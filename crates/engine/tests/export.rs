@@ -8,7 +8,7 @@ use common::max_abs_diff;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use eigenprune_engine::attribution::{sweep, SweepSettings};
+use eigenprune_engine::attribution::SweepSettings;
 use eigenprune_engine::export::{export_checkpoint, export_lora};
 use eigenprune_engine::prune::{build_edit, ranking, select, BiasMode, Method};
 use eigenprune_engine::svd::decompose;
@@ -61,15 +61,7 @@ fn roundtrip(arch: &str, components: &[Component]) {
         seed: 1,
         ..Default::default()
     };
-    let scores = sweep(
-        &m.model,
-        &m.tokenizer,
-        &examples,
-        &svds,
-        &settings,
-        &mut |_, _| true,
-    )
-    .unwrap();
+    let scores = common::sweep_all(&m, &examples, &svds, &settings);
     let order = ranking(&svds, &scores, Method::Attribution, 1).unwrap();
     let sel = select(&svds, &order, 0.3).unwrap();
     let edit = build_edit(&m.model, &svds, &sel, &scores.input_means, BiasMode::Mean).unwrap();

@@ -7,9 +7,8 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::fixture_dir;
-use eigenprune_engine::attribution::{sweep, SweepSettings};
+use eigenprune_engine::attribution::SweepSettings;
 use eigenprune_engine::svd::{agreement, decompose, decompose_on, SvdBackend};
-use eigenprune_engine::tasks::Example;
 use eigenprune_engine::{load_model, Component, LoadOptions, LoadedModel};
 
 const ARCHS: [&str; 6] = ["gpt2", "phi", "llama", "mistral", "qwen2", "gemma3"];
@@ -71,14 +70,7 @@ fn cusolver_svd_matches_cpu_svd() {
 #[test]
 fn sweep_on_gpu_matches_cpu() {
     let gpu = Device::new_cuda(0).unwrap();
-    let examples: Vec<Example> = (0..12)
-        .map(|i| Example {
-            prompt: format!("{i} x 7 ="),
-            answer: format!(" {}", i * 7),
-            choices: None,
-            label: None,
-        })
-        .collect();
+    let examples = common::times_seven();
     let settings = SweepSettings {
         batch_size: 4,
         ..Default::default()
@@ -89,22 +81,11 @@ fn sweep_on_gpu_matches_cpu() {
             let m = load(arch, &device);
             let svds =
                 decompose_on(&m.model, &[Component::K, Component::O], SvdBackend::Cpu).unwrap();
-            let s = sweep(
-                &m.model,
-                &m.tokenizer,
-                &examples,
-                &svds,
-                &settings,
-                &mut |_, _| true,
-            )
-            .unwrap();
+            let s = common::sweep_all(&m, &examples, &svds, &settings);
             scores.push(s);
         }
         let (cpu, gpu_s) = (&scores[0], &scores[1]);
-        let flat = |s: &eigenprune_engine::attribution::Scores| -> Vec<f32> {
-            s.scores.iter().flatten().flatten().copied().collect()
-        };
-        let (a, b) = (flat(cpu), flat(gpu_s));
+        let (a, b) = (cpu.flat(), gpu_s.flat());
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
         let worst = a
             .iter()

@@ -1,13 +1,14 @@
 //! Scores match an independent reference (scripts/reference_scores.py, torch + transformers,
 //! written from the spec) to 1e-4 relative, and the same set is selected.
 
+mod common;
+
 use std::path::PathBuf;
 
 use candle_core::Device;
-use eigenprune_engine::attribution::{sweep, SweepSettings};
+use eigenprune_engine::attribution::SweepSettings;
 use eigenprune_engine::prune::{ranking, select, Method};
 use eigenprune_engine::svd::decompose;
-use eigenprune_engine::tasks::Example;
 use eigenprune_engine::{load_model, Component, LoadOptions};
 
 fn check(arch: &str) {
@@ -18,14 +19,7 @@ fn check(arch: &str) {
     let want =
         candle_core::safetensors::load(dir.join("reference_scores.safetensors"), &Device::Cpu)
             .unwrap();
-    let examples: Vec<Example> = (0..12)
-        .map(|i| Example {
-            prompt: format!("{i} x 7 ="),
-            answer: format!(" {}", i * 7),
-            choices: None,
-            label: None,
-        })
-        .collect();
+    let examples = common::times_seven();
     let svds = decompose(&m.model, &[Component::K]).unwrap();
     let settings = SweepSettings {
         batch_size: 4,
@@ -33,15 +27,7 @@ fn check(arch: &str) {
         shuffle: false,
         ..Default::default()
     };
-    let scores = sweep(
-        &m.model,
-        &m.tokenizer,
-        &examples,
-        &svds,
-        &settings,
-        &mut |_, _| true,
-    )
-    .unwrap();
+    let scores = common::sweep_all(&m, &examples, &svds, &settings);
     for (layer, site) in scores.scores.iter().enumerate() {
         let exp: Vec<Vec<f32>> = want[&format!("scores.{layer}")].to_vec2().unwrap();
         let scale = exp.iter().flatten().fold(0f32, |a, &b| a.max(b.abs()));

@@ -31,3 +31,33 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar()
         .unwrap()
 }
+
+/// Twelve "i x 7 =" examples (the reference scores' data).
+pub fn times_seven() -> Vec<eigenprune_engine::tasks::Example> {
+    (0..12)
+        .map(|i| eigenprune_engine::tasks::Example {
+            prompt: format!("{i} x 7 ="),
+            answer: format!(" {}", i * 7),
+            choices: None,
+            label: None,
+        })
+        .collect()
+}
+
+/// The scoring sweep over `examples` with no progress reporting.
+pub fn sweep_all(
+    m: &LoadedModel,
+    examples: &[eigenprune_engine::tasks::Example],
+    svds: &[eigenprune_engine::svd::SiteSvd],
+    settings: &eigenprune_engine::attribution::SweepSettings,
+) -> eigenprune_engine::attribution::Scores {
+    eigenprune_engine::attribution::sweep(
+        &m.model,
+        &m.tokenizer,
+        examples,
+        svds,
+        settings,
+        &mut |_, _| true,
+    )
+    .unwrap()
+}
