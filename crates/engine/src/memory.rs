@@ -21,6 +21,9 @@ pub struct JobMemory {
     pub activations: u64,
     /// An edited copy of the decomposed maps for evaluation.
     pub edited_maps: u64,
+    /// Fine-tuning first: the trained copy, its gradients and AdamW's two moments (f32), and
+    /// the training step's activations at its batch size.
+    pub finetune: u64,
     pub total: u64,
 }
 
@@ -50,12 +53,17 @@ pub fn estimate(model: &Transformer, settings: &PruneSettings, max_tokens: usize
         settings.eval_batch_size as u64,
         t,
     ));
-    let total = LIBRARY_WORKSPACE + weights_f32 + svd + activations + edited_maps;
+    let params_f32 = model.weights.bytes() / model.dtype().size_in_bytes() as u64 * f32b;
+    let finetune = settings.finetune.as_ref().map_or(0, |ft| {
+        4 * params_f32 + sweep_activations(c, ft.batch_size as u64, t)
+    });
+    let total = LIBRARY_WORKSPACE + weights_f32 + svd + activations + edited_maps + finetune;
     JobMemory {
         weights_f32,
         svd,
         activations,
         edited_maps,
+        finetune,
         total,
     }
 }
@@ -116,6 +124,17 @@ mod tests {
                 + small.activations
                 + small.edited_maps
         );
+        assert_eq!(small.finetune, 0, "no fine-tuning asked");
+        let tuned = PruneSettings {
+            finetune: Some(crate::finetune::FinetuneSettings::new(1, 1e-5)),
+            ..s.clone()
+        };
+        let with_ft = estimate(&m.model, &tuned, 16);
+        assert!(
+            with_ft.finetune >= 4 * m.model.weights.bytes(),
+            "copy, grads, two moments"
+        );
+        assert_eq!(with_ft.total, small.total + with_ft.finetune);
         let long = estimate(&m.model, &s, 64);
         assert!(long.activations > 3 * small.activations);
         let wide = PruneSettings {
