@@ -168,7 +168,8 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     }
     if let (Some((need, before)), Some(after)) = (gpu, device::memory(loaded.model.device())) {
         eprintln!(
-            "GPU memory: job estimate {:.2} GiB; in use {:.2} GiB before the job, {:.2} GiB after              (freed blocks stay in the allocator's pool, so this is about the peak)",
+            "GPU memory: job estimate {:.2} GiB; in use {:.2} GiB before the job, {:.2} GiB after \
+             (freed blocks stay in the allocator's pool, so this is about the peak)",
             gib(need.total),
             gib(before.0),
             gib(after.0)
@@ -196,9 +197,7 @@ fn gpu_admission(
     let Some((used, total)) = device::memory(loaded.model.device()) else {
         return Ok(None);
     };
-    let examples: Vec<_> = task.train.iter().chain(&task.test).cloned().collect();
-    let longest = memory::longest_example(&loaded.tokenizer, &examples)?;
-    let need = memory::estimate(&loaded.model, settings, longest);
+    let need = memory::estimate_for_task(&loaded.model, &loaded.tokenizer, task, settings)?;
     if let Decision::Refuse(why) = decide(need.total, total - used, total, used, 0) {
         anyhow::bail!("{why}");
     }

@@ -203,7 +203,7 @@ async fn load_task(state: &AppState, job: &JobRow, seed: u64) -> Result<Task, Jo
 }
 
 /// Reserves the job's GPU memory, waiting (with an event saying why) while running jobs hold
-/// what it needs; refuses a job that cannot fit. Nothing to do on the CPU.
+/// what it needs; refuses a job that cannot fit.
 async fn admit(
     state: &AppState,
     need: memory::JobMemory,
@@ -303,15 +303,20 @@ async fn execute(
     let base = job.model.clone();
     let (model, task, settings, need) = tokio::task::spawn_blocking(move || {
         let model = host.base(&base).map_err(failed("model_not_found"))?;
-        let examples: Vec<_> = task.train.iter().chain(&task.test).cloned().collect();
-        let longest = memory::longest_example(&model.tokenizer, &examples)
+        // Only a GPU is admitted against its memory.
+        let need = host
+            .device_memory()
+            .map(|_| memory::estimate_for_task(&model.model, &model.tokenizer, &task, &settings))
+            .transpose()
             .map_err(|e| failed("invalid_dataset")(e.into()))?;
-        let need = memory::estimate(&model.model, &settings, longest);
         Ok::<_, JobError>((model, task, settings, need))
     })
     .await
     .map_err(|e| failed("worker")(e.into()))??;
-    let _reservation = admit(state, need, &events, &cancelled).await?;
+    let _reservation = match need {
+        Some(need) => admit(state, need, &events, &cancelled).await?,
+        None => None,
+    };
     let report = tokio::task::spawn_blocking(move || -> Result<_, JobError> {
         pipeline::run(
             &model.model,

@@ -87,10 +87,21 @@ fn eval_logits(c: &ModelConfig, batch: u64, t: u64) -> u64 {
     2 * 4 * batch * t * c.vocab_size as u64
 }
 
-/// Tokens of the longest example: its prompt with its answer or its longest choice.
-pub fn longest_example(
+/// [`estimate`] for a job on `task`: its sequences are as long as its longest example.
+pub fn estimate_for_task(
+    model: &Transformer,
     tok: &tokenizers::Tokenizer,
-    examples: &[crate::tasks::Example],
+    task: &crate::tasks::Task,
+    settings: &PruneSettings,
+) -> crate::Result<JobMemory> {
+    let longest = longest_example(tok, task.train.iter().chain(&task.test))?;
+    Ok(estimate(model, settings, longest))
+}
+
+/// Tokens of the longest example: its prompt with its answer or its longest choice.
+pub fn longest_example<'a>(
+    tok: &tokenizers::Tokenizer,
+    examples: impl IntoIterator<Item = &'a crate::tasks::Example>,
 ) -> crate::Result<usize> {
     let mut longest = 0;
     for ex in examples {
