@@ -184,23 +184,14 @@ impl SvdBackend {
 /// one, else on the CPU. A component cuSOLVER cannot do accurately (gesvda needs full column
 /// rank: LayerNorm's centring makes MLP input maps rank-deficient) falls back to the CPU.
 pub fn decompose(model: &Transformer, components: &[Component]) -> Result<Vec<SiteSvd>> {
-    let mut sites: Vec<SiteSvd> = Vec::new();
-    for &component in components {
-        let gpu = if model.device().is_cuda() {
-            decompose_on(model, &[component], SvdBackend::Cusolver).ok()
-        } else {
-            None
-        };
-        let part = match gpu {
-            Some(part) => part,
-            None => decompose_on(model, &[component], SvdBackend::Cpu)?,
-        };
-        sites.extend(part);
-    }
-    // Layer-major, components in the order asked, as `decompose_on` returns them.
-    let rank = |c: Component| components.iter().position(|&x| x == c);
-    sites.sort_by_key(|s| (s.layer, rank(s.component)));
-    Ok(sites)
+    decompose_with(model, components, |stacks| {
+        if model.device().is_cuda() {
+            if let Ok(factors) = gpu_svds(stacks) {
+                return Ok(factors);
+            }
+        }
+        cpu_svds(stacks, model.device())
+    })
 }
 
 /// [`decompose`] on a chosen backend, without fallback.
@@ -208,6 +199,19 @@ pub fn decompose_on(
     model: &Transformer,
     components: &[Component],
     backend: SvdBackend,
+) -> Result<Vec<SiteSvd>> {
+    decompose_with(model, components, |stacks| match backend {
+        SvdBackend::Cpu => cpu_svds(stacks, model.device()),
+        SvdBackend::Cusolver => gpu_svds(stacks),
+    })
+}
+
+/// Every chosen (layer, component), layer-major; `svds` factors one component's per-layer
+/// stacks of effective matrices.
+fn decompose_with(
+    model: &Transformer,
+    components: &[Component],
+    svds: impl Fn(&[Tensor]) -> Result<Vec<Vec<Factors>>>,
 ) -> Result<Vec<SiteSvd>> {
     let layers = model.config.n_layers;
     let mut out: Vec<Option<SiteSvd>> = vec![None; layers * components.len()];
@@ -219,10 +223,7 @@ pub fn decompose_on(
                 effective_matrices(lin, norm, model.config.norm, &blocks)
             })
             .collect::<Result<Vec<_>>>()?;
-        let per_head = match backend {
-            SvdBackend::Cpu => cpu_svds(&stacks, model.device())?,
-            SvdBackend::Cusolver => gpu_svds(&stacks)?,
-        };
+        let per_head = svds(&stacks)?;
         for (layer, heads) in per_head.into_iter().enumerate() {
             out[layer * components.len() + ci] = Some(SiteSvd {
                 layer,
