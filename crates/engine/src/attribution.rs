@@ -343,7 +343,7 @@ impl Side {
 }
 
 /// A site's SVD factors arranged for scoring every head in a few kernels.
-pub(crate) struct SitePlan {
+struct SitePlan {
     inputs: Side,
     outputs: Side,
     /// [heads * r]
@@ -351,7 +351,7 @@ pub(crate) struct SitePlan {
 }
 
 impl SitePlan {
-    pub(crate) fn new(site: &SiteSvd, d_in: usize, d_out: usize) -> Result<Self> {
+    fn new(site: &SiteSvd, d_in: usize, d_out: usize) -> Result<Self> {
         let ins: Vec<_> = site
             .heads
             .iter()

@@ -365,7 +365,6 @@ impl Transformer {
         Ok(ctx.transpose(1, 2)?.reshape((b, t, c.q_dim()))?)
     }
 
-    /// Rotary embedding (HF "rotate half" layout) on the first `rotary_dims` of each head.
     /// The rows of rotary `tables` at `positions`.
     fn rope_rows(
         &self,
@@ -383,7 +382,8 @@ impl Transformer {
             .transpose()
     }
 
-    /// Not differentiating: candle's fused rotary kernel (it has no backward).
+    /// Rotary embedding (HF "rotate half" layout) on the first `rotary_dims` of each head;
+    /// when not differentiating, through candle's fused kernel (it has no backward).
     fn rotate(&self, x: &Tensor, step: &Step, local: bool) -> candle_core::Result<Tensor> {
         let (cos, sin) = match (&step.rope_local, &step.rope) {
             (Some(local_rows), _) if local => local_rows,
