@@ -1,11 +1,17 @@
-//! Shared state and the router; `serve` runs it on a listener (tests use port 0).
+//! Shared state and the router; `serve` runs it on a listener (tests use port 0). The routes
+//! and the OpenAPI document come from the same list (utoipa-axum): a handler is documented by
+//! its own request and response types, or it is not served.
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_scalar::{Scalar, Servable};
 
 use crate::db::Db;
 use crate::engine_host::ModelHost;
@@ -20,49 +26,78 @@ pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub struct AppState {
     pub db: Db,
     pub storage: Storage,
+    /// Resident models, and the base models served by name.
     pub host: Arc<ModelHost>,
-    /// Base models this service serves (`--preload`), by the name users give.
-    pub base_models: Arc<Vec<String>>,
     pub metrics: Arc<Metrics>,
     /// Wakes idle workers when a job is queued.
     pub wake: Arc<Notify>,
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "eigenprune",
+        description = "Eigenpruning jobs, pruned variants, OpenAI-compatible completions and chat, evaluations. Every error is `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`."
+    ),
+    tags(
+        (name = "completions", description = "OpenAI-compatible generation"),
+        (name = "pruning", description = "Pruning jobs"),
+        (name = "evaluations", description = "Evaluation jobs"),
+        (name = "models", description = "Base models and pruned variants"),
+        (name = "datasets", description = "Uploaded task data"),
+        (name = "service", description = "Health and metrics")
+    )
+)]
+struct ApiDoc;
+
+/// Every API route with its OpenAPI document.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use http::{chat, completions, datasets, evaluations, health, jobs, models};
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(jobs::create, jobs::list))
+        .routes(routes!(jobs::get_one))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::events))
+        .routes(routes!(evaluations::create))
+        .routes(routes!(evaluations::get_one))
+        .routes(routes!(models::list))
+        .routes(routes!(models::get_one, models::delete))
+        .routes(routes!(models::export))
+        .routes(routes!(completions::create))
+        .routes(routes!(chat::create))
+        .routes(routes!(datasets::create, datasets::list))
+        .routes(routes!(datasets::get_one))
+        .split_for_parts()
+}
+
+/// The OpenAPI document (also served at /openapi.json, and read at /docs).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(http::health::health))
-        .route("/ready", get(http::health::ready))
-        .route("/metrics", get(http::health::metrics))
-        .route(
-            "/v1/pruning/jobs",
-            post(http::jobs::create).get(http::jobs::list),
-        )
-        .route("/v1/pruning/jobs/{id}", get(http::jobs::get_one))
-        .route("/v1/pruning/jobs/{id}/cancel", post(http::jobs::cancel))
-        .route("/v1/pruning/jobs/{id}/events", get(http::jobs::events))
-        .route("/v1/evaluations", post(http::evaluations::create))
-        .route("/v1/evaluations/{id}", get(http::evaluations::get_one))
-        .route("/v1/models", get(http::models::list))
-        .route(
-            "/v1/models/{*id}",
-            get(http::models::get_one).delete(http::models::delete),
-        )
-        .route("/v1/completions", post(http::completions::create))
-        .route(
-            "/v1/datasets",
-            post(http::datasets::create).get(http::datasets::list),
-        )
-        .route("/v1/datasets/{id}", get(http::datasets::get_one))
-        .fallback(http::error::not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            http::count_requests,
-        ))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+    let (api, doc) = routes();
+    let json = serde_json::to_value(&doc).unwrap_or_default();
+    api.route(
+        "/openapi.json",
+        get(move || async move { axum::Json(json) }),
+    )
+    .merge(Scalar::with_url("/docs", doc))
+    .fallback(http::error::not_found)
+    .method_not_allowed_fallback(http::error::method_not_allowed)
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        http::count_requests,
+    ))
+    .layer(axum::middleware::from_fn(http::error::uniform_errors))
+    .layer(tower_http::limit::RequestBodyLimitLayer::new(
+        MAX_BODY_BYTES,
+    ))
+    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .with_state(state)
 }
 
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {

@@ -8,8 +8,48 @@ use eigenprune_engine::batcher::Batcher;
 use eigenprune_engine::edit::Edit;
 use eigenprune_engine::{load_model, LoadOptions, LoadedModel};
 
+/// A base model this service serves: the short name users give, and where its weights are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BaseModel {
+    pub name: String,
+    pub spec: String,
+}
+
+impl BaseModel {
+    /// `NAME=PATH`, or a bare path / hub id whose name is its last part without `.gguf` (a
+    /// character outside `[A-Za-z0-9._:@+-]` becomes `-`).
+    pub fn parse(arg: &str) -> anyhow::Result<Self> {
+        let (name, spec) = match arg.split_once('=') {
+            Some((n, s)) => (n.to_string(), s.to_string()),
+            None => {
+                let last = arg.trim_end_matches('/').rsplit('/').next().unwrap_or(arg);
+                let last = last.split('@').next().unwrap_or(last);
+                let stem = last.strip_suffix(".gguf").unwrap_or(last);
+                let name = stem
+                    .chars()
+                    .map(|c| {
+                        if crate::http::ids::is_id_char(c) {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                (name, arg.to_string())
+            }
+        };
+        anyhow::ensure!(
+            crate::http::ids::check_id("model", &name).is_ok(),
+            "model name `{name}` (from --preload {arg}): use 1 to 128 of A-Z a-z 0-9 . _ : @ + -, or NAME=PATH"
+        );
+        Ok(Self { name, spec })
+    }
+}
+
 pub struct ModelHost {
     pub device: Device,
+    /// The base models served, by name (`--preload`).
+    bases: Vec<BaseModel>,
     /// Serving dtype of resident models (jobs convert to f32 for the pruning math).
     dtype: DType,
     max_resident: usize,
@@ -18,20 +58,29 @@ pub struct ModelHost {
     /// A decoding thread per model that completions use, by model key.
     batchers: Mutex<Vec<(String, Arc<LoadedModel>, Batcher)>>,
     max_batch_rows: usize,
+    /// Context length of every base model loaded once (kept after eviction).
+    contexts: Mutex<std::collections::HashMap<String, usize>>,
     /// GPU memory reserved by running pruning jobs.
     pub reservations: Arc<crate::jobs::admission::Reservations>,
 }
 
 impl ModelHost {
     /// `max_batch_rows`: sequences one model decodes together at most.
-    pub fn new(opts: LoadOptions, max_resident: usize, max_batch_rows: usize) -> Self {
+    pub fn new(
+        bases: Vec<BaseModel>,
+        opts: LoadOptions,
+        max_resident: usize,
+        max_batch_rows: usize,
+    ) -> Self {
         Self {
+            bases,
             device: opts.device,
             dtype: opts.dtype,
             max_resident: max_resident.max(1),
             resident: Mutex::new(Vec::new()),
             batchers: Mutex::new(Vec::new()),
             max_batch_rows: max_batch_rows.max(1),
+            contexts: Mutex::default(),
             reservations: Arc::default(),
         }
     }
@@ -58,9 +107,37 @@ impl ModelHost {
         }
     }
 
-    /// A base model, loading it on first use.
-    pub fn base(&self, spec: &str) -> anyhow::Result<Arc<LoadedModel>> {
-        if let Some(m) = self.lookup(spec) {
+    /// The names of the base models served, in `--preload` order.
+    pub fn base_names(&self) -> Vec<String> {
+        self.bases.iter().map(|b| b.name.clone()).collect()
+    }
+
+    /// The served base model `id` names: its name, or (for rows written before names) its
+    /// spec.
+    pub fn base_named(&self, id: &str) -> Option<&BaseModel> {
+        self.bases
+            .iter()
+            .find(|b| b.name == id)
+            .or_else(|| self.bases.iter().find(|b| b.spec == id))
+    }
+
+    /// Tokens (prompt + completion) the base model `name` takes, once it has been loaded.
+    pub fn context_length(&self, name: &str) -> Option<usize> {
+        let b = self.base_named(name)?;
+        self.contexts
+            .lock()
+            .expect("contexts lock")
+            .get(&b.name)
+            .copied()
+    }
+
+    /// A served base model by name, loading it on first use.
+    pub fn base(&self, name: &str) -> anyhow::Result<Arc<LoadedModel>> {
+        let Some(b) = self.base_named(name) else {
+            anyhow::bail!("model `{name}` is not served here");
+        };
+        let (name, spec) = (b.name.as_str(), b.spec.as_str());
+        if let Some(m) = self.lookup(name) {
             return Ok(m);
         }
         let t = std::time::Instant::now();
@@ -71,8 +148,12 @@ impl ModelHost {
                 dtype: self.dtype,
             },
         )?);
-        tracing::info!(model = %spec, seconds = t.elapsed().as_secs_f64(), "loaded");
-        self.insert(spec, m.clone());
+        tracing::info!(model = %name, %spec, seconds = t.elapsed().as_secs_f64(), "loaded");
+        self.contexts
+            .lock()
+            .expect("contexts lock")
+            .insert(name.to_string(), m.model.config.max_positions);
+        self.insert(name, m.clone());
         Ok(m)
     }
 
@@ -95,6 +176,7 @@ impl ModelHost {
             tokenizer: b.tokenizer.clone(),
             source: b.source.clone(),
             config_json: b.config_json.clone(),
+            chat_template: b.chat_template.clone(),
         });
         self.insert(id, m.clone());
         Ok(m)

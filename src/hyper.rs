@@ -7,37 +7,54 @@ use eigenprune_engine::pipeline::{Portion, PruneSettings};
 use eigenprune_engine::prune::{BiasMode, Method};
 use eigenprune_engine::Component;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A portion: a number in [0, 1] or "auto".
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(untagged)]
 pub enum PortionSpec {
     Fixed(f64),
     Named(String),
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// How a job prunes; every field has a default.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schema(default)]
 pub struct Hyperparameters {
+    /// Share of the candidate singular values pruned, in [0, 1], or "auto" (chosen on a dev
+    /// split carved from train).
     pub portion: PortionSpec,
+    /// Examples per scoring batch (>= 2: the corruption pairs examples within a batch).
+    #[schema(minimum = 2)]
     pub batch_size: usize,
+    /// Matrices pruned: k, q, v, o, mlp_in, mlp_out.
     pub components: Vec<String>,
+    /// attribution, random or smallest.
     pub method: String,
+    /// normed or resid_pre.
     pub input: String,
+    /// max, mean or mean_abs.
     pub aggregate: String,
+    /// mean or none.
     pub bias: String,
     pub seed: u64,
+    /// Score on this many batches only (default: all of train).
+    #[schema(minimum = 1)]
     pub scoring_batches: Option<usize>,
+    /// Sequences per evaluation batch (clamped to 1..=256).
     pub eval_batch_size: usize,
     /// Full fine-tuning before pruning; None (the default) prunes the base model as is.
     pub finetune: Option<Finetune>,
 }
 
 /// `{"epochs": N, "lr": F}` (and optionally batch_size, weight_decay).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Finetune {
+    #[schema(minimum = 1)]
     pub epochs: usize,
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub lr: f64,
     pub batch_size: Option<usize>,
     pub weight_decay: Option<f64>,
@@ -76,11 +93,22 @@ impl Default for Hyperparameters {
 #[derive(Debug)]
 pub struct Invalid {
     pub code: &'static str,
+    /// The hyperparameter at fault.
+    pub param: &'static str,
     pub message: String,
 }
 
 fn invalid(code: &'static str, message: String) -> Invalid {
-    Invalid { code, message }
+    let param = match code {
+        "invalid_finetune" => "finetune",
+        "unknown_component" => "components",
+        c => c.trim_start_matches("invalid_"),
+    };
+    Invalid {
+        code,
+        param,
+        message,
+    }
 }
 
 pub fn parse_portion(p: &PortionSpec) -> Result<Portion, Invalid> {

@@ -2,6 +2,7 @@
 //! call [`app::app`] and [`app::serve`] on port 0.
 
 pub mod app;
+pub mod catalog;
 pub mod cli;
 pub mod db;
 pub mod engine_host;

@@ -19,11 +19,11 @@ struct Server {
 
 impl Server {
     async fn start(database_url: Option<String>, workers: usize, tag: &str) -> Self {
-        Self::start_with(fixture("llama"), 4, database_url, workers, tag).await
+        Self::start_with(vec![fixture("llama")], 4, database_url, workers, tag).await
     }
 
     async fn start_with(
-        model: String,
+        models: Vec<String>,
         max_resident_models: usize,
         database_url: Option<String>,
         workers: usize,
@@ -36,7 +36,7 @@ impl Server {
             database_url,
             object_store: None,
         };
-        let engine = cpu_engine(vec![model], max_resident_models);
+        let engine = cpu_engine(models, max_resident_models);
         let base = serve(&store, &engine, workers).await;
         Server {
             base,
@@ -116,7 +116,8 @@ fn dataset() -> Vec<u8> {
 }
 
 async fn end_to_end(server: &Server) {
-    let model = fixture("llama");
+    // Served by its short name (the fixture directory's), not its path.
+    let model = "llama".to_string();
     assert_eq!(server.get("/health").await.0, 200);
     let (status, ready) = server.get("/ready").await;
     assert_eq!(status, 200, "{ready}");
@@ -328,24 +329,24 @@ async fn metrics_after_the_run(server: &Server) {
 }
 
 async fn bad_input(server: &Server) {
-    let model = fixture("llama");
+    let model = "llama";
     let cases: Vec<(&str, Value, u16, &str)> = vec![
         (
             "/v1/pruning/jobs",
             json!({"model": model, "task": "int-mult", "hyperparameters": {"batch_size": 1}}),
-            422,
+            400,
             "invalid_batch_size",
         ),
         (
             "/v1/pruning/jobs",
             json!({"model": model, "task": "int-mult", "hyperparameters": {"portion": 1.5}}),
-            422,
+            400,
             "invalid_portion",
         ),
         (
             "/v1/pruning/jobs",
             json!({"model": model, "task": "int-mult", "hyperparameters": {"components": ["k", "z"]}}),
-            422,
+            400,
             "unknown_component",
         ),
         (
@@ -363,7 +364,7 @@ async fn bad_input(server: &Server) {
         (
             "/v1/pruning/jobs",
             json!({"model": model, "task": "int-mult", "hyperparameters": {"batch_size": "five"}}),
-            422,
+            400,
             "invalid_body",
         ),
         (
@@ -375,19 +376,19 @@ async fn bad_input(server: &Server) {
         (
             "/v1/completions",
             json!({"model": model, "prompt": "x", "max_tokens": 100000}),
-            422,
-            "max_tokens_too_large",
+            400,
+            "context_length_exceeded",
         ),
         (
             "/v1/completions",
-            json!({"model": model, "prompt": "x", "stream": true, "logprobs": 1}),
-            422,
-            "stream_logprobs_unsupported",
+            json!({"model": model, "prompt": "x", "suffix": "y"}),
+            400,
+            "unsupported_parameter",
         ),
         (
             "/v1/pruning/jobs",
             json!({"model": model, "task": "int-mult", "hyperparameters": {"finetune": {"epochs": 0, "lr": 0.1}}}),
-            422,
+            400,
             "invalid_finetune",
         ),
     ];
@@ -422,7 +423,7 @@ async fn bad_input(server: &Server) {
             "application/jsonl",
         )
         .await;
-    assert_eq!(status, 422);
+    assert_eq!(status, 400);
     assert!(
         err["error"]["message"].as_str().unwrap().contains("line 2"),
         "{err}"
@@ -468,7 +469,7 @@ async fn queued_jobs_cancel_at_once() {
     let (_, job) = server
         .post(
             "/v1/pruning/jobs",
-            json!({"model": fixture("llama"), "task": "int-mult"}),
+            json!({"model": "llama", "task": "int-mult"}),
         )
         .await;
     let id = job["id"].as_str().unwrap();
@@ -510,27 +511,33 @@ async fn postgres_end_to_end() {
 }
 
 /// The official `openai` Python client against the service, unchanged (scripts/
-/// openai_client_check.py). Skipped when the package is missing, unless
-/// EIGENPRUNE_REQUIRE_OPENAI is set (CI sets it after installing the package).
+/// openai_client_check.py): completions on the fixture, chat on the real SmolLM2-Instruct.
+/// Skipped when the package or the model is missing, unless EIGENPRUNE_REQUIRE_OPENAI is set
+/// (CI sets it after installing both).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_client() {
     let has_client = std::process::Command::new("python3")
         .args(["-c", "import openai"])
         .status()
         .is_ok_and(|s| s.success());
-    if !has_client {
+    let gguf = smollm2_gguf();
+    if !has_client || !gguf.exists() {
         assert!(
             std::env::var_os("EIGENPRUNE_REQUIRE_OPENAI").is_none(),
-            "EIGENPRUNE_REQUIRE_OPENAI is set but `import openai` fails"
+            "EIGENPRUNE_REQUIRE_OPENAI is set but `import openai` fails or {} is missing",
+            gguf.display()
         );
-        eprintln!("skipped: python3 cannot import openai (pip install openai)");
+        eprintln!(
+            "SKIPPED: python3 cannot import openai (pip install openai) or SmolLM2 is missing"
+        );
         return;
     }
-    let server = Server::start(None, 0, "openai").await;
+    let models = vec![fixture("llama"), format!("smol={}", gguf.display())];
+    let server = Server::start_with(models, 4, None, 0, "openai").await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/openai_client_check.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)
-        .args([server.base.as_str(), fixture("llama").as_str()])
+        .args([server.base.as_str(), "llama", "smol"])
         .output()
         .await
         .unwrap();
@@ -541,6 +548,10 @@ async fn openai_python_client() {
     );
     assert!(out.status.success(), "{log}");
     assert!(log.contains("every check passed"), "{log}");
+}
+
+fn smollm2_gguf() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// An int-mult pruning job on `model` with `hyperparameters`, run to success; the finished job.
@@ -569,8 +580,7 @@ async fn names_paris(server: &Server, model: &str) {
 /// to the job's own figure, and `--max-resident-models 1` keeping one model resident.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smollm2_end_to_end() {
-    let gguf =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gguf = smollm2_gguf();
     if !gguf.exists() {
         eprintln!(
             "SKIPPED: {} is missing (scripts/fetch-smollm2.sh)",
@@ -578,8 +588,8 @@ async fn smollm2_end_to_end() {
         );
         return;
     }
-    let model = gguf.display().to_string();
-    let server = Server::start_with(model.clone(), 1, None, 1, "smollm2").await;
+    let server = Server::start_with(vec![gguf.display().to_string()], 1, None, 1, "smollm2").await;
+    let model = "SmolLM2-135M-Instruct.Q4_1".to_string();
     names_paris(&server, &model).await;
 
     let hp = json!({"portion": 0.05, "scoring_batches": 2, "components": ["k"]});
@@ -609,7 +619,7 @@ async fn finetuned_job_serves_its_variant() {
     let server = Server::start(None, 1, "finetune").await;
     let hp = json!({"portion": 0.2, "scoring_batches": 2,
                     "finetune": {"epochs": 2, "lr": 0.01, "batch_size": 16}});
-    let job = int_mult_job_succeeds(&server, &fixture("llama"), hp).await;
+    let job = int_mult_job_succeeds(&server, "llama", hp).await;
     let result = &job["result"];
     let losses = result["finetune"]["epoch_losses"].as_array().unwrap();
     assert_eq!(losses.len(), 2, "{result}");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use eigenprune_engine::edit::Edit;
-use eigenprune_engine::eval::evaluate;
+use eigenprune_engine::eval::{choice_scores, evaluate};
 use eigenprune_engine::load_model;
 use serde_json::json;
 
@@ -28,6 +28,10 @@ pub struct EvalArgs {
     pub batch_size: usize,
     #[arg(long)]
     pub json: bool,
+    /// Also write every (example, choice) log-likelihood as JSONL: example, choice, prompt and
+    /// answer token ids, logprob (what lm-evaluation-harness computes through the API).
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
     #[arg(long, env = "EIGENPRUNE_DEVICE", default_value = "cpu")]
     pub device: String,
     /// Weights' dtype: auto (bf16 on a GPU, f32 on the CPU), f32, bf16 or f16.
@@ -54,6 +58,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &mut |d, t| progress.update("eval", d, t),
     )?;
     progress.finish();
+    if let Some(path) = &args.scores {
+        let rows = choice_scores(
+            &loaded.model,
+            &loaded.tokenizer,
+            &task.test,
+            args.batch_size,
+        )?;
+        let text: String = rows
+            .iter()
+            .map(|c| {
+                let row = json!({"example": c.example, "choice": c.choice, "prompt": c.prompt,
+                                 "answer": c.answer, "logprob": c.logprob});
+                format!("{row}\n")
+            })
+            .collect();
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
         println!(
             "{}",

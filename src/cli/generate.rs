@@ -59,6 +59,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         } else {
             loaded.model.config.eos_token_ids.clone()
         },
+        ..Default::default()
     };
     let mut stdout = std::io::stdout().lock();
     let mut emitted = String::new();

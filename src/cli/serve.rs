@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::app::{self, AppState, Metrics};
 use crate::db::Db;
-use crate::engine_host::ModelHost;
+use crate::engine_host::{BaseModel, ModelHost};
 use crate::storage::Storage;
 
 #[derive(Args, Debug, Clone)]
@@ -28,8 +28,9 @@ pub struct StoreArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Base models to serve (a local directory, a .gguf file or a hub repo id); repeatable.
-    /// They are loaded at start-up and are the models jobs and completions may name.
+    /// Base models to serve, as NAME=PATH or PATH (a local directory, a .gguf file or a hub
+    /// repo id; its name is then the file or repo name without `.gguf`); repeatable. They are
+    /// loaded at start-up and are the models jobs and completions name.
     #[arg(long = "preload", env = "EIGENPRUNE_PRELOAD", value_delimiter = ',')]
     pub preload: Vec<String>,
     /// cpu or cuda:N.
@@ -94,22 +95,35 @@ pub async fn build_state(store: &StoreArgs, engine: &EngineArgs) -> anyhow::Resu
     let db = Db::connect(&store.database_url()).await?;
     let storage = Storage::from_url(&store.object_store()?)?;
     let opts = super::load_options(&engine.device, &engine.dtype)?;
+    let bases = engine
+        .preload
+        .iter()
+        .map(|p| BaseModel::parse(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut names: Vec<&str> = bases.iter().map(|b| b.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        anyhow::bail!(
+            "two --preload models are named `{}`: give one a NAME=PATH",
+            w[0]
+        );
+    }
     let host = Arc::new(ModelHost::new(
+        bases.clone(),
         opts,
         engine.max_resident_models,
         engine.max_batch_rows,
     ));
-    for m in &engine.preload {
-        let (h, m2) = (host.clone(), m.clone());
-        tokio::task::spawn_blocking(move || h.base(&m2))
+    for b in bases {
+        let (h, name) = (host.clone(), b.name.clone());
+        tokio::task::spawn_blocking(move || h.base(&name))
             .await?
-            .with_context(|| format!("preloading `{m}`"))?;
+            .with_context(|| format!("preloading `{}` ({})", b.name, b.spec))?;
     }
     Ok(AppState {
         db,
         storage,
         host,
-        base_models: Arc::new(engine.preload.clone()),
         metrics: Arc::new(Metrics::default()),
         wake: Arc::new(tokio::sync::Notify::new()),
     })

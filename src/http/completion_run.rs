@@ -1,24 +1,69 @@
-//! The generation behind /v1/completions: one choice at a time, with stop strings honoured on
-//! text (not tokens), optional logprobs and echo, and text deltas for streaming.
+//! The generation behind /v1/completions and /v1/chat/completions: every choice submitted to
+//! the model's batcher at once, each finished from its events with stop strings honoured on
+//! text (not tokens), per-token logprobs, text deltas for streaming, and best_of.
 
 use std::sync::mpsc::Receiver;
 
-use eigenprune_engine::batcher::{Batcher, Event};
-use eigenprune_engine::generate::{sequence_logprobs, SamplingParams};
+use eigenprune_engine::batcher::{Batcher, Event, Sampled};
+use eigenprune_engine::generate::{SamplingParams, TokenLogprob};
 use eigenprune_engine::LoadedModel;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-pub struct Options {
-    pub n: usize,
-    pub echo: bool,
-    pub logprobs: Option<u32>,
+/// Tokens a request read and wrote (a choice's end-of-sequence token counts).
+#[derive(Serialize, ToSchema, Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// Why a choice ended.
+#[derive(Serialize, ToSchema, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// A stop string or the model's end-of-sequence token.
+    Stop,
+    /// max_tokens were generated.
+    Length,
 }
 
 /// One finished choice.
-pub struct Choice {
-    pub ids: Vec<u32>,
+pub struct Generated {
+    /// Every generated token, an end-of-sequence token included.
+    pub tokens: Vec<Sampled>,
+    /// Whether the last of `tokens` is the end-of-sequence token (no part of the text).
+    pub ended_by_token: bool,
     pub text: String,
-    pub finish_reason: &'static str,
+    pub finish_reason: FinishReason,
+}
+
+impl Generated {
+    /// Mean log-probability per token (best_of ranks by it).
+    fn mean_logprob(&self) -> f64 {
+        let lps: Vec<f64> = self
+            .tokens
+            .iter()
+            .filter_map(|t| t.logprob.as_ref().map(|l| l.0 as f64))
+            .collect();
+        lps.iter().sum::<f64>() / lps.len().max(1) as f64
+    }
+
+    /// The tokens that make the text (without the end-of-sequence token).
+    pub fn text_tokens(&self) -> &[Sampled] {
+        let n = self.tokens.len() - usize::from(self.ended_by_token);
+        &self.tokens[..n]
+    }
 }
 
 /// Text released to a stream so far: never past a stop string, never a prefix of one that may
@@ -34,7 +79,12 @@ impl TextStream<'_> {
         let held = self
             .stops
             .iter()
-            .flat_map(|s| (1..s.len()).filter(move |&k| text.ends_with(&s[..k])))
+            .flat_map(|s| {
+                s.char_indices()
+                    .skip(1)
+                    .map(|(k, _)| k)
+                    .filter(move |&k| text.ends_with(&s[..k]))
+            })
             .max()
             .unwrap_or(0);
         let mut end = text.len() - held;
@@ -55,48 +105,62 @@ impl TextStream<'_> {
 }
 
 /// Finishes one choice from the batcher's events for it. `on_delta` receives the text as it
-/// becomes final (the whole text, in pieces); returning false stops generation (the client went
-/// away): dropping `events` cancels the request in the batcher.
+/// becomes final (the whole text, in pieces) with the tokens that arrived since the last call;
+/// returning false stops generation (the client went away): dropping `events` cancels the
+/// request in the batcher.
 pub fn complete_one(
     model: &LoadedModel,
     events: Receiver<Event>,
     max_tokens: usize,
     stops: &[String],
-    mut on_delta: impl FnMut(&str) -> bool,
-) -> anyhow::Result<Choice> {
+    mut on_delta: impl FnMut(&str, &[Sampled]) -> bool,
+) -> anyhow::Result<Generated> {
     let tok = &model.tokenizer;
     let mut stream = TextStream { stops, sent: 0 };
+    let mut tokens: Vec<Sampled> = Vec::new();
     let mut ids = Vec::new();
+    let mut unsent = 0; // tokens[unsent..] have not been handed to on_delta
     let mut stopped_text = None;
+    let mut ended_by_token = false;
     let mut open = true;
     for event in events.iter() {
-        let id = match event {
-            Event::Token(id) => id,
+        let t = match event {
+            Event::Token(t) => t,
+            Event::Stop(t) => {
+                tokens.push(t);
+                ended_by_token = true;
+                break;
+            }
             Event::Done => break,
             Event::Failed(e) => anyhow::bail!("generation failed: {e}"),
         };
-        ids.push(id);
+        ids.push(t.id);
+        tokens.push(t);
         let text = tok.decode(&ids, true).unwrap_or_default();
         if let Some(cut) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-            open = on_delta(stream.advance(&text, cut));
+            open = on_delta(stream.advance(&text, cut), &tokens[unsent..]);
+            unsent = tokens.len();
             stopped_text = Some(text[..cut].to_string());
             break;
         }
         let delta = stream.release(&text);
-        open = delta.is_empty() || on_delta(delta);
-        if !open {
-            break;
+        if !delta.is_empty() {
+            open = on_delta(delta, &tokens[unsent..]);
+            unsent = tokens.len();
+            if !open {
+                break;
+            }
         }
     }
     drop(events);
     let (text, finish_reason) = match stopped_text {
-        Some(t) => (t, "stop"),
+        Some(t) => (t, FinishReason::Stop),
         None => {
             let t = tok.decode(&ids, true).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let reason = if ids.len() < max_tokens {
-                "stop"
+            let reason = if ended_by_token || ids.len() < max_tokens {
+                FinishReason::Stop
             } else {
-                "length"
+                FinishReason::Length
             };
             (t, reason)
         }
@@ -104,108 +168,116 @@ pub fn complete_one(
     if open {
         let end = text.len();
         let rest = stream.advance(&text, end);
-        if !rest.is_empty() {
-            on_delta(rest);
+        if !rest.is_empty() || unsent < tokens.len() {
+            on_delta(rest, &tokens[unsent..]);
         }
     }
-    Ok(Choice {
-        ids,
+    Ok(Generated {
+        tokens,
+        ended_by_token,
         text,
         finish_reason,
     })
 }
 
-/// Submits every choice (prompts x n, in that order) to the batcher at once, so they decode
-/// together; the receivers come back in the same order.
+/// Submits `per_prompt` choices of every prompt to the batcher at once, so they decode
+/// together; the receivers come back in (prompt, choice) order. Choice k samples with seed +
+/// k.
 pub fn submit_all(
     batcher: &Batcher,
     prompts: &[Vec<u32>],
-    n: usize,
+    per_prompt: usize,
     params: &SamplingParams,
 ) -> Vec<Receiver<Event>> {
     prompts
         .iter()
-        .flat_map(|p| (0..n).map(move |k| batcher.submit(p.clone(), choice_params(params, k))))
+        .flat_map(|p| {
+            (0..per_prompt).map(move |k| {
+                let params = SamplingParams {
+                    seed: params.seed.wrapping_add(k as u64),
+                    ..params.clone()
+                };
+                batcher.submit(p.clone(), params)
+            })
+        })
         .collect()
 }
 
-/// OpenAI's logprobs object for `ids[from..]`, scored in context of `ids[..from]`.
-fn logprobs_json(model: &LoadedModel, ids: &[u32], from: usize, top: u32) -> anyhow::Result<Value> {
-    let scored = sequence_logprobs(&model.model, ids, top as usize)?;
-    let piece = |id: u32| model.tokenizer.decode(&[id], false).unwrap_or_default();
-    let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
-    let mut offset = 0usize;
-    for (i, &id) in ids.iter().enumerate().skip(from) {
-        let text = piece(id);
-        tokens.push(json!(text));
-        offsets.push(json!(offset));
-        offset += text.len();
-        match i.checked_sub(1).map(|p| &scored[p]) {
-            None => {
-                lps.push(Value::Null);
-                tops.push(Value::Null);
-            }
-            Some((lp, best)) => {
-                lps.push(json!(lp));
-                let m: serde_json::Map<String, Value> =
-                    best.iter().map(|(t, l)| (piece(*t), json!(l))).collect();
-                tops.push(Value::Object(m));
-            }
-        }
-    }
-    Ok(
-        json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}),
-    )
-}
-
-/// Every choice (prompts x n, in that order) and the usage (prompt, completion tokens).
-pub fn run(
+/// Every prompt's `n` choices, in order. With `best_of > n`, best_of are generated per prompt
+/// and the n with the highest mean token log-probability are kept (in that order).
+pub fn generate_all(
     model: &LoadedModel,
     batcher: &Batcher,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     stops: &[String],
-    opts: &Options,
-) -> anyhow::Result<(Vec<Value>, (usize, usize))> {
-    let mut choices = Vec::new();
-    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-    let mut pending = submit_all(batcher, prompts, opts.n, params).into_iter();
-    for prompt in prompts {
-        prompt_tokens += prompt.len();
-        for _ in 0..opts.n {
-            let events = pending.next().expect("one receiver per choice");
-            let c = complete_one(model, events, params.max_tokens, stops, |_| true)?;
-            completion_tokens += c.ids.len();
-            let all: Vec<u32> = prompt.iter().chain(&c.ids).copied().collect();
-            let from = if opts.echo { 0 } else { prompt.len() };
-            let logprobs = match opts.logprobs {
-                Some(top) => logprobs_json(model, &all, from, top)?,
-                None => Value::Null,
-            };
-            let text = if opts.echo {
-                let head = model
-                    .tokenizer
-                    .decode(prompt, false)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                format!("{head}{}", c.text)
-            } else {
-                c.text
-            };
-            choices.push(
-                json!({"text": text, "index": choices.len(), "logprobs": logprobs,
-                                "finish_reason": c.finish_reason}),
-            );
-        }
+    n: usize,
+    best_of: usize,
+) -> anyhow::Result<Vec<Vec<Generated>>> {
+    let per_prompt = best_of.max(n);
+    let mut params = params.clone();
+    if per_prompt > n && params.logprobs.is_none() {
+        params.logprobs = Some(0);
     }
-    Ok((choices, (prompt_tokens, completion_tokens)))
+    let mut pending = submit_all(batcher, prompts, per_prompt, &params).into_iter();
+    let mut out = Vec::with_capacity(prompts.len());
+    for _ in prompts {
+        let mut choices = Vec::with_capacity(per_prompt);
+        for _ in 0..per_prompt {
+            let events = pending.next().expect("one receiver per choice");
+            choices.push(complete_one(
+                model,
+                events,
+                params.max_tokens,
+                stops,
+                |_, _| true,
+            )?);
+        }
+        if per_prompt > n {
+            choices.sort_by(|a, b| b.mean_logprob().total_cmp(&a.mean_logprob()));
+            choices.truncate(n);
+        }
+        out.push(choices);
+    }
+    Ok(out)
 }
 
-/// The k-th of n choices samples with its own seed.
-pub fn choice_params(params: &SamplingParams, k: usize) -> SamplingParams {
-    SamplingParams {
-        seed: params.seed.wrapping_add(k as u64),
-        ..params.clone()
+/// A token's text as logprobs show it (special tokens spelled out).
+pub fn piece(model: &LoadedModel, id: u32) -> String {
+    model.tokenizer.decode(&[id], false).unwrap_or_default()
+}
+
+/// A token of a logprobs listing: its id, its logprob (None for a prompt's first token) and the
+/// top alternatives.
+pub struct Scored {
+    pub id: u32,
+    pub logprob: Option<TokenLogprob>,
+}
+
+impl From<&Sampled> for Scored {
+    fn from(s: &Sampled) -> Self {
+        Scored {
+            id: s.id,
+            logprob: s.logprob.clone(),
+        }
     }
+}
+
+/// An echoed prompt's tokens with their log-probabilities (teacher-forced, one forward pass).
+pub fn prompt_scores(
+    model: &LoadedModel,
+    prompt: &[u32],
+    top: usize,
+) -> anyhow::Result<Vec<Scored>> {
+    let scored = eigenprune_engine::generate::sequence_logprobs(&model.model, prompt, top)?;
+    Ok(prompt
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| Scored {
+            id,
+            logprob: i.checked_sub(1).map(|p| scored[p].clone()),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -234,5 +306,16 @@ mod tests {
         };
         assert_eq!(s.release("caf\u{FFFD}"), "caf");
         assert_eq!(s.release("café"), "é");
+    }
+
+    #[test]
+    fn stop_strings_with_multibyte_characters() {
+        let stops = vec!["é!".to_string(), "日本".to_string()];
+        let mut s = TextStream {
+            stops: &stops,
+            sent: 0,
+        };
+        assert_eq!(s.release("ab é"), "ab ");
+        assert_eq!(s.release("ab éx 日"), "éx ");
     }
 }

@@ -1,25 +1,32 @@
-//! POST /v1/completions, OpenAI-shaped: a base model or a variant continues a prompt.
+//! POST /v1/completions, OpenAI's: a base model or a variant continues a prompt (text, texts,
+//! token ids or lists of them), with n, best_of, stop strings, logprobs, echo, penalties,
+//! logit_bias and streaming. lm-evaluation-harness scores log-likelihoods through it (echo +
+//! logprobs + max_tokens 0 or 1).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use eigenprune_engine::batcher::Batcher;
-use eigenprune_engine::generate::SamplingParams;
+use eigenprune_engine::batcher::Sampled;
 use eigenprune_engine::LoadedModel;
-use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::completion_run::{complete_one, run, submit_all, Options};
+use super::completion_run::{
+    generate_all, piece, prompt_scores, FinishReason, Generated, Scored, Usage,
+};
 use super::error::{ApiError, ApiResult, Json};
+use super::sampling::{fit_context, refuse_unsupported, Sampling, MAX_BEST_OF, MAX_LOGPROBS};
+use super::streaming::{sse, ChunkFormat, StreamJob};
 use crate::app::{AppState, Metrics};
 
-const MAX_PROMPT_TOKENS: usize = 4096;
-const MAX_NEW_TOKENS: usize = 2048;
+/// Prompts one request may carry.
+pub const MAX_PROMPTS: usize = 256;
 
-#[derive(Deserialize)]
+/// A prompt: text, several texts, token ids, or several lists of token ids.
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
@@ -28,277 +35,361 @@ pub enum Prompt {
     TokenLists(Vec<Vec<u32>>),
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct CompletionRequest {
+    /// A base model's name or a pruned variant's id (GET /v1/models).
     pub model: String,
     pub prompt: Prompt,
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: usize,
-    #[serde(default = "one")]
-    pub temperature: f64,
-    #[serde(default = "one")]
-    pub top_p: f64,
-    pub seed: Option<u64>,
-    pub stop: Option<Stop>,
-    #[serde(default = "one_usize")]
-    pub n: usize,
-    #[serde(default)]
-    pub stream: bool,
-    pub logprobs: Option<u32>,
+    /// New tokens at most (default 16); prompt + max_tokens must fit the model's context.
+    #[schema(minimum = 0)]
+    pub max_tokens: Option<usize>,
+    /// Return the prompt before the completion (and its logprobs, with `logprobs`).
     #[serde(default)]
     pub echo: bool,
-    pub user: Option<String>,
-    pub stream_options: Option<StreamOptions>,
+    /// Per token: its log-probability and up to this many alternatives (the token itself is
+    /// always among them).
+    #[schema(minimum = 0, maximum = 20)]
+    pub logprobs: Option<u32>,
+    /// Generate this many per prompt and return the n with the highest mean token
+    /// log-probability; not with stream.
+    #[schema(minimum = 1, maximum = 16)]
+    pub best_of: Option<usize>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+    /// Anything else is refused by name (`suffix`, `user`, ...).
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub unsupported: BTreeMap<String, Value>,
 }
 
-#[derive(Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
+/// The legacy logprobs object: one entry per token.
+#[derive(Serialize, ToSchema, Default)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    /// Null for a prompt's first token.
+    pub token_logprobs: Vec<Option<f32>>,
+    /// The most likely tokens at each position, the chosen one among them.
+    pub top_logprobs: Vec<Option<BTreeMap<String, f32>>>,
+    pub text_offset: Vec<usize>,
 }
 
-fn default_max_tokens() -> usize {
-    16
-}
-fn one() -> f64 {
-    1.0
-}
-fn one_usize() -> usize {
-    1
+#[derive(Serialize, ToSchema)]
+pub struct CompletionChoice {
+    pub text: String,
+    pub index: usize,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<FinishReason>,
 }
 
-/// A base model or variant, resident (loaded on first use).
-pub async fn resolve_model(state: &AppState, id: &str) -> ApiResult<Arc<LoadedModel>> {
-    let host = state.host.clone();
-    if state.base_models.iter().any(|m| m == id) {
-        let id = id.to_string();
-        return tokio::task::spawn_blocking(move || host.base(&id))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal);
-    }
-    let Some(v) = state.db.variant(id).await? else {
-        return Err(ApiError::not_found(
-            "model_not_found",
-            format!("no model `{id}`"),
-        ));
-    };
-    let bytes = state
-        .storage
-        .get(&v.object_key)
-        .await
-        .map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(move || host.variant(&v.id, &v.parent, &bytes))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+/// A completion, or (streamed) one chunk of it.
+#[derive(Serialize, ToSchema)]
+pub struct Completion {
+    pub id: String,
+    /// `text_completion`
+    pub object: String,
+    pub created: i64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: Option<Usage>,
 }
 
+#[utoipa::path(post, path = "/v1/completions", tag = "completions",
+    request_body = CompletionRequest,
+    responses((status = 200, description = "The completion; with stream = true, Server-Sent Events of Completion chunks, then `data: [DONE]`", body = Completion),
+              (status = "4XX", description = "Invalid request", body = super::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Json(req): Json<CompletionRequest>,
 ) -> ApiResult<Response> {
-    if req.stream && (req.logprobs.is_some() || req.echo) {
-        return Err(ApiError::invalid(
-            "stream_logprobs_unsupported",
-            "logprobs and echo are not available with stream = true",
-        ));
-    }
-    if req.logprobs.is_some_and(|k| k > 20) {
+    refuse_unsupported(&req.unsupported)?;
+    let model = crate::catalog::resolve(&state, &req.model).await?;
+    let vocab = model.model.config.vocab_size;
+    let s = &req.sampling;
+    s.validate(vocab)?;
+    let n = s.n();
+    if req.logprobs.is_some_and(|k| k > MAX_LOGPROBS) {
         return Err(ApiError::invalid(
             "invalid_logprobs",
-            "logprobs is at most 20",
-        ));
+            format!("logprobs is at most {MAX_LOGPROBS}"),
+        )
+        .param("logprobs"));
     }
-    if req.max_tokens > MAX_NEW_TOKENS {
+    let best_of = req.best_of.unwrap_or(n);
+    if !(n..=MAX_BEST_OF).contains(&best_of) {
         return Err(ApiError::invalid(
-            "max_tokens_too_large",
-            format!("max_tokens is at most {MAX_NEW_TOKENS}"),
-        ));
+            "invalid_best_of",
+            format!("best_of must be in n..={MAX_BEST_OF}"),
+        )
+        .param("best_of"));
     }
-    if !(1..=8).contains(&req.n) {
-        return Err(ApiError::invalid("invalid_n", "n must be in 1..=8"));
+    if s.stream && best_of > n {
+        return Err(
+            ApiError::invalid("invalid_best_of", "best_of cannot be streamed").param("best_of"),
+        );
     }
-    if !(0.0..=2.0).contains(&req.temperature)
-        || !(0.0..=1.0).contains(&req.top_p)
-        || req.top_p == 0.0
-    {
-        return Err(ApiError::invalid(
-            "invalid_sampling",
-            "temperature in [0, 2], top_p in (0, 1]",
-        ));
+    let (req, m) = (Arc::new(req), model.clone());
+    let r = req.clone();
+    let (prompts, params) = tokio::task::spawn_blocking(move || {
+        let prompts = tokenize(&m, &r.prompt)?;
+        let context = m.model.config.max_positions;
+        let mut budget = usize::MAX;
+        for p in &prompts {
+            budget = budget.min(fit_context(
+                p.len(),
+                Some(r.max_tokens.unwrap_or(16)),
+                context,
+            )?);
+        }
+        let eos = m.model.config.eos_token_ids.clone();
+        let top = r.logprobs.map(|k| k as usize);
+        Ok::<_, ApiError>((prompts, r.sampling.params(budget, eos, vocab, top)?))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let stops = req.sampling.stops()?;
+    let batcher = state.host.batcher(&req.model, &model);
+    let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = crate::db::now();
+    let logprobs = req.logprobs.map(|k| k as usize);
+    if req.sampling.stream {
+        let format = CompletionChunks {
+            head: Head {
+                id,
+                created,
+                model: req.model.clone(),
+            },
+            echo: req.echo,
+            logprobs,
+            offsets: BTreeMap::new(),
+        };
+        let job = StreamJob {
+            model,
+            batcher,
+            prompts,
+            params,
+            stops,
+            n,
+            include_usage: req.sampling.include_usage(),
+        };
+        return Ok(sse(state, job, format));
     }
-    let model = resolve_model(&state, &req.model).await?;
-    let tok = &model.tokenizer;
-    let prompts: Vec<Vec<u32>> = match &req.prompt {
-        Prompt::Text(t) => vec![encode(tok, t)?],
-        Prompt::Texts(ts) => ts
-            .iter()
-            .map(|t| encode(tok, t))
-            .collect::<ApiResult<_>>()?,
+    let (echo, model_name) = (req.echo, req.model.clone());
+    let (choices, usage) = tokio::task::spawn_blocking(move || {
+        let all = generate_all(&model, &batcher, &prompts, &params, &stops, n, best_of)?;
+        let mut choices = Vec::new();
+        let mut completion_tokens = 0;
+        for (prompt, generated) in prompts.iter().zip(&all) {
+            for g in generated {
+                completion_tokens += g.tokens.len();
+                choices.push(choice(&model, prompt, g, echo, logprobs, choices.len())?);
+            }
+        }
+        let prompt_tokens = prompts.iter().map(Vec::len).sum();
+        Ok::<_, anyhow::Error>((choices, Usage::new(prompt_tokens, completion_tokens)))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Metrics::add(
+        &state.metrics.tokens_generated,
+        usage.completion_tokens as u64,
+    );
+    let body = Completion {
+        id,
+        object: "text_completion".into(),
+        created,
+        model: model_name,
+        choices,
+        usage: Some(usage),
+    };
+    Ok(Json(body).into_response())
+}
+
+/// Token ids of every prompt, each non-empty and inside the vocabulary.
+fn tokenize(model: &LoadedModel, prompt: &Prompt) -> ApiResult<Vec<Vec<u32>>> {
+    let encode = |t: &str| {
+        model
+            .tokenizer
+            .encode(t, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ApiError::invalid("invalid_prompt", e.to_string()).param("prompt"))
+    };
+    let prompts = match prompt {
+        Prompt::Text(t) => vec![encode(t)?],
+        Prompt::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<ApiResult<_>>()?,
         Prompt::Tokens(ids) => vec![ids.clone()],
         Prompt::TokenLists(l) => l.clone(),
     };
+    let bad = |code, m: String| ApiError::invalid(code, m).param("prompt");
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(bad("invalid_prompt", format!("1 to {MAX_PROMPTS} prompts")));
+    }
     let vocab = model.model.config.vocab_size as u32;
     for p in &prompts {
         if p.is_empty() {
-            return Err(ApiError::invalid("empty_prompt", "the prompt is empty"));
-        }
-        if p.len() + req.max_tokens > MAX_PROMPT_TOKENS.min(model.model.config.max_positions) {
-            return Err(ApiError::invalid(
-                "prompt_too_long",
-                format!(
-                    "prompt ({} tokens) + max_tokens exceeds the context",
-                    p.len()
-                ),
-            ));
+            return Err(bad("empty_prompt", "the prompt is empty".into()));
         }
         if p.iter().any(|&t| t >= vocab) {
-            return Err(ApiError::invalid(
+            return Err(bad(
                 "invalid_token",
                 format!("token ids must be below {vocab}"),
             ));
         }
     }
-    let stops: Vec<String> = match req.stop {
-        None => Vec::new(),
-        Some(Stop::One(s)) => vec![s],
-        Some(Stop::Many(v)) => v,
-    };
-    let params = SamplingParams {
-        max_tokens: req.max_tokens,
-        temperature: req.temperature,
-        top_p: req.top_p,
-        seed: req.seed.unwrap_or(0),
-        stop_tokens: model.model.config.eos_token_ids.clone(),
-    };
-    let opts = Options {
-        n: req.n,
-        echo: req.echo,
-        logprobs: req.logprobs,
-    };
-    let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
-    let batcher = state.host.batcher(&req.model, &model);
-    if req.stream {
-        let usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let head = StreamHead {
-            id,
-            model: req.model,
-            created: crate::db::now(),
-            usage,
-        };
-        return Ok(stream(
-            state, model, batcher, prompts, params, stops, opts.n, head,
-        ));
+    Ok(prompts)
+}
+
+/// The logprobs of `tokens`, text offsets counted from `offset`.
+fn logprobs_of(model: &LoadedModel, tokens: &[Scored], offset: &mut usize) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    for t in tokens {
+        let text = piece(model, t.id);
+        out.text_offset.push(*offset);
+        *offset += text.len();
+        out.token_logprobs.push(t.logprob.as_ref().map(|l| l.0));
+        out.top_logprobs.push(t.logprob.as_ref().map(|(lp, top)| {
+            let mut m: BTreeMap<String, f32> =
+                top.iter().map(|&(id, l)| (piece(model, id), l)).collect();
+            m.entry(text.clone()).or_insert(*lp);
+            m
+        }));
+        out.tokens.push(text);
     }
-    let (choices, usage) = tokio::task::spawn_blocking(move || {
-        run(&model, &batcher, &prompts, &params, &stops, &opts)
+    out
+}
+
+fn choice(
+    model: &LoadedModel,
+    prompt: &[u32],
+    g: &Generated,
+    echo: bool,
+    logprobs: Option<usize>,
+    index: usize,
+) -> anyhow::Result<CompletionChoice> {
+    let head = if echo {
+        model
+            .tokenizer
+            .decode(prompt, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    } else {
+        String::new()
+    };
+    let logprobs = match logprobs {
+        None => None,
+        Some(top) => {
+            let mut scored = if echo {
+                prompt_scores(model, prompt, top)?
+            } else {
+                Vec::new()
+            };
+            scored.extend(g.tokens.iter().map(Scored::from));
+            let mut offset = 0;
+            Some(logprobs_of(model, &scored, &mut offset))
+        }
+    };
+    Ok(CompletionChoice {
+        text: format!("{head}{}", g.text),
+        index,
+        logprobs,
+        finish_reason: Some(g.finish_reason),
     })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    Metrics::add(&state.metrics.tokens_generated, usage.1 as u64);
-    Ok(Json(json!({
-        "id": id,
-        "object": "text_completion",
-        "created": crate::db::now(),
-        "model": req.model,
-        "choices": choices,
-        "usage": usage_json(usage),
-    }))
-    .into_response())
-}
-
-fn encode(tok: &eigenprune_engine::tokenizers::Tokenizer, text: &str) -> ApiResult<Vec<u32>> {
-    tok.encode(text, true)
-        .map(|e| e.get_ids().to_vec())
-        .map_err(|e| ApiError::invalid("invalid_prompt", e.to_string()))
-}
-
-fn usage_json((prompt, completion): (usize, usize)) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion,
-           "total_tokens": prompt + completion})
 }
 
 /// What every chunk of a stream repeats.
-struct StreamHead {
-    id: String,
-    model: String,
-    created: i64,
-    usage: bool,
+pub struct Head {
+    pub id: String,
+    pub created: i64,
+    pub model: String,
 }
 
-impl StreamHead {
-    fn chunk(&self, choices: Value, usage: Value) -> Event {
-        let body = json!({"id": self.id, "object": "text_completion", "created": self.created,
-                          "model": self.model, "choices": choices, "usage": usage});
-        Event::default().data(body.to_string())
+struct CompletionChunks {
+    head: Head,
+    echo: bool,
+    logprobs: Option<usize>,
+    /// Text offset reached per choice.
+    offsets: BTreeMap<usize, usize>,
+}
+
+impl CompletionChunks {
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Value {
+        serde_json::to_value(Completion {
+            id: self.head.id.clone(),
+            object: "text_completion".into(),
+            created: self.head.created,
+            model: self.head.model.clone(),
+            choices,
+            usage,
+        })
+        .unwrap_or_default()
     }
 }
 
-/// `stream = true`: Server-Sent Events as OpenAI sends them, one chunk per text delta, a final
-/// chunk per choice with its finish_reason, optional usage, then `[DONE]`. Generation stops
-/// when the client disconnects.
-#[allow(clippy::too_many_arguments)]
-fn stream(
-    state: AppState,
-    model: Arc<LoadedModel>,
-    batcher: Batcher,
-    prompts: Vec<Vec<u32>>,
-    params: SamplingParams,
-    stops: Vec<String>,
-    n: usize,
-    head: StreamHead,
-) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
-    tokio::task::spawn_blocking(move || {
-        let send = |e: Event| tx.blocking_send(e).is_ok();
-        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-        let mut pending = submit_all(&batcher, &prompts, n, &params).into_iter();
-        for (p, prompt) in prompts.iter().enumerate() {
-            prompt_tokens += prompt.len();
-            for k in 0..n {
-                let index = p * n + k;
-                let events = pending.next().expect("one receiver per choice");
-                let delta = |text: &str| {
-                    let c = json!([{"text": text, "index": index, "logprobs": null, "finish_reason": null}]);
-                    send(head.chunk(c, Value::Null))
-                };
-                match complete_one(&model, events, params.max_tokens, &stops, delta) {
-                    Ok(c) => {
-                        completion_tokens += c.ids.len();
-                        Metrics::add(&state.metrics.tokens_generated, c.ids.len() as u64);
-                        let c = json!([{"text": "", "index": index, "logprobs": null,
-                                        "finish_reason": c.finish_reason}]);
-                        if !send(head.chunk(c, Value::Null)) {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "streamed completion failed");
-                        let err = json!({"error": {"code": "internal_error", "message": "internal error"}});
-                        send(Event::default().data(err.to_string()));
-                        return;
-                    }
-                }
-            }
+impl ChunkFormat for CompletionChunks {
+    fn start(
+        &mut self,
+        model: &LoadedModel,
+        index: usize,
+        prompt: &[u32],
+    ) -> anyhow::Result<Vec<Value>> {
+        if !self.echo {
+            return Ok(Vec::new());
         }
-        if head.usage {
-            let usage = usage_json((prompt_tokens, completion_tokens));
-            send(head.chunk(json!([]), usage));
+        let text = model
+            .tokenizer
+            .decode(prompt, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let offset = self.offsets.entry(index).or_insert(0);
+        let logprobs = match self.logprobs {
+            Some(top) => Some(logprobs_of(
+                model,
+                &prompt_scores(model, prompt, top)?,
+                offset,
+            )),
+            None => None,
+        };
+        let c = CompletionChoice {
+            text,
+            index,
+            logprobs,
+            finish_reason: None,
+        };
+        Ok(vec![self.chunk(vec![c], None)])
+    }
+
+    fn delta(
+        &mut self,
+        model: &LoadedModel,
+        index: usize,
+        text: &str,
+        tokens: &[Sampled],
+    ) -> Option<Value> {
+        let logprobs = self.logprobs.map(|_| {
+            let scored: Vec<Scored> = tokens.iter().map(Scored::from).collect();
+            logprobs_of(model, &scored, self.offsets.entry(index).or_insert(0))
+        });
+        if text.is_empty() && logprobs.as_ref().is_none_or(|l| l.tokens.is_empty()) {
+            return None;
         }
-        send(Event::default().data("[DONE]"));
-    });
-    let events =
-        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+        let c = CompletionChoice {
+            text: text.to_string(),
+            index,
+            logprobs,
+            finish_reason: None,
+        };
+        Some(self.chunk(vec![c], None))
+    }
+
+    fn finish(&mut self, index: usize, done: &Generated) -> Value {
+        let c = CompletionChoice {
+            text: String::new(),
+            index,
+            logprobs: None,
+            finish_reason: Some(done.finish_reason),
+        };
+        self.chunk(vec![c], None)
+    }
+
+    fn usage(&self, usage: Usage) -> Value {
+        self.chunk(Vec::new(), Some(usage))
+    }
 }

@@ -1,33 +1,74 @@
 //! /v1/datasets: JSONL uploads, validated row by row (the first bad line is named; nothing is
-//! stored on error).
+//! stored on error: the object is written after validation and removed if its row cannot be).
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ApiResult, Json};
+use super::error::{quoted, ApiError, ApiResult, ErrorBody, Json, Path, Query};
+use super::ids::{check_id, check_name};
 use crate::app::AppState;
 use crate::db::datasets::DatasetRow;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// A display name (1 to 128 characters, no control characters); default: the id.
     name: Option<String>,
 }
 
-fn dataset_json(d: &DatasetRow) -> Value {
-    json!({"id": d.id, "object": "dataset", "name": d.name, "rows": d.rows, "bytes": d.bytes, "created_at": d.created_at})
+#[derive(Serialize, ToSchema)]
+pub struct Dataset {
+    pub id: String,
+    /// `dataset`
+    pub object: String,
+    pub name: String,
+    pub rows: i64,
+    pub bytes: i64,
+    pub created_at: i64,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct DatasetList {
+    /// `list`
+    pub object: String,
+    pub data: Vec<Dataset>,
+}
+
+fn dataset_view(d: &DatasetRow) -> Dataset {
+    Dataset {
+        id: d.id.clone(),
+        object: "dataset".into(),
+        name: d.name.clone(),
+        rows: d.rows,
+        bytes: d.bytes,
+        created_at: d.created_at,
+    }
+}
+
+#[utoipa::path(post, path = "/v1/datasets", tag = "datasets", params(UploadQuery),
+    request_body(content = String, content_type = "application/jsonl",
+                 description = "rows of {\"prompt\", \"answer\"} or {\"prompt\", \"choices\", \"label\"}"),
+    responses((status = 200, description = "The data set, stored", body = Dataset),
+              (status = "4XX", description = "Invalid JSONL (the first bad line is named)", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Query(q): Query<UploadQuery>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::invalid("invalid_jsonl", "the body is not UTF-8"))?;
-    let rows = eigenprune_engine::tasks::parse_jsonl(text)
-        .map_err(|e| ApiError::invalid("invalid_jsonl", e.to_string()))?;
+) -> ApiResult<Json<Dataset>> {
+    if let Some(name) = &q.name {
+        check_name("name", name)?;
+    }
+    let parsed = body.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        let text = std::str::from_utf8(&parsed)
+            .map_err(|_| ApiError::invalid("invalid_jsonl", "the body is not UTF-8"))?;
+        eigenprune_engine::tasks::parse_jsonl(text)
+            .map_err(|e| ApiError::invalid("invalid_jsonl", e.to_string()))
+    })
+    .await
+    .map_err(ApiError::internal)??;
     if rows.len() < 2 {
         return Err(ApiError::invalid(
             "invalid_jsonl",
@@ -36,43 +77,58 @@ pub async fn create(
     }
     let id = format!("ds-{}", uuid::Uuid::new_v4().simple());
     let key = format!("datasets/{id}.jsonl");
-    state
-        .storage
-        .put(&key, body.clone())
-        .await
-        .map_err(ApiError::internal)?;
     let row = DatasetRow {
         id: id.clone(),
         name: q.name.unwrap_or_else(|| id.clone()),
         rows: rows.len() as i64,
         bytes: body.len() as i64,
-        object_key: key,
+        object_key: key.clone(),
         created_at: crate::db::now(),
     };
-    state.db.insert_dataset(&row).await?;
-    Ok(Json(dataset_json(&row)))
+    state
+        .storage
+        .put(&key, body)
+        .await
+        .map_err(ApiError::internal)?;
+    if let Err(e) = state.db.insert_dataset(&row).await {
+        if let Err(d) = state.storage.delete(&key).await {
+            tracing::warn!(error = %d, %key, "data set row failed; its object is left behind");
+        }
+        return Err(e.into());
+    }
+    Ok(Json(dataset_view(&row)))
 }
 
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let data: Vec<Value> = state
+#[utoipa::path(get, path = "/v1/datasets", tag = "datasets",
+    responses((status = 200, description = "Uploaded data sets", body = DatasetList)))]
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<DatasetList>> {
+    let data = state
         .db
         .datasets()
         .await?
         .iter()
-        .map(dataset_json)
+        .map(dataset_view)
         .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(DatasetList {
+        object: "list".into(),
+        data,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets",
+    params(("id" = String, Path, description = "The data set's id")),
+    responses((status = 200, description = "The data set", body = Dataset),
+              (status = "4XX", description = "No such data set", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Dataset>> {
+    check_id("id", &id)?;
     match state.db.dataset(&id).await? {
-        Some(d) => Ok(Json(dataset_json(&d))),
+        Some(d) => Ok(Json(dataset_view(&d))),
         None => Err(ApiError::not_found(
             "dataset_not_found",
-            format!("no dataset `{id}`"),
+            format!("no dataset {}", quoted(&id)),
         )),
     }
 }

@@ -1,20 +1,50 @@
-//! One error type for the API: an HTTP status, a stable machine-readable code, a message.
-//! Internal errors are logged once and never leak.
+//! One error type for the API, in OpenAI's shape: `{"error": {"message", "type", "param",
+//! "code"}}` with an HTTP status and a stable machine-readable code. Internal errors are logged
+//! once and never leak; messages are bounded in length. Our extractors (Json, Query, Path) and
+//! the fallbacks answer in the same shape, and `uniform_errors` rewrites whatever else (a body
+//! limit's 413, a 405) would leave the router in another one.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::FromRequest;
-use axum::http::StatusCode;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Longest message an error carries (characters); longer ones are cut with an ellipsis.
+pub const MAX_MESSAGE_CHARS: usize = 1000;
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The request parameter at fault, when there is one.
+    pub param: Option<String>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The error body every failing request gets.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// What went wrong, for people (at most 1000 characters).
+    pub message: String,
+    /// `invalid_request_error` (every 4xx but these), `authentication_error` (401),
+    /// `permission_error` (403), `rate_limit_error` (429) or `server_error` (5xx).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The request parameter at fault, if any.
+    pub param: Option<String>,
+    /// A stable machine-readable code, e.g. `invalid_n`, `model_not_found`.
+    pub code: &'static str,
+}
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -22,13 +52,20 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            param: None,
         }
     }
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
+    /// A 400 for a request that is well-formed but asks for something invalid.
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    /// Names the parameter at fault.
+    pub fn param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
     }
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
@@ -38,6 +75,41 @@ impl ApiError {
             "internal error",
         )
     }
+
+    fn kind(&self) -> &'static str {
+        match self.status {
+            s if s.is_server_error() => "server_error",
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: bounded(&self.message, MAX_MESSAGE_CHARS),
+                kind: self.kind(),
+                param: self.param.clone(),
+                code: self.code,
+            },
+        }
+    }
+}
+
+/// `s` cut to at most `max` characters (an ellipsis marks a cut).
+pub fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}...", &s[..end]),
+    }
+}
+
+/// A user-given name as messages quote it: at most 64 characters, control characters escaped.
+pub fn quoted(s: &str) -> String {
+    let short = bounded(s, 64);
+    format!("`{}`", short.escape_debug())
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -48,14 +120,13 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<crate::hyper::Invalid> for ApiError {
     fn from(e: crate::hyper::Invalid) -> Self {
-        Self::invalid(e.code, e.message)
+        Self::invalid(e.code, e.message).param(format!("hyperparameters.{}", e.param))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message, "type": "invalid_request_error"}});
-        (self.status, axum::Json(body)).into_response()
+        (self.status, axum::Json(self.body())).into_response()
     }
 }
 
@@ -70,13 +141,31 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
     }
 }
 
+/// `axum::extract::Query` with our error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// `axum::extract::Path` with our error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::JsonDataError(e) => Self::invalid("invalid_body", e.body_text()),
-            JsonRejection::JsonSyntaxError(e) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text())
+            JsonRejection::JsonDataError(e) => {
+                let text = e.body_text();
+                match unknown_field(&text) {
+                    Some(field) => Self::invalid(
+                        "unsupported_parameter",
+                        format!("`{field}` is not a parameter this endpoint supports"),
+                    )
+                    .param(field),
+                    None => Self::invalid("invalid_body", text),
+                }
             }
+            JsonRejection::JsonSyntaxError(e) => Self::invalid("invalid_json", e.body_text()),
             JsonRejection::MissingJsonContentType(e) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -87,15 +176,98 @@ impl From<JsonRejection> for ApiError {
                 "body_too_large",
                 e.body_text(),
             ),
-            other => Self::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                other.body_text(),
-            ),
+            other => Self::invalid("invalid_request", other.body_text()),
         }
+    }
+}
+
+/// The field serde names in "unknown field `x`, expected ...".
+fn unknown_field(text: &str) -> Option<String> {
+    let rest = text.split("unknown field `").nth(1)?;
+    Some(bounded(rest.split('`').next()?, 64))
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::invalid("invalid_query", r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::invalid("invalid_path", r.body_text())
     }
 }
 
 pub async fn not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// Every error response leaves in the one shape: an error whose body is not JSON (a layer's
+/// 413, axum's own rejections) is rewritten, keeping its status.
+pub async fn uniform_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_FOUND => "route_not_found",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal_error",
+        _ => "invalid_request",
+    };
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&body).trim().to_string();
+    if message.is_empty() || status.is_server_error() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase();
+    }
+    ApiError::new(status, code, message).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_bounded_on_character_boundaries() {
+        let long = "é".repeat(5000);
+        let b = bounded(&long, 10);
+        assert_eq!(b.chars().count(), 13);
+        assert_eq!(quoted("a\0b"), "`a\\0b`");
+    }
+
+    #[test]
+    fn type_follows_the_status() {
+        let e = ApiError::internal("boom");
+        assert_eq!(e.body().error.kind, "server_error");
+        assert_eq!(
+            ApiError::invalid("x", "y").body().error.kind,
+            "invalid_request_error"
+        );
+        assert_eq!(
+            unknown_field("unknown field `suffix`, expected one of `a`").as_deref(),
+            Some("suffix")
+        );
+    }
 }

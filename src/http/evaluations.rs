@@ -1,38 +1,45 @@
 //! /v1/evaluations: an evaluation job of a base model or variant on a task's split.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
+use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiResult, Json};
-use super::jobs::{check_model_and_data, find, job_json};
+use super::error::{ApiError, ApiResult, ErrorBody, Json, Path};
+use super::jobs::{check_model_and_data, find, job_view, Job};
 use crate::app::AppState;
 use crate::db::jobs::NewJob;
 
-#[derive(Deserialize)]
+/// Split evaluated.
+#[derive(Deserialize, ToSchema, Clone, Copy, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    #[default]
+    Test,
+    Train,
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEvaluation {
+    /// A base model's name or a pruned variant's id.
     pub model: String,
+    /// A built-in task (or give `dataset`).
     pub task: Option<String>,
+    /// An uploaded data set's id.
     pub dataset: Option<String>,
-    #[serde(default = "test_split")]
-    pub split: String,
+    #[serde(default)]
+    pub split: Split,
 }
 
-fn test_split() -> String {
-    "test".into()
-}
-
+#[utoipa::path(post, path = "/v1/evaluations", tag = "evaluations",
+    request_body = CreateEvaluation,
+    responses((status = 200, description = "The evaluation job, queued", body = Job),
+              (status = "4XX", description = "Invalid request", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Json(req): Json<CreateEvaluation>,
-) -> ApiResult<Json<Value>> {
-    if req.split != "test" && req.split != "train" {
-        return Err(ApiError::invalid(
-            "invalid_split",
-            "split must be `test` or `train`",
-        ));
-    }
+) -> ApiResult<Json<Job>> {
     check_model_and_data(
         &state,
         &req.model,
@@ -42,7 +49,11 @@ pub async fn create(
     )
     .await?;
     let id = format!("ev-{}", uuid::Uuid::new_v4().simple());
-    let params = json!({"split": req.split}).to_string();
+    let split = match req.split {
+        Split::Test => "test",
+        Split::Train => "train",
+    };
+    let params = json!({ "split": split }).to_string();
     let row = state
         .db
         .insert_job(&NewJob {
@@ -54,14 +65,19 @@ pub async fn create(
             params: &params,
             suffix: None,
         })
-        .await?;
+        .await
+        .map_err(ApiError::from)?;
     state.wake.notify_waiters();
-    Ok(Json(job_json(&row)))
+    Ok(Json(job_view(&row)))
 }
 
+#[utoipa::path(get, path = "/v1/evaluations/{id}", tag = "evaluations",
+    params(("id" = String, Path, description = "The evaluation's id")),
+    responses((status = 200, description = "The evaluation job", body = Job),
+              (status = "4XX", description = "No such evaluation", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(job_json(&find(&state, &id, "evaluation").await?)))
+) -> ApiResult<Json<Job>> {
+    Ok(Json(job_view(&find(&state, &id, "evaluation").await?)))
 }

@@ -1,30 +1,58 @@
 //! /health (the process answers), /ready (database and object store reachable), /metrics.
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use serde_json::{json, Value};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::error::Json;
 use crate::app::AppState;
 use crate::metrics::Gauges;
 
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`
+    pub status: String,
 }
 
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let db = state.db.ping().await;
-    let store = state.storage.ping().await;
-    let status = if db && store {
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    pub database: bool,
+    pub object_store: bool,
+}
+
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, description = "The process answers", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[utoipa::path(get, path = "/ready", tag = "service",
+    responses((status = 200, description = "Database and object store reachable", body = Readiness),
+              (status = 503, description = "One of them is not", body = Readiness)))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let database = state.db.ping().await;
+    let object_store = state.storage.ping().await;
+    let status = if database && object_store {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"database": db, "object_store": store})))
+    (
+        status,
+        Json(Readiness {
+            database,
+            object_store,
+        }),
+    )
 }
 
-/// Prometheus text format.
-pub async fn metrics(State(state): State<AppState>) -> String {
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let host = state.host.clone();
     let (resident_models, resident_model_bytes, device_memory, decoding) =
         tokio::task::spawn_blocking(move || {
@@ -44,5 +72,8 @@ pub async fn metrics(State(state): State<AppState>) -> String {
         device_memory,
         decoding,
     };
-    state.metrics.render(&gauges)
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&gauges),
+    )
 }

@@ -1,27 +1,35 @@
 //! /v1/pruning/jobs: create (validated up front), list, get, cancel, events.
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ApiResult, Json};
+use super::error::{quoted, ApiError, ApiResult, ErrorBody, Json, Path, Query};
+use super::ids::check_id;
 use crate::app::AppState;
 use crate::db::events::EventRow;
 use crate::db::jobs::{JobRow, NewJob};
 use crate::hyper::Hyperparameters;
 
-#[derive(Deserialize)]
+/// A pruning job to create: a base model, a built-in task or an uploaded data set.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
+    /// A base model's name (GET /v1/models).
     pub model: String,
+    /// A built-in task: int-sum, int-mult, cb, copa or rte (or give `dataset`).
     pub task: Option<String>,
+    /// An uploaded data set's id (POST /v1/datasets).
     pub dataset: Option<String>,
     #[serde(default)]
     pub hyperparameters: Hyperparameters,
+    /// Part of the variant's id: up to 64 of [A-Za-z0-9_-].
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub suffix: Option<String>,
 }
 
@@ -33,33 +41,29 @@ pub async fn check_model_and_data(
     dataset: Option<&str>,
     allow_variants: bool,
 ) -> ApiResult<()> {
-    let is_base = state.base_models.iter().any(|m| m == model);
-    let is_variant = allow_variants && state.db.variant(model).await?.is_some();
-    if !is_base && !is_variant {
-        return Err(ApiError::not_found(
-            "model_not_found",
-            format!(
-                "model `{model}` is not served here (base models: {})",
-                state.base_models.join(", ")
-            ),
-        ));
-    }
+    crate::catalog::check_served(state, model, allow_variants).await?;
     match (task, dataset) {
         (Some(t), None) if eigenprune_engine::tasks::BUILTIN_TASKS.contains(&t) => Ok(()),
         (Some(t), None) => Err(ApiError::not_found(
             "task_not_found",
             format!(
-                "unknown task `{t}` (built-in: {})",
+                "unknown task {} (built-in: {})",
+                quoted(t),
                 eigenprune_engine::tasks::BUILTIN_TASKS.join(", ")
             ),
-        )),
-        (None, Some(d)) => match state.db.dataset(d).await? {
-            Some(_) => Ok(()),
-            None => Err(ApiError::not_found(
-                "dataset_not_found",
-                format!("no dataset `{d}`"),
-            )),
-        },
+        )
+        .param("task")),
+        (None, Some(d)) => {
+            check_id("dataset", d)?;
+            match state.db.dataset(d).await? {
+                Some(_) => Ok(()),
+                None => Err(ApiError::not_found(
+                    "dataset_not_found",
+                    format!("no dataset {}", quoted(d)),
+                )
+                .param("dataset")),
+            }
+        }
         _ => Err(ApiError::invalid(
             "task_or_dataset",
             "give exactly one of `task` and `dataset`",
@@ -67,21 +71,73 @@ pub async fn check_model_and_data(
     }
 }
 
+/// A job's error.
+#[derive(Serialize, ToSchema)]
+pub struct JobError {
+    pub code: String,
+    pub message: Option<String>,
+}
+
+/// A pruning or evaluation job.
+#[derive(Serialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    /// `pruning.job` or `evaluation`
+    pub object: String,
+    pub model: String,
+    pub task: Option<String>,
+    pub dataset: Option<String>,
+    /// queued, running, succeeded, failed or cancelled
+    pub status: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// What the job found (accuracies before and after, pruned counts, seconds per phase).
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    pub error: Option<JobError>,
+    /// Pruning jobs: the hyperparameters, as given with defaults filled in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub hyperparameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<Option<String>>,
+    /// Pruning jobs: the variant's id once succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_model: Option<Option<String>>,
+    /// Evaluations: the split evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    /// `list`
+    pub object: String,
+    pub data: Vec<Job>,
+    pub has_more: bool,
+}
+
+#[utoipa::path(post, path = "/v1/pruning/jobs", tag = "pruning",
+    request_body = CreateJob,
+    responses((status = 200, description = "The job, queued", body = Job),
+              (status = "4XX", description = "Invalid request", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Json(req): Json<CreateJob>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Json<Job>> {
     req.hyperparameters.to_settings()?;
     if let Some(s) = &req.suffix {
-        if s.len() > 64
+        if s.is_empty()
+            || s.len() > 64
             || !s
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(ApiError::invalid(
-                "invalid_suffix",
-                "suffix: up to 64 of [A-Za-z0-9_-]",
-            ));
+            return Err(
+                ApiError::invalid("invalid_suffix", "suffix: up to 64 of [A-Za-z0-9_-]")
+                    .param("suffix"),
+            );
         }
     }
     check_model_and_data(
@@ -107,60 +163,64 @@ pub async fn create(
         })
         .await?;
     state.wake.notify_waiters();
-    Ok((StatusCode::OK, Json(job_json(&row))))
+    Ok(Json(job_view(&row)))
 }
 
-pub fn job_json(j: &JobRow) -> Value {
-    let parse = |s: &Option<String>| {
-        s.as_deref()
-            .and_then(|s| serde_json::from_str::<Value>(s).ok())
-    };
-    let object = if j.kind == "pruning" {
-        "pruning.job"
-    } else {
-        "evaluation"
-    };
-    let mut v = json!({
-        "id": j.id,
-        "object": object,
-        "model": j.model,
-        "task": j.task,
-        "dataset": j.dataset,
-        "status": j.status,
-        "created_at": j.created_at,
-        "started_at": j.started_at,
-        "finished_at": j.finished_at,
-        "result": parse(&j.result),
-        "error": j.error_code.as_ref().map(|c| json!({"code": c, "message": j.error_message})),
-    });
-    if j.kind == "pruning" {
-        v["hyperparameters"] = parse(&Some(j.params.clone())).unwrap_or(Value::Null);
-        v["suffix"] = json!(j.suffix);
-        v["pruned_model"] = json!(j.pruned_model);
-    } else {
-        v["split"] = parse(&Some(j.params.clone()))
-            .and_then(|p| p.get("split").cloned())
-            .unwrap_or(Value::Null);
+pub fn job_view(j: &JobRow) -> Job {
+    let parse = |s: &str| serde_json::from_str::<Value>(s).ok();
+    let pruning = j.kind == "pruning";
+    let params = parse(&j.params);
+    Job {
+        id: j.id.clone(),
+        object: if pruning { "pruning.job" } else { "evaluation" }.into(),
+        model: j.model.clone(),
+        task: j.task.clone(),
+        dataset: j.dataset.clone(),
+        status: j.status.clone(),
+        created_at: j.created_at,
+        started_at: j.started_at,
+        finished_at: j.finished_at,
+        result: j.result.as_deref().and_then(parse),
+        error: j.error_code.as_ref().map(|c| JobError {
+            code: c.clone(),
+            message: j.error_message.clone(),
+        }),
+        hyperparameters: if pruning { params.clone() } else { None },
+        suffix: pruning.then(|| j.suffix.clone()),
+        pruned_model: pruning.then(|| j.pruned_model.clone()),
+        split: (!pruning).then(|| {
+            params
+                .as_ref()
+                .and_then(|p| p["split"].as_str())
+                .unwrap_or("test")
+                .to_string()
+        }),
     }
-    v
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// A job id: list the jobs after it (older ones).
     after: Option<String>,
+    /// Jobs per page.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/pruning/jobs", tag = "pruning", params(ListQuery),
+    responses((status = 200, description = "Pruning jobs, newest first", body = JobList),
+              (status = "4XX", description = "Invalid request", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobList>> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid(
-            "invalid_limit",
-            "limit must be in 1..=100",
-        ));
+        return Err(ApiError::invalid("invalid_limit", "limit must be in 1..=100").param("limit"));
+    }
+    if let Some(after) = &q.after {
+        check_id("after", after)?;
     }
     let mut rows = state
         .db
@@ -168,46 +228,86 @@ pub async fn list(
         .await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    Ok(Json(json!({
-        "object": "list",
-        "data": rows.iter().map(job_json).collect::<Vec<_>>(),
-        "has_more": has_more,
-    })))
+    Ok(Json(JobList {
+        object: "list".into(),
+        data: rows.iter().map(job_view).collect(),
+        has_more,
+    }))
 }
 
 pub async fn find(state: &AppState, id: &str, kind: &str) -> ApiResult<JobRow> {
+    check_id("id", id)?;
     match state.db.job(id).await? {
         Some(j) if j.kind == kind => Ok(j),
         _ => Err(ApiError::not_found(
             "job_not_found",
-            format!("no {kind} job `{id}`"),
+            format!("no {kind} job {}", quoted(id)),
         )),
     }
 }
 
+#[utoipa::path(get, path = "/v1/pruning/jobs/{id}", tag = "pruning",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The job", body = Job),
+              (status = "4XX", description = "No such job", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(job_json(&find(&state, &id, "pruning").await?)))
+) -> ApiResult<Json<Job>> {
+    Ok(Json(job_view(&find(&state, &id, "pruning").await?)))
 }
 
-pub async fn cancel(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/v1/pruning/jobs/{id}/cancel", tag = "pruning",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The job: cancelled at once when queued, between batches when running", body = Job),
+              (status = "4XX", description = "No such job", body = ErrorBody)))]
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
     find(&state, &id, "pruning").await?;
     state.db.request_cancel(&id).await?;
-    Ok(Json(job_json(&find(&state, &id, "pruning").await?)))
+    Ok(Json(job_view(&find(&state, &id, "pruning").await?)))
 }
 
-fn event_json(e: &EventRow) -> Value {
-    json!({"id": e.id, "object": "pruning.job.event", "created_at": e.created_at,
-           "phase": e.phase, "fraction": e.fraction, "message": e.message})
+/// A progress event of a job.
+#[derive(Serialize, ToSchema)]
+pub struct JobEvent {
+    pub id: i64,
+    /// `pruning.job.event`
+    pub object: String,
+    pub created_at: i64,
+    pub phase: String,
+    pub fraction: f64,
+    pub message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventList {
+    /// `list`
+    pub object: String,
+    pub data: Vec<JobEvent>,
+    pub has_more: bool,
+}
+
+fn event_view(e: &EventRow) -> JobEvent {
+    JobEvent {
+        id: e.id,
+        object: "pruning.job.event".into(),
+        created_at: e.created_at,
+        phase: e.phase.clone(),
+        fraction: e.fraction,
+        message: e.message.clone(),
+    }
+}
+
+fn event_json(e: &EventRow) -> String {
+    serde_json::to_string(&event_view(e)).unwrap_or_default()
 }
 
 /// Progress events as a JSON list, or as Server-Sent Events (`Accept: text/event-stream`)
 /// that follow the job until it ends.
+#[utoipa::path(get, path = "/v1/pruning/jobs/{id}/events", tag = "pruning",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The events so far; with `Accept: text/event-stream`, Server-Sent Events (`progress`, then `end`) until the job ends", body = EventList),
+              (status = "4XX", description = "No such job", body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -220,16 +320,19 @@ pub async fn events(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("text/event-stream"));
     if !wants_sse {
-        let data: Vec<Value> = state
+        let data = state
             .db
             .events(&id, 0)
             .await?
             .iter()
-            .map(event_json)
+            .map(event_view)
             .collect();
-        return Ok(
-            Json(json!({"object": "list", "data": data, "has_more": false})).into_response(),
-        );
+        return Ok(Json(EventList {
+            object: "list".into(),
+            data,
+            has_more: false,
+        })
+        .into_response());
     }
     // State: (last event id sent, job ended). Poll the table; stop once the job has ended and
     // every event was sent.
@@ -248,11 +351,7 @@ pub async fn events(
                     let next = rows.last().map_or(last, |e| e.id);
                     let mut batch: Vec<Result<Event, std::convert::Infallible>> = rows
                         .iter()
-                        .map(|e| {
-                            Ok(Event::default()
-                                .event("progress")
-                                .data(event_json(e).to_string()))
-                        })
+                        .map(|e| Ok(Event::default().event("progress").data(event_json(e))))
                         .collect();
                     if ended {
                         batch.push(Ok(Event::default().event("end").data("{}")));

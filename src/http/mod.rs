@@ -1,13 +1,17 @@
 //! HTTP handlers, one file per resource; `error.rs` maps every failure to a status and code.
 
+pub mod chat;
 pub mod completion_run;
 pub mod completions;
 pub mod datasets;
 pub mod error;
 pub mod evaluations;
 pub mod health;
+pub mod ids;
 pub mod jobs;
 pub mod models;
+pub mod sampling;
+pub mod streaming;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;

@@ -1,53 +1,131 @@
-//! /v1/models: base models (served from start-up) and pruned variants (which name a parent).
+//! /v1/models: base models (served from start-up, by name) and pruned variants (which name a
+//! parent).
 
-use axum::extract::{Path, State};
-use axum::http::header;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiResult, Json};
+use super::error::{quoted, ApiError, ApiResult, ErrorBody, Json, Path};
+use super::ids::check_id;
 use crate::app::AppState;
 use crate::db::variants::VariantRow;
 
-fn base_json(id: &str) -> Value {
-    json!({"id": id, "object": "model", "owned_by": "eigenprune", "parent": null, "created": 0})
+/// A base model or a pruned variant.
+#[derive(Serialize, ToSchema)]
+pub struct Model {
+    pub id: String,
+    /// `model`
+    pub object: String,
+    pub owned_by: String,
+    pub created: i64,
+    /// A variant's base model; null for a base.
+    pub parent: Option<String>,
+    /// Tokens of prompt + completion the model takes.
+    pub context_length: Option<usize>,
+    /// Variants: the pruning job that made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Variants: what the job pruned and measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub summary: Option<Value>,
 }
 
-fn variant_json(v: &VariantRow) -> Value {
-    json!({
-        "id": v.id, "object": "model", "owned_by": "eigenprune", "parent": v.parent,
-        "created": v.created_at, "job": v.job_id,
-        "summary": serde_json::from_str::<Value>(&v.summary).unwrap_or(Value::Null),
-    })
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    /// `list`
+    pub object: String,
+    pub data: Vec<Model>,
 }
 
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let mut data: Vec<Value> = state.base_models.iter().map(|m| base_json(m)).collect();
-    data.extend(state.db.variants().await?.iter().map(variant_json));
-    Ok(Json(json!({"object": "list", "data": data})))
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    pub id: String,
+    /// `model`
+    pub object: String,
+    pub deleted: bool,
 }
 
-/// `GET /v1/models/{id}` and `GET /v1/models/{id}/export` (ids may contain slashes).
-pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    if let Some(model) = id.strip_suffix("/export") {
-        return export(&state, model).await;
+fn base_view(state: &AppState, name: &str) -> Model {
+    Model {
+        id: name.to_string(),
+        object: "model".into(),
+        owned_by: "eigenprune".into(),
+        created: 0,
+        parent: None,
+        context_length: state.host.context_length(name),
+        job: None,
+        summary: None,
     }
-    if state.base_models.contains(&id) {
-        return Ok(Json(base_json(&id)).into_response());
+}
+
+fn variant_view(state: &AppState, v: &VariantRow) -> Model {
+    let parent = state
+        .host
+        .base_named(&v.parent)
+        .map_or(v.parent.clone(), |b| b.name.clone());
+    Model {
+        id: v.id.clone(),
+        object: "model".into(),
+        owned_by: "eigenprune".into(),
+        created: v.created_at,
+        context_length: state.host.context_length(&parent),
+        parent: Some(parent),
+        job: Some(v.job_id.clone()),
+        summary: Some(serde_json::from_str(&v.summary).unwrap_or(Value::Null)),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/models", tag = "models",
+    responses((status = 200, description = "Base models and pruned variants", body = ModelList)))]
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<ModelList>> {
+    let mut data: Vec<Model> = state
+        .host
+        .base_names()
+        .iter()
+        .map(|m| base_view(&state, m))
+        .collect();
+    let variants = state.db.variants().await?;
+    data.extend(variants.iter().map(|v| variant_view(&state, v)));
+    Ok(Json(ModelList {
+        object: "list".into(),
+        data,
+    }))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("model_not_found", format!("no model {}", quoted(id)))
+}
+
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "models",
+    params(("id" = String, Path, description = "A base model's name or a variant's id")),
+    responses((status = 200, description = "The model", body = Model),
+              (status = "4XX", description = "No such model", body = ErrorBody)))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Model>> {
+    check_id("id", &id)?;
+    if let Some(b) = state.host.base_named(&id) {
+        return Ok(Json(base_view(&state, &b.name.clone())));
     }
     match state.db.variant(&id).await? {
-        Some(v) => Ok(Json(variant_json(&v)).into_response()),
-        None => Err(ApiError::not_found(
-            "model_not_found",
-            format!("no model `{id}`"),
-        )),
+        Some(v) => Ok(Json(variant_view(&state, &v))),
+        None => Err(not_found(&id)),
     }
 }
 
 /// The model (base, or base + edit) as one safetensors file in its checkpoint's own layout,
 /// streamed from a temporary export.
-async fn export(state: &AppState, id: &str) -> ApiResult<Response> {
-    let model = crate::http::completions::resolve_model(state, id).await?;
+#[utoipa::path(get, path = "/v1/models/{id}/export", tag = "models",
+    params(("id" = String, Path, description = "A base model's name or a variant's id")),
+    responses((status = 200, description = "model.safetensors", content_type = "application/octet-stream", body = Vec<u8>),
+              (status = "4XX", description = "No such model", body = ErrorBody)))]
+pub async fn export(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let model = crate::catalog::resolve(&state, &id).await?;
     let dir = std::env::temp_dir().join(format!(
         "eigenprune-export-{}",
         uuid::Uuid::new_v4().simple()
@@ -80,26 +158,32 @@ async fn export(state: &AppState, id: &str) -> ApiResult<Response> {
     Ok((headers, body).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/models/{id}", tag = "models",
+    params(("id" = String, Path, description = "A pruned variant's id")),
+    responses((status = 200, description = "Deleted", body = Deleted),
+              (status = "4XX", description = "No such variant, or a base model", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    if state.base_models.contains(&id) {
+) -> ApiResult<Json<Deleted>> {
+    check_id("id", &id)?;
+    if state.host.base_named(&id).is_some() {
         return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
+            StatusCode::CONFLICT,
             "base_model",
             "base models cannot be deleted; only pruned variants",
         ));
     }
     let Some(v) = state.db.variant(&id).await? else {
-        return Err(ApiError::not_found(
-            "model_not_found",
-            format!("no model `{id}`"),
-        ));
+        return Err(not_found(&id));
     };
     state.db.delete_variant(&id).await?;
     if let Err(e) = state.storage.delete(&v.object_key).await {
         tracing::warn!(error = %e, key = %v.object_key, "variant row deleted, object left behind");
     }
-    Ok(Json(json!({"id": id, "object": "model", "deleted": true})))
+    Ok(Json(Deleted {
+        id,
+        object: "model".into(),
+        deleted: true,
+    }))
 }

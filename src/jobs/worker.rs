@@ -268,7 +268,7 @@ async fn execute(
     let map_engine = move |e: EngineError| engine_failure(e, host.device_memory());
     if job.kind == "evaluation" {
         let task = load_task(state, job, 42).await?;
-        let model = crate::http::completions::resolve_model(state, &job.model)
+        let model = crate::catalog::resolve(state, &job.model)
             .await
             .map_err(|e| JobError::Failed(e.code, e.message))?;
         let split = params

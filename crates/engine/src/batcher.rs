@@ -12,15 +12,26 @@ use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::batch::pack;
-use crate::generate::{sample, SamplingParams};
+use crate::generate::{sample, token_logprob, SamplingParams, TokenCounts, TokenLogprob};
 use crate::transformer::{KvCache, Transformer};
 use crate::{EngineError, LoadedModel, Result};
 
-/// What a request receives, in order: tokens, then exactly one `Done` or `Failed`.
+/// A chosen token, with its log-probability and the top alternatives when the request asked
+/// for logprobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub id: u32,
+    pub logprob: Option<TokenLogprob>,
+}
+
+/// What a request receives, in order: tokens, then exactly one `Stop`, `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Token(u32),
-    /// Finished: a stop token was chosen (not sent) or `max_tokens` were sent.
+    Token(Sampled),
+    /// Finished: a stop token was chosen. It is no part of the text, but it was generated
+    /// (echo logprobs and usage count it).
+    Stop(Sampled),
+    /// Finished: `max_tokens` tokens were sent (or `max_tokens` is 0).
     Done,
     Failed(String),
 }
@@ -93,6 +104,8 @@ struct Row {
     rng: StdRng,
     last: u32,
     sent: usize,
+    /// Tokens generated so far, for the penalties.
+    counts: TokenCounts,
     events: Sender<Event>,
 }
 
@@ -190,9 +203,10 @@ fn try_prefill(model: &Transformer, requests: Vec<Request>) -> Result<Option<(Ve
             params: req.params,
             last: 0,
             sent: 0,
+            counts: TokenCounts::new(),
             events: req.events,
         };
-        let token = sample(&logits.get(i)?, &row.params, &mut row.rng)?;
+        let token = choose(&mut row, &logits.get(i)?)?;
         if emit(&mut row, token) {
             rows.push(row);
             keep.push(i);
@@ -209,18 +223,30 @@ fn try_prefill(model: &Transformer, requests: Vec<Request>) -> Result<Option<(Ve
     Ok(Some((rows, cache)))
 }
 
-/// Sends `token` to the row's request unless it stops generation. Returns whether the row
-/// stays in the batch.
-fn emit(row: &mut Row, token: u32) -> bool {
-    if row.params.stop_tokens.contains(&token) {
-        let _ = row.events.send(Event::Done);
+/// Samples the row's next token from its logits, with its logprobs when asked for.
+fn choose(row: &mut Row, logits: &Tensor) -> Result<Sampled> {
+    let id = sample(logits, &row.params, &row.counts, &mut row.rng)?;
+    *row.counts.entry(id).or_insert(0) += 1;
+    let logprob = match row.params.logprobs {
+        Some(top) => Some(token_logprob(logits, id, top)?),
+        None => None,
+    };
+    Ok(Sampled { id, logprob })
+}
+
+/// Sends `token` to the row's request (a stop token as `Stop`). Returns whether the row stays
+/// in the batch.
+fn emit(row: &mut Row, token: Sampled) -> bool {
+    if row.params.stop_tokens.contains(&token.id) {
+        let _ = row.events.send(Event::Stop(token));
         return false;
     }
+    let id = token.id;
     if row.events.send(Event::Token(token)).is_err() {
         return false;
     }
     row.sent += 1;
-    row.last = token;
+    row.last = id;
     if row.sent >= row.params.max_tokens {
         let _ = row.events.send(Event::Done);
         return false;
@@ -237,7 +263,7 @@ fn step(model: &Transformer, rows: &mut Vec<Row>, cache: &mut KvCache) -> Result
     let logits = model.logits(&hidden.squeeze(1)?)?.to_dtype(DType::F32)?;
     let mut stays = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter_mut().enumerate() {
-        let token = sample(&logits.get(i)?, &row.params, &mut row.rng)?;
+        let token = choose(row, &logits.get(i)?)?;
         stays.push(emit(row, token));
     }
     if stays.contains(&false) {

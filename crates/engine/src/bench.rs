@@ -316,6 +316,7 @@ pub fn run(
         tokenizer: tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default()),
         source: ModelSource::Directory("random-weights".into()),
         config_json: config_json.clone(),
+        chat_template: None,
     });
     let params = SamplingParams {
         max_tokens: settings.new_tokens,

@@ -52,13 +52,48 @@ impl Scored {
     }
 }
 
-pub fn evaluate(
+/// One scored (example, choice) sequence: the tokens and the log-likelihood of the answer
+/// given the prompt (what choice accuracy compares; `eigenprune eval --scores` writes them).
+#[derive(Clone, Debug)]
+pub struct ChoiceScore {
+    pub example: usize,
+    /// None for a free-answer example (its gold answer is scored).
+    pub choice: Option<usize>,
+    pub prompt: Vec<u32>,
+    pub answer: Vec<u32>,
+    pub logprob: f64,
+}
+
+/// Every (example, choice) sequence of `examples` scored, in order.
+pub fn choice_scores(
+    model: &Transformer,
+    tok: &Tokenizer,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<Vec<ChoiceScore>> {
+    let (seqs, scores) = score_all(model, tok, examples, batch_size, &mut |_, _| true)?;
+    Ok(seqs
+        .into_iter()
+        .zip(scores)
+        .map(|((example, choice, s), sc)| ChoiceScore {
+            example,
+            choice,
+            prompt: s.prompt,
+            answer: s.answer,
+            logprob: sc.logprob,
+        })
+        .collect())
+}
+
+type ScoredSeqs = (Vec<(usize, Option<usize>, Sequence)>, Vec<Scored>);
+
+fn score_all(
     model: &Transformer,
     tok: &Tokenizer,
     examples: &[Example],
     batch_size: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
-) -> Result<EvalResult> {
+) -> Result<ScoredSeqs> {
     // One sequence per (example, choice); the gold continuation for free-answer tasks.
     let mut seqs: Vec<(usize, Option<usize>, Sequence)> = Vec::new();
     for (i, ex) in examples.iter().enumerate() {
@@ -82,6 +117,18 @@ pub fn evaluate(
             progress,
         )?
     };
+    Ok((seqs, scores))
+}
+
+pub fn evaluate(
+    model: &Transformer,
+    tok: &Tokenizer,
+    examples: &[Example],
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<EvalResult> {
+    let (seqs, scores) = score_all(model, tok, examples, batch_size, progress)?;
+    let has_choices = examples.iter().all(|e| e.choices.is_some());
     let mut result = EvalResult {
         total: examples.len(),
         ..Default::default()

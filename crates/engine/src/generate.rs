@@ -1,5 +1,7 @@
 //! The sampling loop: prefill, then one token at a time with a KV cache.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Tensor, D};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -13,8 +15,16 @@ pub struct SamplingParams {
     pub temperature: f64,
     pub top_p: f64,
     pub seed: u64,
-    /// Token ids that end generation (not emitted).
+    /// Token ids that end generation (not part of the text).
     pub stop_tokens: Vec<u32>,
+    /// Added to a token's logit before choosing (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Subtracted once from the logit of every token generated so far (OpenAI's definition).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated so far.
+    pub frequency_penalty: f32,
+    /// Report each chosen token's log-probability and this many alternatives (batcher only).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -25,6 +35,10 @@ impl Default for SamplingParams {
             top_p: 1.0,
             seed: 0,
             stop_tokens: Vec::new(),
+            logit_bias: Vec::new(),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logprobs: None,
         }
     }
 }
@@ -59,13 +73,15 @@ pub fn generate(
     let mut out = Vec::new();
     let start = std::time::Instant::now();
     let mut input = prompt.to_vec();
+    let mut counts = HashMap::new();
     for step in 0..params.max_tokens {
         let ids = Tensor::new(input.as_slice(), model.device())?.unsqueeze(0)?;
         let valid = vec![vec![true; input.len()]];
         let hidden = model.forward(&ids, &valid, Some(&mut cache), None)?;
         let last = hidden.narrow(1, input.len() - 1, 1)?;
         let logits = model.logits(&last)?.flatten_all()?.to_dtype(DType::F32)?;
-        let next = sample(&logits, params, &mut rng)?;
+        let next = sample(&logits, params, &counts, &mut rng)?;
+        *counts.entry(next).or_insert(0) += 1;
         if step == 0 {
             stats.prefill_seconds = start.elapsed().as_secs_f64();
         }
@@ -83,8 +99,42 @@ pub fn generate(
     Ok((out, stats))
 }
 
-/// Greedy when temperature is 0; else temperature + nucleus (top-p) sampling.
-pub fn sample(logits: &Tensor, params: &SamplingParams, rng: &mut StdRng) -> Result<u32> {
+/// Times each token was generated so far (for the presence and frequency penalties).
+pub type TokenCounts = HashMap<u32, u32>;
+
+/// `logits` (one row, f32) with `logit_bias` and the penalties applied; the same tensor when
+/// none is set.
+fn adjusted(logits: &Tensor, params: &SamplingParams, counts: &TokenCounts) -> Result<Tensor> {
+    let penalised =
+        (params.presence_penalty != 0.0 || params.frequency_penalty != 0.0) && !counts.is_empty();
+    if params.logit_bias.is_empty() && !penalised {
+        return Ok(logits.clone());
+    }
+    let mut v: Vec<f32> = logits.to_vec1()?;
+    for &(t, b) in &params.logit_bias {
+        if let Some(x) = v.get_mut(t as usize) {
+            *x += b;
+        }
+    }
+    if penalised {
+        for (&t, &c) in counts {
+            if let Some(x) = v.get_mut(t as usize) {
+                *x -= params.frequency_penalty * c as f32 + params.presence_penalty;
+            }
+        }
+    }
+    Ok(Tensor::new(v, logits.device())?)
+}
+
+/// Greedy when temperature is 0; else temperature + nucleus (top-p) sampling; after
+/// `logit_bias` and the penalties over `counts`.
+pub fn sample(
+    logits: &Tensor,
+    params: &SamplingParams,
+    counts: &TokenCounts,
+    rng: &mut StdRng,
+) -> Result<u32> {
+    let logits = &adjusted(logits, params, counts)?;
     if params.temperature <= 0.0 {
         return Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?);
     }
@@ -132,16 +182,29 @@ pub fn sequence_logprobs(
     Ok(rows
         .iter()
         .zip(&ids[1..])
-        .map(|(row, &next)| {
-            let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
-            for (i, &lp) in row.iter().enumerate() {
-                if best.len() < top || best.last().is_some_and(|b| lp > b.1) {
-                    let at = best.partition_point(|b| b.1 >= lp);
-                    best.insert(at, (i as u32, lp));
-                    best.truncate(top);
-                }
-            }
-            (row[next as usize], best)
-        })
+        .map(|(row, &next)| (row[next as usize], top_k(row, top)))
         .collect())
+}
+
+/// The log-probability of `token` under `logits` (one row, raw: before temperature, bias and
+/// penalties) and the `top` most likely tokens with theirs.
+pub fn token_logprob(logits: &Tensor, token: u32, top: usize) -> Result<TokenLogprob> {
+    let logp: Vec<f32> = candle_nn::ops::log_softmax(logits, D::Minus1)?.to_vec1()?;
+    Ok((logp[token as usize], top_k(&logp, top)))
+}
+
+/// The `top` largest entries of `row`, largest first, as (index, value).
+fn top_k(row: &[f32], top: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top == 0 {
+        return best;
+    }
+    for (i, &lp) in row.iter().enumerate() {
+        if best.len() < top || best.last().is_some_and(|b| lp > b.1) {
+            let at = best.partition_point(|b| b.1 >= lp);
+            best.insert(at, (i as u32, lp));
+            best.truncate(top);
+        }
+    }
+    best
 }

@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
+use crate::chat::ChatTemplate;
 use crate::tokenizer::{from_gguf_bpe, from_gguf_spm, GgufBpe, GgufSpm};
 use crate::{EngineError, Result};
 
@@ -20,6 +21,8 @@ pub struct GgufModel {
     /// Dense tensors under HF names, in the HF layout (q/k rows un-permuted).
     pub tensors: HashMap<String, Tensor>,
     pub tokenizer: Tokenizer,
+    /// `tokenizer.chat_template`, when the file has one.
+    pub chat_template: Option<ChatTemplate>,
 }
 
 /// Reads a GGUF file fully onto `device`.
@@ -135,10 +138,25 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         }
         tensors.insert(hf, t);
     }
+    let token = |key: &str| {
+        meta.u32(key)
+            .ok()
+            .and_then(|id| tokens.get(id as usize).cloned())
+            .unwrap_or_default()
+    };
+    let chat_template = meta
+        .str("tokenizer.chat_template")
+        .ok()
+        .map(|source| ChatTemplate {
+            source: source.to_string(),
+            bos_token: token("tokenizer.ggml.bos_token_id"),
+            eos_token: token("tokenizer.ggml.eos_token_id"),
+        });
     Ok(GgufModel {
         config,
         tensors,
         tokenizer,
+        chat_template,
     })
 }
 

@@ -5,6 +5,7 @@ pub mod attribution;
 pub mod batch;
 pub mod batcher;
 pub mod bench;
+pub mod chat;
 pub mod config;
 pub mod device;
 pub mod edit;

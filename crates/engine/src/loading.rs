@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use crate::chat::{self, ChatTemplate};
 use crate::models::{self, TensorMap};
 use crate::transformer::Transformer;
 use crate::{gguf, tokenizer, EngineError, Result};
@@ -71,15 +72,17 @@ pub struct LoadedModel {
     pub source: ModelSource,
     /// The HF config.json (synthesised for GGUF), kept for export.
     pub config_json: Value,
+    /// The model's chat template, if it ships one.
+    pub chat_template: Option<ChatTemplate>,
 }
 
 pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let source = ModelSource::parse(spec)?;
-    let (config_json, tensors, tokenizer) = match &source {
+    let (config_json, tensors, tokenizer, chat_template) = match &source {
         ModelSource::Directory(dir) => read_directory(dir, &opts.device)?,
         ModelSource::GgufFile(path) => {
             let g = gguf::load(path, &opts.device)?;
-            (g.config, g.tensors, g.tokenizer)
+            (g.config, g.tensors, g.tokenizer, g.chat_template)
         }
         ModelSource::Hub { repo, revision } => {
             let dir = crate::loading::hub::fetch(repo, revision)?;
@@ -92,10 +95,16 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         tokenizer,
         source,
         config_json,
+        chat_template,
     })
 }
 
-type Checkpoint = (Value, HashMap<String, Tensor>, Tokenizer);
+type Checkpoint = (
+    Value,
+    HashMap<String, Tensor>,
+    Tokenizer,
+    Option<ChatTemplate>,
+);
 
 fn read_directory(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let config_path = dir.join("config.json");
@@ -113,7 +122,11 @@ fn read_directory(dir: &Path, device: &Device) -> Result<Checkpoint> {
             .map_err(|e| EngineError::BadConfig(format!("{}: {e}", shard.display())))?;
         tensors.extend(part);
     }
-    Ok((config, tensors, tokenizer))
+    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|c| chat::from_tokenizer_config(&c));
+    Ok((config, tensors, tokenizer, chat_template))
 }
 
 /// The weight files of a directory: the index's shards, else model.safetensors, else every
@@ -171,7 +184,8 @@ pub mod hub {
 
     type Fetch<'a> = Box<dyn Fn(&str) -> Result<PathBuf> + 'a>;
 
-    /// Downloads (or finds in the cache) config.json, tokenizer.json and the weights of
+    /// Downloads (or finds in the cache) config.json, tokenizer.json (tokenizer_config.json
+    /// when there is one) and the weights of
     /// `repo` at `revision`; returns the snapshot directory that holds them.
     pub fn fetch(repo: &str, revision: &str) -> Result<PathBuf> {
         let offline = std::env::var("HF_HUB_OFFLINE")
@@ -199,6 +213,8 @@ pub mod hub {
         };
         let config = get("config.json")?;
         get("tokenizer.json")?;
+        // Optional: where the chat template lives.
+        let _ = get("tokenizer_config.json");
         match get("model.safetensors.index.json") {
             Ok(index) => {
                 let text =

@@ -14,8 +14,8 @@ fn tokens(rx: &std::sync::mpsc::Receiver<Event>) -> Vec<u32> {
     let mut out = Vec::new();
     for ev in rx.iter() {
         match ev {
-            Event::Token(t) => out.push(t),
-            Event::Done => return out,
+            Event::Token(t) => out.push(t.id),
+            Event::Stop(_) | Event::Done => return out,
             Event::Failed(e) => panic!("generation failed: {e}"),
         }
     }
@@ -128,4 +128,74 @@ fn a_full_batch_makes_requests_wait_not_fail() {
     for rx in &receivers {
         assert_eq!(tokens(rx), alone);
     }
+}
+
+/// The batcher's per-token logprobs equal the teacher-forced ones of the same sequence, and a
+/// stop token arrives as `Stop` with its own logprob.
+#[test]
+fn batcher_logprobs_match_teacher_forcing() {
+    let m = Arc::new(load_fixture("llama"));
+    let batcher = Batcher::start(m.clone(), 8);
+    let prompt: Vec<u32> = vec![1, 5, 9, 2, 7];
+    let params = SamplingParams {
+        max_tokens: 6,
+        logprobs: Some(3),
+        ..Default::default()
+    };
+    let mut ids = prompt.clone();
+    let mut got = Vec::new();
+    for ev in batcher.submit(prompt.clone(), params).iter() {
+        match ev {
+            Event::Token(t) | Event::Stop(t) => {
+                ids.push(t.id);
+                got.push(t.logprob.expect("asked for logprobs"));
+            }
+            Event::Done => break,
+            Event::Failed(e) => panic!("{e}"),
+        }
+    }
+    let want = eigenprune_engine::generate::sequence_logprobs(&m.model, &ids, 3).unwrap();
+    let want = &want[prompt.len() - 1..];
+    assert_eq!(got.len(), want.len());
+    for ((lp, top), (wlp, wtop)) in got.iter().zip(want) {
+        assert!((lp - wlp).abs() < 1e-4, "{lp} vs {wlp}");
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0].0, wtop[0].0);
+        // Greedy: the chosen token is the most likely one.
+        assert!((top[0].1 - lp).abs() < 1e-6);
+    }
+}
+
+/// `logit_bias` forces a token; a large frequency penalty forbids repeating one.
+#[test]
+fn logit_bias_and_penalties_steer_greedy_decoding() {
+    let m = Arc::new(load_fixture("llama"));
+    let batcher = Batcher::start(m.clone(), 8);
+    let forced = SamplingParams {
+        max_tokens: 4,
+        logit_bias: vec![(17, 100.0)],
+        ..Default::default()
+    };
+    assert_eq!(tokens(&batcher.submit(vec![1, 2, 3], forced)), vec![17; 4]);
+    let no_repeats = SamplingParams {
+        max_tokens: 12,
+        frequency_penalty: 1000.0,
+        ..Default::default()
+    };
+    let out = tokens(&batcher.submit(vec![1, 2, 3], no_repeats));
+    let mut unique = out.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), out.len(), "{out:?}");
+    let plain = tokens(&batcher.submit(
+        vec![1, 2, 3],
+        SamplingParams {
+            max_tokens: 12,
+            ..Default::default()
+        },
+    ));
+    assert_ne!(
+        plain, out,
+        "the penalty changed nothing; pick a prompt that repeats"
+    );
 }

@@ -1,0 +1,61 @@
+//! Which models the service serves and how a name becomes a resident model: a base model by
+//! its `--preload` name (resident in the host), or a pruned variant by its id (its edit read
+//! from the object store and applied on the host). Handlers and workers alike resolve here.
+
+use std::sync::Arc;
+
+use eigenprune_engine::LoadedModel;
+
+use crate::app::AppState;
+use crate::http::error::{quoted, ApiError, ApiResult};
+use crate::http::ids::check_id;
+
+/// A 404 for a model that is not served.
+pub fn not_served(state: &AppState, id: &str) -> ApiError {
+    ApiError::not_found(
+        "model_not_found",
+        format!(
+            "model {} is not served here (base models: {}; pruned variants: GET /v1/models)",
+            quoted(id),
+            state.host.base_names().join(", ")
+        ),
+    )
+    .param("model")
+}
+
+/// Whether `id` names a served model (a variant only when `allow_variants`).
+pub async fn check_served(state: &AppState, id: &str, allow_variants: bool) -> ApiResult<()> {
+    check_id("model", id)?;
+    let found = state.host.base_named(id).is_some()
+        || (allow_variants && state.db.variant(id).await?.is_some());
+    if found {
+        Ok(())
+    } else {
+        Err(not_served(state, id))
+    }
+}
+
+/// A base model or variant, resident (loaded on first use, on a blocking thread).
+pub async fn resolve(state: &AppState, id: &str) -> ApiResult<Arc<LoadedModel>> {
+    check_id("model", id)?;
+    let host = state.host.clone();
+    if host.base_named(id).is_some() {
+        let id = id.to_string();
+        return tokio::task::spawn_blocking(move || host.base(&id))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal);
+    }
+    let Some(v) = state.db.variant(id).await? else {
+        return Err(not_served(state, id));
+    };
+    let bytes = state
+        .storage
+        .get(&v.object_key)
+        .await
+        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || host.variant(&v.id, &v.parent, &bytes))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
