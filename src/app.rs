@@ -92,11 +92,12 @@ pub fn app(state: AppState) -> Router {
         state.clone(),
         http::count_requests,
     ))
-    .layer(axum::middleware::from_fn(http::error::uniform_errors))
     .layer(tower_http::limit::RequestBodyLimitLayer::new(
         MAX_BODY_BYTES,
     ))
     .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+    // Outermost: whatever the layers inside answer leaves in the one error shape.
+    .layer(axum::middleware::from_fn(http::error::uniform_errors))
     .with_state(state)
 }
 

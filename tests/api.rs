@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 struct Server {
     base: String,
     client: reqwest::Client,
+    /// --data-dir (the object folder is under it).
+    dir: PathBuf,
 }
 
 impl Server {
@@ -32,7 +34,7 @@ impl Server {
         let dir = std::env::temp_dir().join(format!("eigenprune-api-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = StoreArgs {
-            data_dir: dir,
+            data_dir: dir.clone(),
             database_url,
             object_store: None,
         };
@@ -41,6 +43,7 @@ impl Server {
         Server {
             base,
             client: reqwest::Client::new(),
+            dir,
         }
     }
 
@@ -456,11 +459,110 @@ async fn bad_input(server: &Server) {
     assert_eq!(after["data"], list["data"], "nothing stored");
 }
 
+/// Files in the object folder.
+fn objects(server: &Server) -> usize {
+    fn count(p: &std::path::Path) -> usize {
+        std::fs::read_dir(p).map_or(0, |d| {
+            d.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+    }
+    count(&server.dir.join("objects"))
+}
+
+/// A NUL (or any character outside an id's) in an id, name or query never reaches the
+/// database (Postgres refuses NUL with a 500) or the object store: a 400 naming the parameter.
+async fn ids_are_checked_at_the_edge(server: &Server) {
+    let gets = [
+        "/v1/pruning/jobs/pj-%00",
+        "/v1/pruning/jobs/pj-%00/events",
+        "/v1/pruning/jobs?after=pj-%00",
+        "/v1/evaluations/ev-%00",
+        "/v1/models/m%00",
+        "/v1/models/m%00/export",
+        "/v1/datasets/ds-%00",
+    ];
+    for path in gets {
+        let (status, e) = server.get(path).await;
+        assert_eq!(status, 400, "{path}: {e}");
+        assert_eq!(e["error"]["code"], "invalid_id", "{path}: {e}");
+    }
+    let (status, e) = server
+        .post("/v1/pruning/jobs/pj-%00/cancel", json!({}))
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("invalid_id"))
+    );
+    let r = server
+        .client
+        .delete(format!("{}/v1/models/m%00", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let bodies = [
+        (
+            "/v1/completions",
+            json!({"model": "a\u{0}b", "prompt": "x"}),
+            "model",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "a\u{0}b", "messages": [{"role": "user", "content": "x"}]}),
+            "model",
+        ),
+        (
+            "/v1/pruning/jobs",
+            json!({"model": "a\u{0}", "task": "int-mult"}),
+            "model",
+        ),
+        (
+            "/v1/pruning/jobs",
+            json!({"model": "llama", "dataset": "ds-\u{0}"}),
+            "dataset",
+        ),
+        (
+            "/v1/evaluations",
+            json!({"model": "llama", "dataset": "\u{0}"}),
+            "dataset",
+        ),
+    ];
+    for (path, body, param) in bodies {
+        let (status, e) = server.post(path, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert_eq!(e["error"]["param"], param, "{body}: {e}");
+    }
+    // A bad name is refused before anything is written.
+    let before = objects(server);
+    let (status, e) = server
+        .post_raw("/v1/datasets?name=a%00b", dataset(), "application/jsonl")
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("invalid_name")),
+        "{e}"
+    );
+    assert_eq!(
+        objects(server),
+        before,
+        "an object was written for a refused upload"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_end_to_end() {
     let server = Server::start(None, 1, "sqlite").await;
     end_to_end(&server).await;
     bad_input(&server).await;
+    ids_are_checked_at_the_edge(&server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,6 +610,7 @@ async fn postgres_end_to_end() {
     let server = Server::start(Some(url), 2, "postgres").await;
     end_to_end(&server).await;
     bad_input(&server).await;
+    ids_are_checked_at_the_edge(&server).await;
 }
 
 /// The official `openai` Python client against the service, unchanged (scripts/

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::completion_run::{generate_all, piece, FinishReason, Generated, Usage};
+use super::completion_run::{generate_all, piece, token_bytes, FinishReason, Generated, Usage};
 use super::completions::Head;
 use super::error::{ApiError, ApiResult, Json};
 use super::sampling::{fit_context, refuse_unsupported, Sampling, MAX_LOGPROBS};
@@ -315,10 +315,7 @@ pub async fn create(
 }
 
 fn content_logprobs(model: &LoadedModel, tokens: &[Sampled], top: usize) -> ChatLogprobs {
-    let entry = |id: u32, logprob: f32| {
-        let token = piece(model, id);
-        (token.as_bytes().to_vec(), token, logprob)
-    };
+    let entry = |id: u32, logprob: f32| (token_bytes(model, id), piece(model, id), logprob);
     let content = tokens
         .iter()
         .filter_map(|t| {

@@ -242,9 +242,53 @@ pub fn generate_all(
     Ok(out)
 }
 
-/// A token's text as logprobs show it (special tokens spelled out).
+/// A token's text as logprobs show it: its text (special tokens spelled out), or, for a token
+/// that is part of a UTF-8 character only, `bytes:` and its bytes as `\xNN` (OpenAI's way).
 pub fn piece(model: &LoadedModel, id: u32) -> String {
-    model.tokenizer.decode(&[id], false).unwrap_or_default()
+    match String::from_utf8(token_bytes(model, id)) {
+        Ok(s) => s,
+        Err(e) => {
+            let hex: String = e.as_bytes().iter().map(|b| format!("\\x{b:02x}")).collect();
+            format!("bytes:{hex}")
+        }
+    }
+}
+
+/// The bytes a token stands for: its decoded text, or, where that is not whole characters,
+/// the bytes behind its vocabulary entry (SentencePiece `<0xNN>`, or byte-level BPE's one
+/// character per byte).
+pub fn token_bytes(model: &LoadedModel, id: u32) -> Vec<u8> {
+    let text = model.tokenizer.decode(&[id], false).unwrap_or_default();
+    if !text.contains('\u{FFFD}') {
+        return text.into_bytes();
+    }
+    let Some(raw) = model.tokenizer.id_to_token(id) else {
+        return text.into_bytes();
+    };
+    if let Some(hex) = raw.strip_prefix("<0x").and_then(|r| r.strip_suffix('>')) {
+        if let Ok(b) = u8::from_str_radix(hex, 16) {
+            return vec![b];
+        }
+    }
+    raw.chars()
+        .map(byte_level_byte)
+        .collect::<Option<Vec<u8>>>()
+        .unwrap_or_else(|| text.into_bytes())
+}
+
+/// The byte a byte-level BPE character stands for (the inverse of GPT-2's bytes_to_unicode:
+/// printable bytes are themselves, the others are 256 + their rank among the others).
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let c = c as u32;
+    if c < 256 {
+        return printable(c).then_some(c as u8);
+    }
+    (0u32..256)
+        .filter(|&b| !printable(b))
+        .nth((c - 256) as usize)
+        .map(|b| b as u8)
 }
 
 /// A token of a logprobs listing: its id, its logprob (None for a prompt's first token) and the
@@ -282,7 +326,15 @@ pub fn prompt_scores(
 
 #[cfg(test)]
 mod tests {
-    use super::TextStream;
+    use super::{byte_level_byte, TextStream};
+
+    #[test]
+    fn byte_level_characters_map_back_to_bytes() {
+        assert_eq!(byte_level_byte('a'), Some(b'a'));
+        assert_eq!(byte_level_byte('\u{120}'), Some(b' ')); // "Ġ"
+        assert_eq!(byte_level_byte('\u{100}'), Some(0));
+        assert_eq!(byte_level_byte('\u{143}'), Some(0xad));
+    }
 
     #[test]
     fn holds_back_what_may_become_a_stop_string() {

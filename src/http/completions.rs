@@ -250,7 +250,7 @@ fn logprobs_of(model: &LoadedModel, tokens: &[Scored], offset: &mut usize) -> Co
         out.top_logprobs.push(t.logprob.as_ref().map(|(lp, top)| {
             let mut m: BTreeMap<String, f32> =
                 top.iter().map(|&(id, l)| (piece(model, id), l)).collect();
-            m.entry(text.clone()).or_insert(*lp);
+            m.insert(text.clone(), *lp);
             m
         }));
         out.tokens.push(text);

@@ -34,3 +34,98 @@ pub async fn serve(store: &StoreArgs, engine: &EngineArgs, workers: usize) -> St
     tokio::spawn(eigenprune::app::serve(listener, state));
     base
 }
+
+/// A test that cannot run here says so: SKIPPED on stderr and a line in $EIGENPRUNE_SKIPS
+/// (which `.ci/run` counts and prints), or a failure when EIGENPRUNE_REQUIRE_MODELS is set
+/// (CI fetches every model first).
+pub fn skip(reason: &str) {
+    assert!(
+        std::env::var_os("EIGENPRUNE_REQUIRE_MODELS").is_none(),
+        "EIGENPRUNE_REQUIRE_MODELS is set, but: {reason}"
+    );
+    eprintln!("SKIPPED: {reason}");
+    if let Some(path) = std::env::var_os("EIGENPRUNE_SKIPS") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{reason}");
+        }
+    }
+}
+
+/// The real SmolLM2-135M-Instruct GGUF (`scripts/fetch-smollm2.sh`), if fetched.
+pub fn smollm2() -> Option<PathBuf> {
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        skip(&format!(
+            "{} is missing (scripts/fetch-smollm2.sh)",
+            p.display()
+        ));
+        None
+    }
+}
+
+/// A JSON client for one server.
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or_default())
+    }
+
+    /// Any request; the status, the content type and the body as text.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, String, String) {
+        let r = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (status, ct, r.text().await.unwrap_or_default())
+    }
+}
+
+/// A server (SQLite, no workers) preloading `models`, on a fresh data dir named by `tag`.
+pub async fn api(models: Vec<String>, tag: &str) -> Api {
+    let dir = std::env::temp_dir().join(format!("eigenprune-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = StoreArgs {
+        data_dir: dir,
+        database_url: None,
+        object_store: None,
+    };
+    Api {
+        base: serve(&store, &cpu_engine(models, 4), 0).await,
+        client: reqwest::Client::new(),
+    }
+}
