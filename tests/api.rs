@@ -630,9 +630,7 @@ async fn openai_python_client() {
             "EIGENPRUNE_REQUIRE_OPENAI is set but `import openai` fails or {} is missing",
             gguf.display()
         );
-        eprintln!(
-            "SKIPPED: python3 cannot import openai (pip install openai) or SmolLM2 is missing"
-        );
+        common::skip("python3 cannot import openai (pip install openai) or SmolLM2 is missing");
         return;
     }
     let models = vec![fixture("llama"), format!("smol={}", gguf.display())];
@@ -685,10 +683,10 @@ async fn names_paris(server: &Server, model: &str) {
 async fn smollm2_end_to_end() {
     let gguf = smollm2_gguf();
     if !gguf.exists() {
-        eprintln!(
-            "SKIPPED: {} is missing (scripts/fetch-smollm2.sh)",
+        common::skip(&format!(
+            "{} is missing (scripts/fetch-smollm2.sh)",
             gguf.display()
-        );
+        ));
         return;
     }
     let server = Server::start_with(vec![gguf.display().to_string()], 1, None, 1, "smollm2").await;

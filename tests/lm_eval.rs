@@ -53,7 +53,10 @@ async fn loglikelihoods_through_the_api_equal_the_engines() {
         let engine = choice_scores(&m.model, &m.tokenizer, examples, 8).unwrap();
         // lm-eval batches requests: four (context + continuation) token lists per call.
         for batch in engine.chunks(4) {
-            let prompts: Vec<Vec<u32>> = batch.iter().map(|c| [c.prompt.clone(), c.answer.clone()].concat()).collect();
+            let prompts: Vec<Vec<u32>> = batch
+                .iter()
+                .map(|c| [c.prompt.clone(), c.answer.clone()].concat())
+                .collect();
             let ctxlens: Vec<usize> = batch.iter().map(|c| c.prompt.len()).collect();
             let body = json!({"model": "smol", "prompt": prompts, "temperature": 0, "max_tokens": 1,
                               "logprobs": 1, "seed": 1234, "echo": true});
@@ -61,7 +64,13 @@ async fn loglikelihoods_through_the_api_equal_the_engines() {
             assert_eq!(status, 200, "{out}");
             for (c, (lp, _greedy)) in batch.iter().zip(parse_logprobs(&out, &ctxlens)) {
                 let gap = (lp - c.logprob).abs();
-                assert!(gap < 1e-3, "{task} example {} choice {:?}: API {lp} vs engine {}", c.example, c.choice, c.logprob);
+                assert!(
+                    gap < 1e-3,
+                    "{task} example {} choice {:?}: API {lp} vs engine {}",
+                    c.example,
+                    c.choice,
+                    c.logprob
+                );
                 worst = worst.max(gap);
                 compared += 1;
             }
@@ -97,6 +106,9 @@ async fn generate_until_and_chat_shapes() {
     let (status, out) = s.post("/v1/chat/completions", chat).await;
     assert_eq!(status, 200, "{out}");
     let text = out["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(!text.is_empty() && until.iter().all(|u| !text.contains(u)), "{text:?}");
+    assert!(
+        !text.is_empty() && until.iter().all(|u| !text.contains(u)),
+        "{text:?}"
+    );
     assert_eq!(out["object"], "chat.completion");
 }

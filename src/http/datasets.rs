@@ -48,8 +48,8 @@ fn dataset_view(d: &DatasetRow) -> Dataset {
 }
 
 #[utoipa::path(post, path = "/v1/datasets", tag = "datasets", params(UploadQuery),
-    request_body(content = String, content_type = "application/jsonl",
-                 description = "rows of {\"prompt\", \"answer\"} or {\"prompt\", \"choices\", \"label\"}"),
+    request_body(content((String = "application/jsonl"), (String = "text/plain")),
+                 description = "JSONL (any content type): rows of {\"prompt\", \"answer\"} or {\"prompt\", \"choices\", \"label\"}"),
     responses((status = 200, description = "The data set, stored", body = Dataset),
               (status = "4XX", description = "Invalid JSONL (the first bad line is named)", body = ErrorBody)))]
 pub async fn create(

@@ -17,10 +17,10 @@ fn load() -> Option<LoadedModel> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/gemma-3-270m-q4_k_m.gguf");
     if !path.exists() {
-        eprintln!(
-            "SKIPPED: {} not found; run scripts/fetch-gemma3.sh to run this test",
+        common::skip(&format!(
+            "{} not found; run scripts/fetch-gemma3.sh",
             path.display()
-        );
+        ));
         return None;
     }
     Some(load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap())

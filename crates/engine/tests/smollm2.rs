@@ -20,10 +20,10 @@ fn gguf() -> Option<PathBuf> {
     if path.exists() {
         Some(path)
     } else {
-        eprintln!(
-            "SKIPPED: {} not found; run scripts/fetch-smollm2.sh to run this test",
+        common::skip(&format!(
+            "{} not found; run scripts/fetch-smollm2.sh",
             path.display()
-        );
+        ));
         None
     }
 }
