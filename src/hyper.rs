@@ -72,19 +72,35 @@ impl Finetune {
 }
 
 impl Default for Hyperparameters {
+    /// The engine's defaults ([`PruneSettings::default`]), as users write them.
     fn default() -> Self {
+        let d = PruneSettings::default();
+        let portion = match d.portions.first() {
+            Some(Portion::Fixed(p)) => PortionSpec::Fixed(*p),
+            _ => PortionSpec::Named("auto".into()),
+        };
         Self {
-            portion: PortionSpec::Fixed(0.2),
-            batch_size: 5,
-            components: vec!["k".into()],
-            method: "attribution".into(),
-            input: "normed".into(),
-            aggregate: "max".into(),
-            bias: "mean".into(),
-            seed: 42,
-            scoring_batches: None,
-            eval_batch_size: 16,
+            portion,
+            batch_size: d.batch_size,
+            components: d.components.iter().map(|c| c.name().to_string()).collect(),
+            method: d.method.name().into(),
+            input: d.input.name().into(),
+            aggregate: d.aggregate.name().into(),
+            bias: d.bias.name().into(),
+            seed: d.seed,
+            scoring_batches: d.scoring_batches,
+            eval_batch_size: d.eval_batch_size,
             finetune: None,
+        }
+    }
+}
+
+impl PortionSpec {
+    /// As the CLI writes it.
+    pub fn to_arg(&self) -> String {
+        match self {
+            Self::Fixed(v) => v.to_string(),
+            Self::Named(s) => s.clone(),
         }
     }
 }
@@ -129,6 +145,22 @@ pub fn parse_portion(p: &PortionSpec) -> Result<Portion, Invalid> {
     }
 }
 
+/// The variant of `all` named `v`, or the error `code` listing the names.
+fn pick<T: Copy>(
+    code: &'static str,
+    v: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<T, Invalid> {
+    all.iter().copied().find(|&x| name(x) == v).ok_or_else(|| {
+        let names: Vec<&str> = all.iter().map(|&x| name(x)).collect();
+        invalid(
+            code,
+            format!("unknown value `{v}` (one of {})", names.join(", ")),
+        )
+    })
+}
+
 impl Hyperparameters {
     /// Settings for one portion (the API's); the CLI adds more portions itself.
     pub fn to_settings(&self) -> Result<PruneSettings, Invalid> {
@@ -156,28 +188,20 @@ impl Hyperparameters {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let pick = |code: &'static str, v: &str, opts: &[&str]| -> Result<usize, Invalid> {
-            opts.iter().position(|o| *o == v).ok_or_else(|| {
-                invalid(
-                    code,
-                    format!("unknown value `{v}` (one of {})", opts.join(", ")),
-                )
-            })
-        };
-        let method = [Method::Attribution, Method::Random, Method::Smallest][pick(
-            "invalid_method",
-            &self.method,
-            &["attribution", "random", "smallest"],
-        )?];
-        let input = [InputMode::Normed, InputMode::ResidPre]
-            [pick("invalid_input", &self.input, &["normed", "resid_pre"])?];
-        let aggregate = [Aggregate::Max, Aggregate::Mean, Aggregate::MeanAbs][pick(
+        let method = pick("invalid_method", &self.method, &Method::ALL, Method::name)?;
+        let input = pick(
+            "invalid_input",
+            &self.input,
+            &InputMode::ALL,
+            InputMode::name,
+        )?;
+        let aggregate = pick(
             "invalid_aggregate",
             &self.aggregate,
-            &["max", "mean", "mean_abs"],
-        )?];
-        let bias =
-            [BiasMode::Mean, BiasMode::None][pick("invalid_bias", &self.bias, &["mean", "none"])?];
+            &Aggregate::ALL,
+            Aggregate::name,
+        )?;
+        let bias = pick("invalid_bias", &self.bias, &BiasMode::ALL, BiasMode::name)?;
         if self.scoring_batches == Some(0) {
             return Err(invalid(
                 "invalid_scoring_batches",

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use eigenprune_engine::finetune::FinetuneSettings;
 use eigenprune_engine::pipeline::{self, PruneReport, PruneSettings};
 use eigenprune_engine::{device, export, load_model, memory, LoadOptions};
 
@@ -23,32 +24,32 @@ pub struct PruneArgs {
     pub task: String,
     /// Fraction of all candidate singular values to prune; a comma list runs every portion
     /// from one sweep; `auto` chooses on a dev split carved from train.
-    #[arg(long, default_value = "0.2", value_delimiter = ',')]
+    #[arg(long, default_values_t = [Hyperparameters::default().portion.to_arg()], value_delimiter = ',')]
     pub portion: Vec<String>,
     /// Scoring batch size (>= 2: the corrupted input is the previous example of the batch).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = Hyperparameters::default().batch_size)]
     pub batch_size: usize,
     /// Matrices to prune: any of k, q, v, o, mlp_in, mlp_out.
-    #[arg(long, default_value = "k", value_delimiter = ',')]
+    #[arg(long, default_values_t = Hyperparameters::default().components, value_delimiter = ',')]
     pub components: Vec<String>,
     /// attribution | random | smallest.
-    #[arg(long, default_value = "attribution")]
+    #[arg(long, default_value_t = Hyperparameters::default().method)]
     pub method: String,
     /// normed | resid_pre: the input the scores use.
-    #[arg(long, default_value = "normed")]
+    #[arg(long, default_value_t = Hyperparameters::default().input)]
     pub input: String,
     /// max | mean | mean_abs.
-    #[arg(long, default_value = "max")]
+    #[arg(long, default_value_t = Hyperparameters::default().aggregate)]
     pub aggregate: String,
     /// mean | none: fold the removed part's mean effect into the bias.
-    #[arg(long, default_value = "mean")]
+    #[arg(long, default_value_t = Hyperparameters::default().bias)]
     pub bias: String,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = Hyperparameters::default().seed)]
     pub seed: u64,
     /// Score only the first N batches.
     #[arg(long)]
     pub scoring_batches: Option<usize>,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = Hyperparameters::default().eval_batch_size)]
     pub eval_batch_size: usize,
     /// Cache SVDs in this directory (they depend only on the weights).
     #[arg(long, env = "EIGENPRUNE_SVD_CACHE")]
@@ -75,7 +76,7 @@ pub struct PruneArgs {
     #[arg(long, requires = "finetune_epochs")]
     pub finetune_lr: Option<f64>,
     /// Fine-tuning batch size.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = FinetuneSettings::new(1, 0.0).batch_size)]
     pub finetune_batch_size: usize,
 }
 

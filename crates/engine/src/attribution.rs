@@ -25,12 +25,33 @@ pub enum Aggregate {
     MeanAbs,
 }
 
+impl Aggregate {
+    pub const ALL: [Self; 3] = [Self::Max, Self::Mean, Self::MeanAbs];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Max => "max",
+            Self::Mean => "mean",
+            Self::MeanAbs => "mean_abs",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputMode {
     /// The map's true input: the normalised residual (xhat) for maps behind a norm.
     Normed,
     /// The residual stream before the norm (the reference code's choice).
     ResidPre,
+}
+
+impl InputMode {
+    pub const ALL: [Self; 2] = [Self::Normed, Self::ResidPre];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Normed => "normed",
+            Self::ResidPre => "resid_pre",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -49,16 +49,19 @@ pub struct PruneSettings {
 }
 
 impl Default for PruneSettings {
+    /// The method's defaults (the sweep's from [`SweepSettings::default`]); the CLI, the API
+    /// and its OpenAPI document take theirs from here.
     fn default() -> Self {
+        let sweep = crate::attribution::SweepSettings::default();
         Self {
             components: vec![Component::K],
             portions: vec![Portion::Fixed(0.2)],
-            batch_size: 5,
+            batch_size: sweep.batch_size,
             method: Method::Attribution,
-            input: InputMode::Normed,
-            aggregate: Aggregate::Max,
+            input: sweep.input,
+            aggregate: sweep.aggregate,
             bias: BiasMode::Mean,
-            seed: 42,
+            seed: sweep.seed,
             scoring_batches: None,
             eval_batch_size: 16,
             svd_cache: None,

@@ -25,11 +25,32 @@ pub enum Method {
     Smallest,
 }
 
+impl Method {
+    pub const ALL: [Self; 3] = [Self::Attribution, Self::Random, Self::Smallest];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Attribution => "attribution",
+            Self::Random => "random",
+            Self::Smallest => "smallest",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BiasMode {
     None,
     /// Freeze the removed part's mean effect into the bias.
     Mean,
+}
+
+impl BiasMode {
+    pub const ALL: [Self; 2] = [Self::Mean, Self::None];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mean => "mean",
+            Self::None => "none",
+        }
+    }
 }
 
 /// Which singular values are pruned, `[site][head][i]`.
