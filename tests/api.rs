@@ -4,19 +4,24 @@
 
 mod common;
 
-use common::{cpu_engine, fixture, serve};
+use common::{cpu_engine, fixture, serve, Api};
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use eigenprune::cli::serve::StoreArgs;
 use serde_json::{json, Value};
 
 struct Server {
-    base: String,
-    client: reqwest::Client,
+    api: Api,
     /// --data-dir (the object folder is under it).
     dir: PathBuf,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Server {
@@ -40,69 +45,11 @@ impl Server {
         };
         let engine = cpu_engine(models, max_resident_models);
         let base = serve(&store, &engine, workers).await;
-        Server {
+        let api = Api {
             base,
             client: reqwest::Client::new(),
-            dir,
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post_raw(&self, path: &str, body: Vec<u8>, content_type: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// A GET's body as text, asking for `accept`.
-    async fn text(&self, path: &str, accept: &str) -> String {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .header("accept", accept)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn wait(&self, path: &str) -> Value {
-        for _ in 0..600 {
-            let (_, job) = self.get(path).await;
-            if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or(""))
-            {
-                return job;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{path} did not finish");
+        };
+        Server { api, dir }
     }
 }
 

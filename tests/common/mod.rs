@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use eigenprune::cli::serve::{build_state, spawn_workers, EngineArgs, StoreArgs};
 
+mod skip;
+pub use skip::skip;
+
 /// tests/fixtures/<name>, as the model spec the service is given.
 pub fn fixture(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -33,27 +36,6 @@ pub async fn serve(store: &StoreArgs, engine: &EngineArgs, workers: usize) -> St
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(eigenprune::app::serve(listener, state));
     base
-}
-
-/// A test that cannot run here says so: SKIPPED on stderr and a line in $EIGENPRUNE_SKIPS
-/// (which `.ci/run` counts and prints), or a failure when EIGENPRUNE_REQUIRE_MODELS is set
-/// (CI fetches every model first).
-pub fn skip(reason: &str) {
-    assert!(
-        std::env::var_os("EIGENPRUNE_REQUIRE_MODELS").is_none(),
-        "EIGENPRUNE_REQUIRE_MODELS is set, but: {reason}"
-    );
-    eprintln!("SKIPPED: {reason}");
-    if let Some(path) = std::env::var_os("EIGENPRUNE_SKIPS") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{reason}");
-        }
-    }
 }
 
 /// The real SmolLM2-135M-Instruct GGUF (`scripts/fetch-smollm2.sh`), if fetched.
@@ -86,7 +68,68 @@ impl Api {
             .send()
             .await
             .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or_default())
+        (
+            r.status().as_u16(),
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// A GET's body as text, asking for `accept`.
+    pub async fn text(&self, path: &str, accept: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn wait(&self, path: &str) -> serde_json::Value {
+        for _ in 0..600 {
+            let (_, job) = self.get(path).await;
+            if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or(""))
+            {
+                return job;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{path} did not finish");
     }
 
     /// Any request; the status, the content type and the body as text.

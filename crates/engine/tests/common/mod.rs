@@ -62,22 +62,6 @@ pub fn sweep_all(
     .unwrap()
 }
 
-/// A test that cannot run here says so: SKIPPED on stderr and a line in $EIGENPRUNE_SKIPS
-/// (which `.ci/run` counts and prints), or a failure when EIGENPRUNE_REQUIRE_MODELS is set.
-pub fn skip(reason: &str) {
-    assert!(
-        std::env::var_os("EIGENPRUNE_REQUIRE_MODELS").is_none(),
-        "EIGENPRUNE_REQUIRE_MODELS is set, but: {reason}"
-    );
-    eprintln!("SKIPPED: {reason}");
-    if let Some(path) = std::env::var_os("EIGENPRUNE_SKIPS") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{reason}");
-        }
-    }
-}
+#[path = "../../../../tests/common/skip.rs"]
+mod skip;
+pub use skip::skip;
