@@ -11,7 +11,6 @@ use tokio::sync::Notify;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use utoipa_scalar::{Scalar, Servable};
 
 use crate::db::Db;
 use crate::engine_host::ModelHost;
@@ -85,7 +84,8 @@ pub fn app(state: AppState) -> Router {
         "/openapi.json",
         get(move || async move { axum::Json(json) }),
     )
-    .merge(Scalar::with_url("/docs", doc))
+    .route("/docs", get(http::docs::page))
+    .route("/docs/rapidoc-min.js", get(http::docs::rapidoc))
     .fallback(http::error::not_found)
     .method_not_allowed_fallback(http::error::method_not_allowed)
     .layer(axum::middleware::from_fn_with_state(

@@ -60,5 +60,33 @@ async fn every_documented_route_is_served() {
             "{method} {path}: {status} {body}"
         );
     }
+    // The served document is the generated one, and /docs reads it.
+    let served: serde_json::Value = client
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        served == spec,
+        "/openapi.json differs from the generated document"
+    );
+    let docs = client.get(format!("{base}/docs")).send().await.unwrap();
+    assert_eq!(docs.status().as_u16(), 200);
+    let html = docs.text().await.unwrap();
+    assert!(
+        html.contains("spec-url=\"/openapi.json\"") && !html.contains("https://"),
+        "{html}"
+    );
+    // The renderer comes from the binary, not a CDN.
+    let js = client
+        .get(format!("{base}/docs/rapidoc-min.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.headers()["content-encoding"], "gzip");
+    assert!(js.bytes().await.unwrap().len() > 100_000);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,6 +4,7 @@ pub mod chat;
 pub mod completion_run;
 pub mod completions;
 pub mod datasets;
+pub mod docs;
 pub mod error;
 pub mod evaluations;
 pub mod health;
