@@ -212,6 +212,7 @@ impl ChatCompletionRequest {
     }
 }
 
+/// Create a chat completion (OpenAI).
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "completions",
     request_body = ChatCompletionRequest,
     responses((status = 200, description = "The chat completion; with stream = true, Server-Sent Events of ChatCompletionChunk, then `data: [DONE]`", body = ChatCompletion),

@@ -93,6 +93,7 @@ pub struct Completion {
     pub usage: Option<Usage>,
 }
 
+/// Create a completion (OpenAI).
 #[utoipa::path(post, path = "/v1/completions", tag = "completions",
     request_body = CompletionRequest,
     responses((status = 200, description = "The completion; with stream = true, Server-Sent Events of Completion chunks, then `data: [DONE]`", body = Completion),

@@ -47,6 +47,7 @@ fn dataset_view(d: &DatasetRow) -> Dataset {
     }
 }
 
+/// Upload a JSONL data set.
 #[utoipa::path(post, path = "/v1/datasets", tag = "datasets", params(UploadQuery),
     request_body(content((String = "application/jsonl"), (String = "text/plain")),
                  description = "JSONL (any content type): rows of {\"prompt\", \"answer\"} or {\"prompt\", \"choices\", \"label\"}"),
@@ -99,6 +100,7 @@ pub async fn create(
     Ok(Json(dataset_view(&row)))
 }
 
+/// List data sets.
 #[utoipa::path(get, path = "/v1/datasets", tag = "datasets",
     responses((status = 200, description = "Uploaded data sets", body = DatasetList)))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<DatasetList>> {
@@ -115,6 +117,7 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<DatasetList>>
     }))
 }
 
+/// A data set.
 #[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets",
     params(("id" = String, Path, description = "The data set's id")),
     responses((status = 200, description = "The data set", body = Dataset),

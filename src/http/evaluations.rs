@@ -32,6 +32,7 @@ pub struct CreateEvaluation {
     pub split: Split,
 }
 
+/// Create an evaluation job.
 #[utoipa::path(post, path = "/v1/evaluations", tag = "evaluations",
     request_body = CreateEvaluation,
     responses((status = 200, description = "The evaluation job, queued", body = Job),
@@ -71,6 +72,7 @@ pub async fn create(
     Ok(Json(job_view(&row)))
 }
 
+/// An evaluation job.
 #[utoipa::path(get, path = "/v1/evaluations/{id}", tag = "evaluations",
     params(("id" = String, Path, description = "The evaluation's id")),
     responses((status = 200, description = "The evaluation job", body = Job),

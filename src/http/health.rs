@@ -22,6 +22,7 @@ pub struct Readiness {
     pub object_store: bool,
 }
 
+/// The process answers.
 #[utoipa::path(get, path = "/health", tag = "service",
     responses((status = 200, description = "The process answers", body = Health)))]
 pub async fn health() -> Json<Health> {
@@ -30,6 +31,7 @@ pub async fn health() -> Json<Health> {
     })
 }
 
+/// The database and the object store are reachable.
 #[utoipa::path(get, path = "/ready", tag = "service",
     responses((status = 200, description = "Database and object store reachable", body = Readiness),
               (status = 503, description = "One of them is not", body = Readiness)))]
@@ -50,6 +52,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
     )
 }
 
+/// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "service",
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

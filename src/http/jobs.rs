@@ -118,6 +118,7 @@ pub struct JobList {
     pub has_more: bool,
 }
 
+/// Create a pruning job.
 #[utoipa::path(post, path = "/v1/pruning/jobs", tag = "pruning",
     request_body = CreateJob,
     responses((status = 200, description = "The job, queued", body = Job),
@@ -208,6 +209,7 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
+/// List pruning jobs, newest first.
 #[utoipa::path(get, path = "/v1/pruning/jobs", tag = "pruning", params(ListQuery),
     responses((status = 200, description = "Pruning jobs, newest first", body = JobList),
               (status = "4XX", description = "Invalid request", body = ErrorBody)))]
@@ -246,6 +248,7 @@ pub async fn find(state: &AppState, id: &str, kind: &str) -> ApiResult<JobRow> {
     }
 }
 
+/// A pruning job.
 #[utoipa::path(get, path = "/v1/pruning/jobs/{id}", tag = "pruning",
     params(("id" = String, Path, description = "The job's id")),
     responses((status = 200, description = "The job", body = Job),
@@ -257,6 +260,7 @@ pub async fn get_one(
     Ok(Json(job_view(&find(&state, &id, "pruning").await?)))
 }
 
+/// Cancel a pruning job.
 #[utoipa::path(post, path = "/v1/pruning/jobs/{id}/cancel", tag = "pruning",
     params(("id" = String, Path, description = "The job's id")),
     responses((status = 200, description = "The job: cancelled at once when queued, between batches when running", body = Job),
@@ -302,8 +306,10 @@ fn event_json(e: &EventRow) -> String {
     serde_json::to_string(&event_view(e)).unwrap_or_default()
 }
 
-/// Progress events as a JSON list, or as Server-Sent Events (`Accept: text/event-stream`)
-/// that follow the job until it ends.
+/// Progress events of a pruning job.
+///
+/// A JSON list, or Server-Sent Events (`Accept: text/event-stream`) that follow the job until
+/// it ends.
 #[utoipa::path(get, path = "/v1/pruning/jobs/{id}/events", tag = "pruning",
     params(("id" = String, Path, description = "The job's id")),
     responses((status = 200, description = "The events so far; with `Accept: text/event-stream`, Server-Sent Events (`progress`, then `end`) until the job ends", body = EventList),

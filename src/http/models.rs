@@ -79,6 +79,7 @@ fn variant_view(state: &AppState, v: &VariantRow) -> Model {
     }
 }
 
+/// Base models and pruned variants.
 #[utoipa::path(get, path = "/v1/models", tag = "models",
     responses((status = 200, description = "Base models and pruned variants", body = ModelList)))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<ModelList>> {
@@ -100,6 +101,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("model_not_found", format!("no model {}", quoted(id)))
 }
 
+/// A model.
 #[utoipa::path(get, path = "/v1/models/{id}", tag = "models",
     params(("id" = String, Path, description = "A base model's name or a variant's id")),
     responses((status = 200, description = "The model", body = Model),
@@ -118,8 +120,10 @@ pub async fn get_one(
     }
 }
 
-/// The model (base, or base + edit) as one safetensors file in its checkpoint's own layout,
-/// streamed from a temporary export.
+/// Export a model as one safetensors file.
+///
+/// The model (base, or base + edit) in its checkpoint's own layout, streamed from a temporary
+/// export.
 #[utoipa::path(get, path = "/v1/models/{id}/export", tag = "models",
     params(("id" = String, Path, description = "A base model's name or a variant's id")),
     responses((status = 200, description = "model.safetensors", content_type = "application/octet-stream", body = Vec<u8>),
@@ -158,6 +162,7 @@ pub async fn export(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     Ok((headers, body).into_response())
 }
 
+/// Delete a pruned variant.
 #[utoipa::path(delete, path = "/v1/models/{id}", tag = "models",
     params(("id" = String, Path, description = "A pruned variant's id")),
     responses((status = 200, description = "Deleted", body = Deleted),
