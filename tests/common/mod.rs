@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use eigenprune::cli::serve::{build_state, spawn_workers, EngineArgs, StoreArgs};
 
 mod skip;
+#[allow(unused_imports)]
 pub use skip::skip;
 
 /// tests/fixtures/<name>, as the model spec the service is given.

@@ -64,4 +64,5 @@ pub fn sweep_all(
 
 #[path = "../../../../tests/common/skip.rs"]
 mod skip;
+#[allow(unused_imports)]
 pub use skip::skip;
