@@ -3,8 +3,6 @@
 
 mod common;
 
-use common::fixture;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -62,7 +60,8 @@ async fn a_killed_server_finishes_its_job_once_after_restart() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let model = fixture("llama");
+    // Served by its name (the fixture directory's).
+    let model = "llama";
 
     let mut server = start(&dir, port);
     wait_up(&client, &base).await;

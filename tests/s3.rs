@@ -114,12 +114,12 @@ async fn s3_store_holds_objects_and_variants() {
         database_url: None,
         object_store: Some(url.into()),
     };
-    let engine = cpu_engine(vec![model.clone()], 2);
+    let engine = cpu_engine(vec![model], 2);
     let base = serve(&store_args, &engine, 1).await;
     let client = reqwest::Client::new();
     let job: Value = client
         .post(format!("{base}/v1/pruning/jobs"))
-        .json(&json!({"model": model, "task": "int-mult", "hyperparameters": {"portion": 0.1}}))
+        .json(&json!({"model": "llama", "task": "int-mult", "hyperparameters": {"portion": 0.1}}))
         .send()
         .await
         .unwrap()
