@@ -15,7 +15,10 @@ DIR=$(mktemp -d)
   --workers 1 >"$DIR/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; rm -rf "$DIR"' EXIT
-for _ in $(seq 100); do curl -sf "$BASE/health" >/dev/null && break; sleep 0.2; done
+[ -x "$BIN" ] || { echo "no eigenprune binary at $BIN"; exit 1; }
+up=0
+for _ in $(seq 100); do curl -sf "$BASE/health" >/dev/null && { up=1; break; }; sleep 0.2; done
+[ "$up" = 1 ] || { echo "the server did not start:"; cat "$DIR/serve.log"; exit 1; }
 
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 rows=$(for i in $(seq 0 9); do echo "{\"prompt\": \"$i x 7 =\", \"answer\": \" $((i * 7))\"}"; done)
@@ -32,6 +35,9 @@ done
 export VARIANT_ID=$(curl -sf "$BASE/v1/pruning/jobs/$JOB_ID" | field '["pruned_model"]')
 export EVAL_ID=$(curl -sf "$BASE/v1/evaluations" -H 'content-type: application/json' \
   -d "{\"model\": \"$VARIANT_ID\", \"dataset\": \"$DATASET_ID\"}" | field '["id"]')
+for v in "$DATASET_ID" "$JOB_ID" "$VARIANT_ID" "$EVAL_ID"; do
+  case "$v" in ""|None) echo "seeding failed"; cat "$DIR/serve.log"; exit 1 ;; esac
+done
 echo "seeded: dataset $DATASET_ID, job $JOB_ID, variant $VARIANT_ID, evaluation $EVAL_ID"
 
 cat >"$DIR/schemathesis.toml" <<TOML
