@@ -391,3 +391,46 @@ async fn every_error_has_one_shape() {
     let v = assert_error_shape(status, &ct, &text, 400);
     assert_eq!(v["error"]["code"], "invalid_id");
 }
+
+/// With n > 1, every choice echoes the same prompt with the same logprobs (the prompt is
+/// scored once and shared), streamed or not.
+#[tokio::test]
+async fn echoed_prompt_is_shared_by_its_choices() {
+    let s = llama("echo_n").await;
+    let prompt = [4u32, 5, 6, 7];
+    let body = json!({"model": "llama", "prompt": [prompt, [8, 9]], "max_tokens": 3, "n": 2,
+                      "seed": 4, "echo": true, "logprobs": 1});
+    let (status, c) = s.post("/v1/completions", body.clone()).await;
+    assert_eq!(status, 200, "{c}");
+    let choices = c["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    for (pair, len) in choices.chunks(2).zip([prompt.len(), 2]) {
+        for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+            let head = |c: &Value| c["logprobs"][key].as_array().unwrap()[..len].to_vec();
+            assert_eq!(head(&pair[0]), head(&pair[1]), "{key}: {c}");
+        }
+    }
+    let first = &choices[0]["logprobs"]["tokens"].as_array().unwrap()[..prompt.len()];
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (_, _, text) = s
+        .raw(
+            Method::POST,
+            "/v1/completions",
+            streamed.to_string().into_bytes(),
+        )
+        .await;
+    let mut echoed: Vec<Vec<Value>> = vec![Vec::new(); 4];
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(line).unwrap();
+        let c = &chunk["choices"][0];
+        if let Some(t) = c["logprobs"]["tokens"].as_array() {
+            echoed[c["index"].as_u64().unwrap() as usize].extend(t.iter().cloned());
+        }
+    }
+    assert_eq!(&echoed[0][..prompt.len()], first);
+    assert_eq!(&echoed[1][..prompt.len()], first);
+}

@@ -293,6 +293,7 @@ fn byte_level_byte(c: char) -> Option<u8> {
 
 /// A token of a logprobs listing: its id, its logprob (None for a prompt's first token) and the
 /// top alternatives.
+#[derive(Clone)]
 pub struct Scored {
     pub id: u32,
     pub logprob: Option<TokenLogprob>,

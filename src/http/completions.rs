@@ -132,18 +132,13 @@ pub async fn create(
     let r = req.clone();
     let (prompts, params) = tokio::task::spawn_blocking(move || {
         let prompts = tokenize(&m, &r.prompt)?;
-        let context = m.model.config.max_positions;
-        let mut budget = usize::MAX;
+        let max_tokens = r.max_tokens.unwrap_or(16);
         for p in &prompts {
-            budget = budget.min(fit_context(
-                p.len(),
-                Some(r.max_tokens.unwrap_or(16)),
-                context,
-            )?);
+            fit_context(p.len(), Some(max_tokens), m.model.config.max_positions)?;
         }
         let eos = m.model.config.eos_token_ids.clone();
         let top = r.logprobs.map(|k| k as usize);
-        Ok::<_, ApiError>((prompts, r.sampling.params(budget, eos, vocab, top)?))
+        Ok::<_, ApiError>((prompts, r.sampling.params(max_tokens, eos, vocab, top)?))
     })
     .await
     .map_err(ApiError::internal)??;
@@ -151,7 +146,7 @@ pub async fn create(
     let batcher = state.host.batcher(&req.model, &model);
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
     let created = crate::db::now();
-    let logprobs = req.logprobs.map(|k| k as usize);
+    let logprobs = params.logprobs;
     if req.sampling.stream {
         let format = CompletionChunks {
             head: Head {
@@ -161,7 +156,8 @@ pub async fn create(
             },
             echo: req.echo,
             logprobs,
-            offsets: BTreeMap::new(),
+            echoed: None,
+            offset: 0,
         };
         let job = StreamJob {
             model,
@@ -180,9 +176,15 @@ pub async fn create(
         let mut choices = Vec::new();
         let mut completion_tokens = 0;
         for (prompt, generated) in prompts.iter().zip(&all) {
+            // The echoed prompt is decoded and scored once for all its choices.
+            let head = if echo {
+                Some(Echoed::of(&model, prompt, logprobs)?)
+            } else {
+                None
+            };
             for g in generated {
                 completion_tokens += g.tokens.len();
-                choices.push(choice(&model, prompt, g, echo, logprobs, choices.len())?);
+                choices.push(choice(&model, head.as_ref(), g, logprobs, choices.len()));
             }
         }
         let prompt_tokens = prompts.iter().map(Vec::len).sum();
@@ -259,41 +261,49 @@ fn logprobs_of(model: &LoadedModel, tokens: &[Scored], offset: &mut usize) -> Co
     out
 }
 
-fn choice(
-    model: &LoadedModel,
-    prompt: &[u32],
-    g: &Generated,
-    echo: bool,
-    logprobs: Option<usize>,
-    index: usize,
-) -> anyhow::Result<CompletionChoice> {
-    let head = if echo {
-        model
+/// An echoed prompt: its text, and its tokens scored when logprobs were asked for.
+struct Echoed {
+    prompt: Vec<u32>,
+    text: String,
+    scored: Vec<Scored>,
+}
+
+impl Echoed {
+    fn of(model: &LoadedModel, prompt: &[u32], logprobs: Option<usize>) -> anyhow::Result<Self> {
+        let text = model
             .tokenizer
             .decode(prompt, false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-    } else {
-        String::new()
-    };
-    let logprobs = match logprobs {
-        None => None,
-        Some(top) => {
-            let mut scored = if echo {
-                prompt_scores(model, prompt, top)?
-            } else {
-                Vec::new()
-            };
-            scored.extend(g.tokens.iter().map(Scored::from));
-            let mut offset = 0;
-            Some(logprobs_of(model, &scored, &mut offset))
-        }
-    };
-    Ok(CompletionChoice {
-        text: format!("{head}{}", g.text),
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let scored = match logprobs {
+            Some(top) => prompt_scores(model, prompt, top)?,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            prompt: prompt.to_vec(),
+            text,
+            scored,
+        })
+    }
+}
+
+fn choice(
+    model: &LoadedModel,
+    echoed: Option<&Echoed>,
+    g: &Generated,
+    logprobs: Option<usize>,
+    index: usize,
+) -> CompletionChoice {
+    let logprobs = logprobs.map(|_| {
+        let mut scored: Vec<Scored> = echoed.map_or_else(Vec::new, |e| e.scored.clone());
+        scored.extend(g.tokens.iter().map(Scored::from));
+        logprobs_of(model, &scored, &mut 0)
+    });
+    CompletionChoice {
+        text: format!("{}{}", echoed.map_or("", |e| e.text.as_str()), g.text),
         index,
         logprobs,
         finish_reason: Some(g.finish_reason),
-    })
+    }
 }
 
 /// What every chunk of a stream repeats.
@@ -307,8 +317,10 @@ struct CompletionChunks {
     head: Head,
     echo: bool,
     logprobs: Option<usize>,
-    /// Text offset reached per choice.
-    offsets: BTreeMap<usize, usize>,
+    /// The last prompt echoed: a prompt's choices stream one after another and share it.
+    echoed: Option<Echoed>,
+    /// Text offset reached by the choice streaming now.
+    offset: usize,
 }
 
 impl CompletionChunks {
@@ -332,24 +344,19 @@ impl ChunkFormat for CompletionChunks {
         index: usize,
         prompt: &[u32],
     ) -> anyhow::Result<Vec<Value>> {
+        self.offset = 0;
         if !self.echo {
             return Ok(Vec::new());
         }
-        let text = model
-            .tokenizer
-            .decode(prompt, false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let offset = self.offsets.entry(index).or_insert(0);
-        let logprobs = match self.logprobs {
-            Some(top) => Some(logprobs_of(
-                model,
-                &prompt_scores(model, prompt, top)?,
-                offset,
-            )),
-            None => None,
-        };
+        if self.echoed.as_ref().is_none_or(|e| e.prompt != prompt) {
+            self.echoed = Some(Echoed::of(model, prompt, self.logprobs)?);
+        }
+        let echoed = self.echoed.as_ref().expect("set above");
+        let logprobs = self
+            .logprobs
+            .map(|_| logprobs_of(model, &echoed.scored, &mut self.offset));
         let c = CompletionChoice {
-            text,
+            text: echoed.text.clone(),
             index,
             logprobs,
             finish_reason: None,
@@ -366,7 +373,7 @@ impl ChunkFormat for CompletionChunks {
     ) -> Option<Value> {
         let logprobs = self.logprobs.map(|_| {
             let scored: Vec<Scored> = tokens.iter().map(Scored::from).collect();
-            logprobs_of(model, &scored, self.offsets.entry(index).or_insert(0))
+            logprobs_of(model, &scored, &mut self.offset)
         });
         if text.is_empty() && logprobs.as_ref().is_none_or(|l| l.tokens.is_empty()) {
             return None;
