@@ -2,12 +2,14 @@
 //! and the OpenAPI document come from the same list (utoipa-axum): a handler is documented by
 //! its own request and response types, or it is not served.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -15,6 +17,8 @@ use utoipa_axum::routes;
 use crate::db::Db;
 use crate::engine_host::ModelHost;
 use crate::http;
+use crate::http::limits::Limiter;
+use crate::lab::{AuthMode, LabArgs};
 pub use crate::metrics::Metrics;
 use crate::storage::Storage;
 
@@ -30,6 +34,23 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes idle workers when a job is queued.
     pub wake: Arc<Notify>,
+    /// Authentication, default quotas and bounds.
+    pub lab: Arc<LabArgs>,
+    /// Resolved from `lab.auth` and the bound address by `serve`.
+    pub auth: AuthMode,
+    /// Per-user request rates and completion sequences held, on this replica.
+    pub limiter: Arc<Limiter>,
+    /// Cancelled on SIGTERM/SIGINT: streams are cut, workers give their jobs back.
+    pub shutdown: CancellationToken,
+    /// Scratch space for exports (under --data-dir, not the system's /tmp).
+    pub scratch: PathBuf,
+}
+
+impl AppState {
+    /// Where exports are written before they stream out.
+    pub fn exports_dir(&self) -> PathBuf {
+        self.scratch.join("exports")
+    }
 }
 
 #[derive(OpenApi)]
@@ -44,14 +65,39 @@ pub struct AppState {
         (name = "evaluations", description = "Evaluation jobs"),
         (name = "models", description = "Base models and pruned variants"),
         (name = "datasets", description = "Uploaded task data"),
-        (name = "service", description = "Health and metrics")
-    )
+        (name = "service", description = "Health and metrics"),
+        (name = "admin", description = "API keys and quotas (admins)")
+    ),
+    modifiers(&BearerKeys),
+    security(("api_key" = []))
 )]
 struct ApiDoc;
 
+/// `Authorization: Bearer ep-...` on every operation that does not say otherwise.
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "An API key, ep-... (not needed when the server runs with --auth none)",
+                        ))
+                        .build(),
+                ),
+            );
+    }
+}
+
 /// Every API route with its OpenAPI document.
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    use http::{chat, completions, datasets, evaluations, health, jobs, models};
+    use http::{admin, chat, completions, datasets, evaluations, health, jobs, models};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
@@ -69,6 +115,9 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chat::create))
         .routes(routes!(datasets::create, datasets::list))
         .routes(routes!(datasets::get_one))
+        .routes(routes!(admin::create_key, admin::list_keys))
+        .routes(routes!(admin::revoke_key))
+        .routes(routes!(admin::set_quota))
         .split_for_parts()
 }
 
@@ -90,6 +139,10 @@ pub fn app(state: AppState) -> Router {
     .method_not_allowed_fallback(http::error::method_not_allowed)
     .layer(axum::middleware::from_fn_with_state(
         state.clone(),
+        http::auth::authenticate,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
         http::count_requests,
     ))
     .layer(tower_http::limit::RequestBodyLimitLayer::new(
@@ -101,11 +154,12 @@ pub fn app(state: AppState) -> Router {
     .with_state(state)
 }
 
+/// Serves until `state.shutdown` is cancelled, then stops accepting and waits for the open
+/// requests (streams are cut by their own generation loops).
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
+    let stop = state.shutdown.clone();
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(stop.cancelled_owned())
         .await?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use eigenprune_engine::LoadedModel;
 use crate::app::AppState;
 use crate::http::error::{quoted, ApiError, ApiResult};
 use crate::http::ids::check_id;
+use crate::identity::{Caller, Visibility};
 
 /// A 404 for a model that is not served.
 pub fn not_served(state: &AppState, id: &str) -> ApiError {
@@ -23,11 +24,25 @@ pub fn not_served(state: &AppState, id: &str) -> ApiError {
     .param("model")
 }
 
-/// Whether `id` names a served model (a variant only when `allow_variants`).
-pub async fn check_served(state: &AppState, id: &str, allow_variants: bool) -> ApiResult<()> {
+/// Whether `caller` may read the variant `id` (one they may not is as good as absent).
+async fn visible_variant(state: &AppState, caller: &Caller, id: &str) -> ApiResult<bool> {
+    Ok(state
+        .db
+        .variant(id)
+        .await?
+        .is_some_and(|v| caller.can_read(&v.owner, Visibility::parse(&v.visibility))))
+}
+
+/// Whether `id` names a served model `caller` may use (a variant only when `allow_variants`).
+pub async fn check_served(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    allow_variants: bool,
+) -> ApiResult<()> {
     check_id("model", id)?;
     let found = state.host.base_named(id).is_some()
-        || (allow_variants && state.db.variant(id).await?.is_some());
+        || (allow_variants && visible_variant(state, caller, id).await?);
     if found {
         Ok(())
     } else {
@@ -35,8 +50,15 @@ pub async fn check_served(state: &AppState, id: &str, allow_variants: bool) -> A
     }
 }
 
-/// A base model or variant, resident (loaded on first use, on a blocking thread).
-pub async fn resolve(state: &AppState, id: &str) -> ApiResult<Arc<LoadedModel>> {
+/// A model `caller` may use, resident.
+pub async fn resolve(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Arc<LoadedModel>> {
+    check_served(state, caller, id, true).await?;
+    load(state, id).await
+}
+
+/// A base model or variant, resident (loaded on first use, on a blocking thread); no access
+/// check (workers run what a checked request queued).
+pub async fn load(state: &AppState, id: &str) -> ApiResult<Arc<LoadedModel>> {
     check_id("model", id)?;
     let host = state.host.clone();
     if host.base_named(id).is_some() {

@@ -107,6 +107,27 @@ impl ModelHost {
         }
     }
 
+    /// Drops a resident model (a deleted variant) and its decoding thread (which ends once
+    /// the requests it holds are done).
+    pub fn unload(&self, key: &str) {
+        self.resident
+            .lock()
+            .expect("model host lock")
+            .retain(|(k, _)| k != key);
+        self.batchers
+            .lock()
+            .expect("batchers lock")
+            .retain(|(k, _, _)| k != key);
+    }
+
+    /// Sequences waiting to join `key`'s batch (0 before it has one).
+    pub fn waiting(&self, key: &str) -> usize {
+        let b = self.batchers.lock().expect("batchers lock");
+        b.iter()
+            .find(|(k, _, _)| k == key)
+            .map_or(0, |(_, _, batcher)| batcher.load().1)
+    }
+
     /// The names of the base models served, in `--preload` order.
     pub fn base_names(&self) -> Vec<String> {
         self.bases.iter().map(|b| b.name.clone()).collect()
@@ -202,6 +223,12 @@ impl ModelHost {
         b.iter()
             .map(|(_, _, batcher)| batcher.load())
             .fold((0, 0), |acc, l| (acc.0 + l.0, acc.1 + l.1))
+    }
+
+    /// Decoding steps run by every current batcher.
+    pub fn decode_steps(&self) -> usize {
+        let b = self.batchers.lock().expect("batchers lock");
+        b.iter().map(|(_, _, batcher)| batcher.steps()).sum()
     }
 
     /// Parameter bytes of every resident model (a variant counts in full).

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cpu_engine, fixture, serve, Api};
+use common::{cpu_engine, fixture, postgres_url, serve, Api};
 
 use std::path::PathBuf;
 
@@ -48,6 +48,7 @@ impl Server {
         let api = Api {
             base,
             client: reqwest::Client::new(),
+            key: None,
         };
         Server { api, dir }
     }
@@ -526,29 +527,6 @@ async fn queued_jobs_cancel_at_once() {
         .post(&format!("/v1/pruning/jobs/{id}/cancel"), json!({}))
         .await;
     assert_eq!((status, c["status"].as_str().unwrap()), (200, "cancelled"));
-}
-
-/// A fresh database on the real Postgres at 127.0.0.1:5432 (`.ci/run` starts it).
-async fn postgres_url() -> String {
-    let admin = std::env::var("EIGENPRUNE_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let name = format!("eigenprune_test_{}", std::process::id());
-    let pool = sqlx::AnyPool::connect(&admin)
-        .await
-        .expect("Postgres at 127.0.0.1:5432 (see .ci/run)");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    admin
-        .rsplit_once('/')
-        .map(|(host, _)| format!("{host}/{name}"))
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

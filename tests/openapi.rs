@@ -19,6 +19,25 @@ fn committed_openapi_is_fresh() {
     );
 }
 
+/// `method path` with every path parameter `x` and an empty JSON object for a body.
+fn request(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    method: &str,
+) -> reqwest::RequestBuilder {
+    let url = format!("{base}{}", path.replace("{id}", "x").replace("{name}", "x"));
+    let with_body =
+        |r: reqwest::RequestBuilder| r.header("content-type", "application/json").body("{}");
+    match method {
+        "get" => client.get(&url),
+        "post" => with_body(client.post(&url)),
+        "put" => with_body(client.put(&url)),
+        "delete" => client.delete(&url),
+        m => panic!("method {m}"),
+    }
+}
+
 #[tokio::test]
 async fn every_documented_route_is_served() {
     let dir = std::env::temp_dir().join(format!("eigenprune-openapi-{}", std::process::id()));
@@ -38,17 +57,7 @@ async fn every_documented_route_is_served() {
     }
     assert!(operations.len() >= 18, "{operations:?}");
     for (path, method) in &operations {
-        let url = format!("{base}{}", path.replace("{id}", "x"));
-        let req = match method.as_str() {
-            "get" => client.get(&url),
-            "post" => client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body("{}"),
-            "delete" => client.delete(&url),
-            m => panic!("method {m}"),
-        };
-        let r = req.send().await.unwrap();
+        let r = request(&client, &base, path, method).send().await.unwrap();
         let status = r.status().as_u16();
         let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
         assert_ne!(

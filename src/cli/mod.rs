@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod eval;
 pub mod generate;
+pub mod keys;
 pub mod prune;
 pub mod serve;
 
@@ -33,6 +34,12 @@ pub enum Command {
     Worker(Box<serve::WorkerArgs>),
     /// Apply database migrations (also done at start-up).
     Migrate(serve::StoreArgs),
+    /// API keys: create (printed once), list, revoke.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Users' quota overrides.
+    #[command(subcommand)]
+    Users(keys::UsersCommand),
     /// Benchmark SVD, the attribution sweep and decoding at a real model's shape (random weights).
     Bench(bench::BenchArgs),
     /// Print the HTTP API's OpenAPI document.
@@ -48,6 +55,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => runtime()?.block_on(serve::serve(*args)),
         Command::Worker(args) => runtime()?.block_on(serve::worker(*args)),
         Command::Migrate(args) => runtime()?.block_on(serve::migrate(args)),
+        Command::Keys(cmd) => runtime()?.block_on(keys::keys(cmd)),
+        Command::Users(cmd) => runtime()?.block_on(keys::users(cmd)),
         Command::Openapi => {
             println!("{}", serde_json::to_string_pretty(&crate::openapi::spec())?);
             Ok(())

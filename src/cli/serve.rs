@@ -10,6 +10,7 @@ use clap::Args;
 use crate::app::{self, AppState, Metrics};
 use crate::db::Db;
 use crate::engine_host::{BaseModel, ModelHost};
+use crate::lab::{AuthMode, LabArgs};
 use crate::storage::Storage;
 
 #[derive(Args, Debug, Clone)]
@@ -59,6 +60,8 @@ pub struct ServeArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub lab: LabArgs,
 }
 
 #[derive(Args, Debug)]
@@ -69,10 +72,12 @@ pub struct WorkerArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub lab: LabArgs,
 }
 
 impl StoreArgs {
-    fn database_url(&self) -> String {
+    pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {
             format!("sqlite://{}", self.data_dir.join("eigenprune.db").display())
         })
@@ -89,7 +94,11 @@ impl StoreArgs {
     }
 }
 
-pub async fn build_state(store: &StoreArgs, engine: &EngineArgs) -> anyhow::Result<AppState> {
+pub async fn build_state(
+    store: &StoreArgs,
+    engine: &EngineArgs,
+    lab: &LabArgs,
+) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(&store.data_dir)
         .with_context(|| format!("creating {}", store.data_dir.display()))?;
     let db = Db::connect(&store.database_url()).await?;
@@ -126,14 +135,53 @@ pub async fn build_state(store: &StoreArgs, engine: &EngineArgs) -> anyhow::Resu
         host,
         metrics: Arc::new(Metrics::default()),
         wake: Arc::new(tokio::sync::Notify::new()),
+        lab: Arc::new(lab.clone()),
+        auth: lab.auth.unwrap_or(AuthMode::None),
+        limiter: Arc::default(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        scratch: store.data_dir.join("tmp"),
     })
 }
 
-pub fn spawn_workers(state: &AppState, n: usize) {
+/// `n` worker loops; each ends once `state.shutdown` is cancelled and its job is given back.
+pub fn spawn_workers(state: &AppState, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
     let host = hostname();
-    for i in 0..n {
-        let name = format!("{host}-{}-{i}", std::process::id());
-        tokio::spawn(crate::jobs::worker::run(state.clone(), name));
+    (0..n)
+        .map(|i| {
+            let name = format!("{host}-{}-{i}", std::process::id());
+            tokio::spawn(crate::jobs::worker::run(state.clone(), name))
+        })
+        .collect()
+}
+
+/// SIGTERM or SIGINT.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// On a stop signal: cancel `state.shutdown`, then wait up to --drain-secs for `work`
+/// (the server's open requests, the workers giving their jobs back).
+async fn drain_on_signal(state: &AppState, work: impl std::future::Future<Output = ()>) {
+    stop_signal().await;
+    tracing::info!(
+        drain_secs = state.lab.drain_secs,
+        "stopping: draining requests and jobs"
+    );
+    state.shutdown.cancel();
+    let drain = std::time::Duration::from_secs(state.lab.drain_secs);
+    match tokio::time::timeout(drain, work).await {
+        Ok(()) => tracing::info!("drained"),
+        Err(_) => tracing::warn!("drain time over; exiting with work still open"),
     }
 }
 
@@ -143,20 +191,36 @@ fn hostname() -> String {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let state = build_state(&args.store, &args.engine).await?;
-    spawn_workers(&state, args.workers);
     let listener = tokio::net::TcpListener::bind(&args.bind)
         .await
         .with_context(|| format!("binding {}", args.bind))?;
-    tracing::info!(addr = %listener.local_addr()?, workers = args.workers, "serving");
-    app::serve(listener, state).await
+    let addr = listener.local_addr()?;
+    let mut state = build_state(&args.store, &args.engine, &args.lab).await?;
+    state.auth = args.lab.auth_for(&addr);
+    if state.auth == AuthMode::Keys && !state.db.any_key().await? {
+        tracing::warn!(
+            "authentication is on and no API key exists yet: create the first admin's with              `eigenprune keys create --user NAME --admin` (same --data-dir/--database-url)"
+        );
+    }
+    let workers = spawn_workers(&state, args.workers);
+    tracing::info!(%addr, workers = args.workers, auth = ?state.auth, "serving");
+    let server = tokio::spawn(app::serve(listener, state.clone()));
+    drain_on_signal(&state, async move {
+        let _ = server.await;
+        futures::future::join_all(workers).await;
+    })
+    .await;
+    Ok(())
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
-    let state = build_state(&args.store, &args.engine).await?;
-    spawn_workers(&state, args.workers);
-    tokio::signal::ctrl_c().await?;
+    let state = build_state(&args.store, &args.engine, &args.lab).await?;
+    let workers = spawn_workers(&state, args.workers);
+    drain_on_signal(&state, async move {
+        futures::future::join_all(workers).await;
+    })
+    .await;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 use sqlx::FromRow;
 
+use super::jobs::{visible, Viewer};
 use super::{now, Db};
 
 #[derive(Clone, Debug, FromRow)]
@@ -12,34 +13,46 @@ pub struct DatasetRow {
     pub bytes: i64,
     pub object_key: String,
     pub created_at: i64,
+    pub owner: String,
+    pub visibility: String,
 }
+
+const COLUMNS: &str = "id, name, rows, bytes, object_key, created_at, owner, visibility";
 
 impl Db {
     pub async fn insert_dataset(&self, d: &DatasetRow) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO datasets (id, name, rows, bytes, object_key, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(&d.id)
-            .bind(&d.name)
-            .bind(d.rows)
-            .bind(d.bytes)
-            .bind(&d.object_key)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO datasets ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&d.id)
+        .bind(&d.name)
+        .bind(d.rows)
+        .bind(d.bytes)
+        .bind(&d.object_key)
+        .bind(now())
+        .bind(&d.owner)
+        .bind(&d.visibility)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     pub async fn dataset(&self, id: &str) -> sqlx::Result<Option<DatasetRow>> {
-        sqlx::query_as(
-            "SELECT id, name, rows, bytes, object_key, created_at FROM datasets WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM datasets WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
     }
 
-    pub async fn datasets(&self) -> sqlx::Result<Vec<DatasetRow>> {
-        sqlx::query_as("SELECT id, name, rows, bytes, object_key, created_at FROM datasets ORDER BY created_at DESC, id")
-            .fetch_all(&self.pool)
-            .await
+    /// The data sets `viewer` may see, newest first.
+    pub async fn datasets(&self, viewer: &Viewer<'_>) -> sqlx::Result<Vec<DatasetRow>> {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM datasets WHERE {} ORDER BY created_at DESC, id",
+            visible(1, 2)
+        ))
+        .bind(i64::from(viewer.admin))
+        .bind(viewer.user)
+        .fetch_all(&self.pool)
+        .await
     }
 }

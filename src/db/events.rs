@@ -12,22 +12,26 @@ pub struct EventRow {
     pub phase: String,
     pub fraction: f64,
     pub message: String,
+    /// The job's attempt that wrote it (1 for the first run).
+    pub attempt: i64,
 }
 
 impl Db {
     pub async fn add_event(
         &self,
         job_id: &str,
+        attempt: i64,
         phase: &str,
         fraction: f64,
         message: &str,
     ) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO job_events (job_id, created_at, phase, fraction, message) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO job_events (job_id, created_at, phase, fraction, message, attempt) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(job_id)
             .bind(now())
             .bind(phase)
             .bind(fraction)
             .bind(message)
+            .bind(attempt)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -36,7 +40,7 @@ impl Db {
     /// Events after `after_id`, oldest first.
     pub async fn events(&self, job_id: &str, after_id: i64) -> sqlx::Result<Vec<EventRow>> {
         sqlx::query_as(
-            "SELECT id, job_id, created_at, phase, fraction, message FROM job_events \
+            "SELECT id, job_id, created_at, phase, fraction, message, attempt FROM job_events \
              WHERE job_id = $1 AND id > $2 ORDER BY id",
         )
         .bind(job_id)

@@ -4,6 +4,7 @@
 pub mod datasets;
 pub mod events;
 pub mod jobs;
+pub mod users;
 pub mod variants;
 
 use sqlx::any::AnyPoolOptions;
@@ -70,4 +71,11 @@ pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Microseconds since the epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }

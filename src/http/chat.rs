@@ -3,6 +3,7 @@
 //! max_tokens/max_completion_tokens, penalties, logit_bias, streaming).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -14,12 +15,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::completion_run::{generate_all, piece, token_bytes, FinishReason, Generated, Usage};
+use super::completion_run::{
+    generate_all, piece, token_bytes, Choices, ClientGone, FinishReason, Generated, Usage,
+};
 use super::completions::Head;
 use super::error::{ApiError, ApiResult, Json};
+use super::limits::admit_sequences;
 use super::sampling::{fit_context, refuse_unsupported, Sampling, MAX_LOGPROBS};
 use super::streaming::{sse, ChunkFormat, StreamJob};
 use crate::app::{AppState, Metrics};
+use crate::identity::Caller;
 
 pub const MAX_MESSAGES: usize = 1024;
 
@@ -219,13 +224,15 @@ impl ChatCompletionRequest {
               (status = "4XX", description = "Invalid request, or a model without a chat template", body = super::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Json(req): Json<ChatCompletionRequest>,
 ) -> ApiResult<Response> {
     req.validate()?;
     let messages = req.messages()?;
-    let model = crate::catalog::resolve(&state, &req.model).await?;
+    let model = crate::catalog::resolve(&state, &caller, &req.model).await?;
     let vocab = model.model.config.vocab_size;
     req.sampling.validate(vocab)?;
+    let held = admit_sequences(&state, &caller, &req.model, req.sampling.n())?;
     let (req, m) = (Arc::new(req), model.clone());
     let r = req.clone();
     let (prompt, params) = tokio::task::spawn_blocking(move || {
@@ -274,12 +281,25 @@ pub async fn create(
             stops,
             n,
             include_usage: req.sampling.include_usage(),
+            held,
         };
         return Ok(sse(state, job, ChatChunks { head, top }));
     }
     let prompt_tokens = prompt.len();
+    let gone = ClientGone::default();
+    let flag = gone.flag();
     let (choices, completion_tokens) = tokio::task::spawn_blocking(move || {
-        let all = generate_all(&model, &batcher, &[prompt], &params, &stops, n, n)?;
+        let _held = held;
+        let keep_going = || !flag.load(Ordering::Relaxed);
+        let all = generate_all(
+            &model,
+            &batcher,
+            &[prompt],
+            &params,
+            &stops,
+            Choices { n, best_of: n },
+            &keep_going,
+        )?;
         let mut tokens = 0;
         let choices = all
             .into_iter()

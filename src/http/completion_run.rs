@@ -2,7 +2,9 @@
 //! the model's batcher at once, each finished from its events with stop strings honoured on
 //! text (not tokens), per-token logprobs, text deltas for streaming, and best_of.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 
 use eigenprune_engine::batcher::{Batcher, Event, Sampled};
 use eigenprune_engine::generate::{SamplingParams, TokenLogprob};
@@ -106,13 +108,14 @@ impl TextStream<'_> {
 
 /// Finishes one choice from the batcher's events for it. `on_delta` receives the text as it
 /// becomes final (the whole text, in pieces) with the tokens that arrived since the last call;
-/// returning false stops generation (the client went away): dropping `events` cancels the
-/// request in the batcher.
+/// returning false stops generation (the client went away), as does `keep_going` turning
+/// false (checked at every token): dropping `events` cancels the request in the batcher.
 pub fn complete_one(
     model: &LoadedModel,
     events: Receiver<Event>,
     max_tokens: usize,
     stops: &[String],
+    keep_going: &dyn Fn() -> bool,
     mut on_delta: impl FnMut(&str, &[Sampled]) -> bool,
 ) -> anyhow::Result<Generated> {
     let tok = &model.tokenizer;
@@ -124,6 +127,10 @@ pub fn complete_one(
     let mut ended_by_token = false;
     let mut open = true;
     for event in events.iter() {
+        if !keep_going() {
+            open = false;
+            break;
+        }
         let t = match event {
             Event::Token(t) => t,
             Event::Stop(t) => {
@@ -203,6 +210,13 @@ pub fn submit_all(
         .collect()
 }
 
+/// Choices kept per prompt (`n`) of those generated (`best_of` >= n).
+#[derive(Clone, Copy)]
+pub struct Choices {
+    pub n: usize,
+    pub best_of: usize,
+}
+
 /// Every prompt's `n` choices, in order. With `best_of > n`, best_of are generated per prompt
 /// and the n with the highest mean token log-probability are kept (in that order).
 pub fn generate_all(
@@ -211,8 +225,8 @@ pub fn generate_all(
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     stops: &[String],
-    n: usize,
-    best_of: usize,
+    Choices { n, best_of }: Choices,
+    keep_going: &dyn Fn() -> bool,
 ) -> anyhow::Result<Vec<Vec<Generated>>> {
     let per_prompt = best_of.max(n);
     let mut params = params.clone();
@@ -230,8 +244,12 @@ pub fn generate_all(
                 events,
                 params.max_tokens,
                 stops,
+                keep_going,
                 |_, _| true,
             )?);
+            if !keep_going() {
+                anyhow::bail!("the client went away");
+            }
         }
         if per_prompt > n {
             choices.sort_by(|a, b| b.mean_logprob().total_cmp(&a.mean_logprob()));
@@ -240,6 +258,23 @@ pub fn generate_all(
         out.push(choices);
     }
     Ok(out)
+}
+
+/// Set when the request that owns it is dropped (its client went away): the generation it
+/// runs on a blocking thread stops at its next token.
+#[derive(Default)]
+pub struct ClientGone(Arc<AtomicBool>);
+
+impl ClientGone {
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+impl Drop for ClientGone {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A token's text as logprobs show it: its text (special tokens spelled out), or, for a token

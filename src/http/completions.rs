@@ -4,6 +4,7 @@
 //! logprobs + max_tokens 0 or 1).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -15,12 +16,14 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::completion_run::{
-    generate_all, piece, prompt_scores, FinishReason, Generated, Scored, Usage,
+    generate_all, piece, prompt_scores, Choices, ClientGone, FinishReason, Generated, Scored, Usage,
 };
 use super::error::{ApiError, ApiResult, Json};
+use super::limits::admit_sequences;
 use super::sampling::{fit_context, refuse_unsupported, Sampling, MAX_BEST_OF, MAX_LOGPROBS};
 use super::streaming::{sse, ChunkFormat, StreamJob};
 use crate::app::{AppState, Metrics};
+use crate::identity::Caller;
 
 /// Prompts one request may carry.
 pub const MAX_PROMPTS: usize = 256;
@@ -33,6 +36,17 @@ pub enum Prompt {
     Texts(Vec<String>),
     Tokens(Vec<u32>),
     TokenLists(Vec<Vec<u32>>),
+}
+
+impl Prompt {
+    /// How many prompts (each is generated for on its own).
+    fn count(&self) -> usize {
+        match self {
+            Prompt::Text(_) | Prompt::Tokens(_) => 1,
+            Prompt::Texts(t) => t.len(),
+            Prompt::TokenLists(l) => l.len(),
+        }
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -100,10 +114,11 @@ pub struct Completion {
               (status = "4XX", description = "Invalid request", body = super::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Json(req): Json<CompletionRequest>,
 ) -> ApiResult<Response> {
     refuse_unsupported(&req.unsupported)?;
-    let model = crate::catalog::resolve(&state, &req.model).await?;
+    let model = crate::catalog::resolve(&state, &caller, &req.model).await?;
     let vocab = model.model.config.vocab_size;
     let s = &req.sampling;
     s.validate(vocab)?;
@@ -128,6 +143,8 @@ pub async fn create(
             ApiError::invalid("invalid_best_of", "best_of cannot be streamed").param("best_of"),
         );
     }
+    let sequences = req.prompt.count() * best_of;
+    let held = admit_sequences(&state, &caller, &req.model, sequences)?;
     let (req, m) = (Arc::new(req), model.clone());
     let r = req.clone();
     let (prompts, params) = tokio::task::spawn_blocking(move || {
@@ -167,12 +184,25 @@ pub async fn create(
             stops,
             n,
             include_usage: req.sampling.include_usage(),
+            held,
         };
         return Ok(sse(state, job, format));
     }
     let (echo, model_name) = (req.echo, req.model.clone());
+    let gone = ClientGone::default();
+    let flag = gone.flag();
     let (choices, usage) = tokio::task::spawn_blocking(move || {
-        let all = generate_all(&model, &batcher, &prompts, &params, &stops, n, best_of)?;
+        let _held = held;
+        let keep_going = || !flag.load(Ordering::Relaxed);
+        let all = generate_all(
+            &model,
+            &batcher,
+            &prompts,
+            &params,
+            &stops,
+            Choices { n, best_of },
+            &keep_going,
+        )?;
         let mut choices = Vec::new();
         let mut completion_tokens = 0;
         for (prompt, generated) in prompts.iter().zip(&all) {

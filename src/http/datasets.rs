@@ -10,12 +10,15 @@ use super::error::{quoted, ApiError, ApiResult, ErrorBody, Json, Path, Query};
 use super::ids::{check_id, check_name};
 use crate::app::AppState;
 use crate::db::datasets::DatasetRow;
+use crate::identity::{Caller, Visibility};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// A display name (1 to 128 characters, no control characters); default: the id.
     name: Option<String>,
+    /// `private` (you and admins; the default) or `lab` (every user).
+    visibility: Option<Visibility>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -27,6 +30,8 @@ pub struct Dataset {
     pub rows: i64,
     pub bytes: i64,
     pub created_at: i64,
+    pub owner: String,
+    pub visibility: Visibility,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -44,6 +49,8 @@ fn dataset_view(d: &DatasetRow) -> Dataset {
         rows: d.rows,
         bytes: d.bytes,
         created_at: d.created_at,
+        owner: d.owner.clone(),
+        visibility: Visibility::parse(&d.visibility),
     }
 }
 
@@ -55,6 +62,7 @@ fn dataset_view(d: &DatasetRow) -> Dataset {
               (status = "4XX", description = "Invalid JSONL (the first bad line is named)", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Query(q): Query<UploadQuery>,
     body: Bytes,
 ) -> ApiResult<Json<Dataset>> {
@@ -85,6 +93,8 @@ pub async fn create(
         bytes: body.len() as i64,
         object_key: key.clone(),
         created_at: crate::db::now(),
+        owner: caller.user.clone(),
+        visibility: q.visibility.unwrap_or_default().name().into(),
     };
     state
         .storage
@@ -103,10 +113,10 @@ pub async fn create(
 /// List data sets.
 #[utoipa::path(get, path = "/v1/datasets", tag = "datasets",
     responses((status = 200, description = "Uploaded data sets", body = DatasetList)))]
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<DatasetList>> {
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<DatasetList>> {
     let data = state
         .db
-        .datasets()
+        .datasets(&caller.viewer())
         .await?
         .iter()
         .map(dataset_view)
@@ -124,12 +134,15 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<DatasetList>>
               (status = "4XX", description = "No such data set", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Dataset>> {
     check_id("id", &id)?;
     match state.db.dataset(&id).await? {
-        Some(d) => Ok(Json(dataset_view(&d))),
-        None => Err(ApiError::not_found(
+        Some(d) if caller.can_read(&d.owner, Visibility::parse(&d.visibility)) => {
+            Ok(Json(dataset_view(&d)))
+        }
+        _ => Err(ApiError::not_found(
             "dataset_not_found",
             format!("no dataset {}", quoted(&id)),
         )),

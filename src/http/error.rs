@@ -22,6 +22,8 @@ pub struct ApiError {
     pub message: String,
     /// The request parameter at fault, when there is one.
     pub param: Option<String>,
+    /// Seconds to wait before retrying (a 429's or 503's `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -53,7 +55,23 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            retry_after: None,
         }
+    }
+    /// A 429: the caller is over a limit and may retry after `secs` seconds.
+    pub fn too_many(code: &'static str, message: impl Into<String>, secs: u64) -> Self {
+        Self {
+            retry_after: Some(secs.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+    /// A 401 (the message never repeats what was sent).
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+    /// A 403: the caller sees the object but may not do this to it.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
     }
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
@@ -126,7 +144,17 @@ impl From<crate::hyper::Invalid> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut r = (self.status, axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
     }
 }
 

@@ -9,6 +9,7 @@ use super::error::{ApiError, ApiResult, ErrorBody, Json, Path};
 use super::jobs::{check_model_and_data, find, job_view, Job};
 use crate::app::AppState;
 use crate::db::jobs::NewJob;
+use crate::identity::{Caller, Visibility};
 
 /// Split evaluated.
 #[derive(Deserialize, ToSchema, Clone, Copy, Default)]
@@ -30,6 +31,9 @@ pub struct CreateEvaluation {
     pub dataset: Option<String>,
     #[serde(default)]
     pub split: Split,
+    /// `private` (you and admins) or `lab` (every user).
+    #[serde(default)]
+    pub visibility: Visibility,
 }
 
 /// Create an evaluation job.
@@ -39,16 +43,19 @@ pub struct CreateEvaluation {
               (status = "4XX", description = "Invalid request", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Json(req): Json<CreateEvaluation>,
 ) -> ApiResult<Json<Job>> {
     check_model_and_data(
         &state,
+        &caller,
         &req.model,
         req.task.as_deref(),
         req.dataset.as_deref(),
         true,
     )
     .await?;
+    crate::http::limits::check_job_quota(&state, &caller).await?;
     let id = format!("ev-{}", uuid::Uuid::new_v4().simple());
     let split = match req.split {
         Split::Test => "test",
@@ -65,6 +72,8 @@ pub async fn create(
             dataset: req.dataset.as_deref(),
             params: &params,
             suffix: None,
+            owner: &caller.user,
+            visibility: req.visibility.name(),
         })
         .await
         .map_err(ApiError::from)?;
@@ -79,7 +88,10 @@ pub async fn create(
               (status = "4XX", description = "No such evaluation", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    Ok(Json(job_view(&find(&state, &id, "evaluation").await?)))
+    Ok(Json(job_view(
+        &find(&state, &caller, &id, "evaluation").await?,
+    )))
 }

@@ -23,7 +23,7 @@ pub struct Readiness {
 }
 
 /// The process answers.
-#[utoipa::path(get, path = "/health", tag = "service",
+#[utoipa::path(get, path = "/health", tag = "service", security(()),
     responses((status = 200, description = "The process answers", body = Health)))]
 pub async fn health() -> Json<Health> {
     Json(Health {
@@ -32,7 +32,7 @@ pub async fn health() -> Json<Health> {
 }
 
 /// The database and the object store are reachable.
-#[utoipa::path(get, path = "/ready", tag = "service",
+#[utoipa::path(get, path = "/ready", tag = "service", security(()),
     responses((status = 200, description = "Database and object store reachable", body = Readiness),
               (status = 503, description = "One of them is not", body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {

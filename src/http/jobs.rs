@@ -15,6 +15,7 @@ use crate::app::AppState;
 use crate::db::events::EventRow;
 use crate::db::jobs::{JobRow, NewJob};
 use crate::hyper::Hyperparameters;
+use crate::identity::{Caller, Visibility};
 
 /// A pruning job to create: a base model, a built-in task or an uploaded data set.
 #[derive(Deserialize, ToSchema)]
@@ -31,17 +32,21 @@ pub struct CreateJob {
     /// Part of the variant's id: up to 64 of [A-Za-z0-9_-].
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub suffix: Option<String>,
+    /// Who sees the job and its variant: `private` (you and admins) or `lab` (every user).
+    #[serde(default)]
+    pub visibility: Visibility,
 }
 
-/// Checks that the model is served and the task or dataset exists.
+/// Checks that the model is served and the task or dataset exists, both usable by `caller`.
 pub async fn check_model_and_data(
     state: &AppState,
+    caller: &Caller,
     model: &str,
     task: Option<&str>,
     dataset: Option<&str>,
     allow_variants: bool,
 ) -> ApiResult<()> {
-    crate::catalog::check_served(state, model, allow_variants).await?;
+    crate::catalog::check_served(state, caller, model, allow_variants).await?;
     match (task, dataset) {
         (Some(t), None) if eigenprune_engine::tasks::BUILTIN_TASKS.contains(&t) => Ok(()),
         (Some(t), None) => Err(ApiError::not_found(
@@ -56,8 +61,10 @@ pub async fn check_model_and_data(
         (None, Some(d)) => {
             check_id("dataset", d)?;
             match state.db.dataset(d).await? {
-                Some(_) => Ok(()),
-                None => Err(ApiError::not_found(
+                Some(row) if caller.can_read(&row.owner, Visibility::parse(&row.visibility)) => {
+                    Ok(())
+                }
+                _ => Err(ApiError::not_found(
                     "dataset_not_found",
                     format!("no dataset {}", quoted(d)),
                 )
@@ -89,7 +96,13 @@ pub struct Job {
     pub dataset: Option<String>,
     /// queued, running, succeeded, failed or cancelled
     pub status: String,
-    pub created_at: i64,
+    /// The user who created it.
+    pub owner: String,
+    pub visibility: Visibility,
+    /// Times a worker took it up (a worker that died or drained makes one more).
+    pub attempts: i64,
+    /// Seconds since the epoch, to the microsecond (lists are ordered by it).
+    pub created_at: f64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     /// What the job found (accuracies before and after, pruned counts, seconds per phase).
@@ -105,6 +118,9 @@ pub struct Job {
     /// Pruning jobs: the variant's id once succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pruned_model: Option<Option<String>>,
+    /// Pruning jobs: whether that variant has since been deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_model_deleted: Option<bool>,
     /// Evaluations: the split evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub split: Option<String>,
@@ -125,6 +141,7 @@ pub struct JobList {
               (status = "4XX", description = "Invalid request", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Json(req): Json<CreateJob>,
 ) -> ApiResult<Json<Job>> {
     req.hyperparameters.to_settings()?;
@@ -143,12 +160,14 @@ pub async fn create(
     }
     check_model_and_data(
         &state,
+        &caller,
         &req.model,
         req.task.as_deref(),
         req.dataset.as_deref(),
         false,
     )
     .await?;
+    crate::http::limits::check_job_quota(&state, &caller).await?;
     let id = format!("pj-{}", uuid::Uuid::new_v4().simple());
     let params = serde_json::to_string(&req.hyperparameters).map_err(ApiError::internal)?;
     let row = state
@@ -161,6 +180,8 @@ pub async fn create(
             dataset: req.dataset.as_deref(),
             params: &params,
             suffix: req.suffix.as_deref(),
+            owner: &caller.user,
+            visibility: req.visibility.name(),
         })
         .await?;
     state.wake.notify_waiters();
@@ -178,7 +199,10 @@ pub fn job_view(j: &JobRow) -> Job {
         task: j.task.clone(),
         dataset: j.dataset.clone(),
         status: j.status.clone(),
-        created_at: j.created_at,
+        owner: j.owner.clone(),
+        visibility: Visibility::parse(&j.visibility),
+        attempts: j.attempts,
+        created_at: j.created_seconds(),
         started_at: j.started_at,
         finished_at: j.finished_at,
         result: j.result.as_deref().and_then(parse),
@@ -189,6 +213,7 @@ pub fn job_view(j: &JobRow) -> Job {
         hyperparameters: if pruning { params.clone() } else { None },
         suffix: pruning.then(|| j.suffix.clone()),
         pruned_model: pruning.then(|| j.pruned_model.clone()),
+        pruned_model_deleted: pruning.then_some(j.variant_deleted_at.is_some()),
         split: (!pruning).then(|| {
             params
                 .as_ref()
@@ -215,6 +240,7 @@ pub struct ListQuery {
               (status = "4XX", description = "Invalid request", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<JobList>> {
     let limit = q.limit.unwrap_or(20);
@@ -226,7 +252,7 @@ pub async fn list(
     }
     let mut rows = state
         .db
-        .list_jobs("pruning", q.after.as_deref(), limit + 1)
+        .list_jobs("pruning", &caller.viewer(), q.after.as_deref(), limit + 1)
         .await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
@@ -237,10 +263,15 @@ pub async fn list(
     }))
 }
 
-pub async fn find(state: &AppState, id: &str, kind: &str) -> ApiResult<JobRow> {
+/// The job `id` of this kind, if `caller` may see it (else a 404, as if there were none).
+pub async fn find(state: &AppState, caller: &Caller, id: &str, kind: &str) -> ApiResult<JobRow> {
     check_id("id", id)?;
     match state.db.job(id).await? {
-        Some(j) if j.kind == kind => Ok(j),
+        Some(j)
+            if j.kind == kind && caller.can_read(&j.owner, Visibility::parse(&j.visibility)) =>
+        {
+            Ok(j)
+        }
         _ => Err(ApiError::not_found(
             "job_not_found",
             format!("no {kind} job {}", quoted(id)),
@@ -255,9 +286,12 @@ pub async fn find(state: &AppState, id: &str, kind: &str) -> ApiResult<JobRow> {
               (status = "4XX", description = "No such job", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    Ok(Json(job_view(&find(&state, &id, "pruning").await?)))
+    Ok(Json(job_view(
+        &find(&state, &caller, &id, "pruning").await?,
+    )))
 }
 
 /// Cancel a pruning job.
@@ -265,10 +299,27 @@ pub async fn get_one(
     params(("id" = String, Path, description = "The job's id")),
     responses((status = 200, description = "The job: cancelled at once when queued, between batches when running", body = Job),
               (status = "4XX", description = "No such job", body = ErrorBody)))]
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
-    find(&state, &id, "pruning").await?;
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
+    let job = find(&state, &caller, &id, "pruning").await?;
+    if !caller.can_modify(&job.owner) {
+        return Err(not_owner("job"));
+    }
     state.db.request_cancel(&id).await?;
-    Ok(Json(job_view(&find(&state, &id, "pruning").await?)))
+    Ok(Json(job_view(
+        &find(&state, &caller, &id, "pruning").await?,
+    )))
+}
+
+/// A 403 for a lab object the caller sees but does not own.
+pub fn not_owner(what: &str) -> ApiError {
+    ApiError::forbidden(
+        "not_owner",
+        format!("this {what} is shared with the lab, but only its owner or an admin may change it"),
+    )
 }
 
 /// A progress event of a job.
@@ -281,6 +332,9 @@ pub struct JobEvent {
     pub phase: String,
     pub fraction: f64,
     pub message: String,
+    /// The attempt that wrote it (1 for the first run; a re-run after a worker died or drained
+    /// counts up).
+    pub attempt: i64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -299,6 +353,7 @@ fn event_view(e: &EventRow) -> JobEvent {
         phase: e.phase.clone(),
         fraction: e.fraction,
         message: e.message.clone(),
+        attempt: e.attempt,
     }
 }
 
@@ -316,10 +371,11 @@ fn event_json(e: &EventRow) -> String {
               (status = "4XX", description = "No such job", body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    find(&state, &id, "pruning").await?;
+    find(&state, &caller, &id, "pruning").await?;
     let wants_sse = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -349,6 +405,9 @@ pub async fn events(
                 return None;
             }
             loop {
+                if state.shutdown.is_cancelled() {
+                    return None;
+                }
                 let rows = state.db.events(&id, last).await.unwrap_or_default();
                 let ended = state.db.job(&id).await.ok().flatten().is_none_or(|j| {
                     ["succeeded", "failed", "cancelled"].contains(&j.status.as_str())

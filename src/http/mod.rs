@@ -1,5 +1,7 @@
 //! HTTP handlers, one file per resource; `error.rs` maps every failure to a status and code.
 
+pub mod admin;
+pub mod auth;
 pub mod chat;
 pub mod completion_run;
 pub mod completions;
@@ -10,6 +12,7 @@ pub mod evaluations;
 pub mod health;
 pub mod ids;
 pub mod jobs;
+pub mod limits;
 pub mod models;
 pub mod sampling;
 pub mod streaming;

@@ -12,6 +12,7 @@ use super::error::{quoted, ApiError, ApiResult, ErrorBody, Json, Path};
 use super::ids::check_id;
 use crate::app::AppState;
 use crate::db::variants::VariantRow;
+use crate::identity::{Caller, Visibility};
 
 /// A base model or a pruned variant.
 #[derive(Serialize, ToSchema)]
@@ -28,6 +29,8 @@ pub struct Model {
     /// Variants: the pruning job that made it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// Variants: `private` (the owner and admins) or `lab`; base models are the lab's.
+    pub visibility: Visibility,
     /// Variants: what the job pruned and measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -56,6 +59,7 @@ fn base_view(state: &AppState, name: &str) -> Model {
         owned_by: "eigenprune".into(),
         created: 0,
         parent: None,
+        visibility: Visibility::Lab,
         context_length: state.host.context_length(name),
         job: None,
         summary: None,
@@ -70,7 +74,8 @@ fn variant_view(state: &AppState, v: &VariantRow) -> Model {
     Model {
         id: v.id.clone(),
         object: "model".into(),
-        owned_by: "eigenprune".into(),
+        owned_by: v.owner.clone(),
+        visibility: Visibility::parse(&v.visibility),
         created: v.created_at,
         context_length: state.host.context_length(&parent),
         parent: Some(parent),
@@ -82,14 +87,14 @@ fn variant_view(state: &AppState, v: &VariantRow) -> Model {
 /// Base models and pruned variants.
 #[utoipa::path(get, path = "/v1/models", tag = "models",
     responses((status = 200, description = "Base models and pruned variants", body = ModelList)))]
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<ModelList>> {
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<ModelList>> {
     let mut data: Vec<Model> = state
         .host
         .base_names()
         .iter()
         .map(|m| base_view(&state, m))
         .collect();
-    let variants = state.db.variants().await?;
+    let variants = state.db.variants(&caller.viewer()).await?;
     data.extend(variants.iter().map(|v| variant_view(&state, v)));
     Ok(Json(ModelList {
         object: "list".into(),
@@ -101,6 +106,14 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("model_not_found", format!("no model {}", quoted(id)))
 }
 
+/// The variant `id` if `caller` may see it.
+async fn visible_variant(state: &AppState, caller: &Caller, id: &str) -> ApiResult<VariantRow> {
+    match state.db.variant(id).await? {
+        Some(v) if caller.can_read(&v.owner, Visibility::parse(&v.visibility)) => Ok(v),
+        _ => Err(not_found(id)),
+    }
+}
+
 /// A model.
 #[utoipa::path(get, path = "/v1/models/{id}", tag = "models",
     params(("id" = String, Path, description = "A base model's name or a variant's id")),
@@ -108,16 +121,15 @@ fn not_found(id: &str) -> ApiError {
               (status = "4XX", description = "No such model", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Model>> {
     check_id("id", &id)?;
     if let Some(b) = state.host.base_named(&id) {
         return Ok(Json(base_view(&state, &b.name.clone())));
     }
-    match state.db.variant(&id).await? {
-        Some(v) => Ok(Json(variant_view(&state, &v))),
-        None => Err(not_found(&id)),
-    }
+    let v = visible_variant(&state, &caller, &id).await?;
+    Ok(Json(variant_view(&state, &v)))
 }
 
 /// Export a model as one safetensors file.
@@ -128,9 +140,20 @@ pub async fn get_one(
     params(("id" = String, Path, description = "A base model's name or a variant's id")),
     responses((status = 200, description = "model.safetensors", content_type = "application/octet-stream", body = Vec<u8>),
               (status = "4XX", description = "No such model", body = ErrorBody)))]
-pub async fn export(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let model = crate::catalog::resolve(&state, &id).await?;
-    let dir = std::env::temp_dir().join(format!(
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    check_id("id", &id)?;
+    if state.host.base_named(&id).is_some() && !caller.admin && !state.lab.allow_base_export {
+        return Err(ApiError::forbidden(
+            "base_export_forbidden",
+            "exporting a base model needs an admin's key (or a server started with --allow-base-export)",
+        ));
+    }
+    let model = crate::catalog::resolve(&state, &caller, &id).await?;
+    let dir = state.exports_dir().join(format!(
         "eigenprune-export-{}",
         uuid::Uuid::new_v4().simple()
     ));
@@ -162,13 +185,15 @@ pub async fn export(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     Ok((headers, body).into_response())
 }
 
-/// Delete a pruned variant.
+/// Delete a pruned variant (its owner or an admin): it is unloaded, its object removed, and
+/// its job says `pruned_model_deleted`.
 #[utoipa::path(delete, path = "/v1/models/{id}", tag = "models",
     params(("id" = String, Path, description = "A pruned variant's id")),
     responses((status = 200, description = "Deleted", body = Deleted),
               (status = "4XX", description = "No such variant, or a base model", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Deleted>> {
     check_id("id", &id)?;
@@ -179,10 +204,13 @@ pub async fn delete(
             "base models cannot be deleted; only pruned variants",
         ));
     }
-    let Some(v) = state.db.variant(&id).await? else {
-        return Err(not_found(&id));
-    };
+    let v = visible_variant(&state, &caller, &id).await?;
+    if !caller.can_modify(&v.owner) {
+        return Err(super::jobs::not_owner("variant"));
+    }
     state.db.delete_variant(&id).await?;
+    state.db.mark_variant_deleted(&v.job_id).await?;
+    state.host.unload(&id);
     if let Err(e) = state.storage.delete(&v.object_key).await {
         tracing::warn!(error = %e, key = %v.object_key, "variant row deleted, object left behind");
     }

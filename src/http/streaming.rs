@@ -1,7 +1,9 @@
 //! `stream = true` for both OpenAI endpoints: Server-Sent Events, one chunk per text delta (with
 //! the tokens' logprobs when asked), a final chunk per choice with its finish_reason, the usage
-//! when asked, then `data: [DONE]`. Generation stops when the client disconnects. What a chunk
-//! looks like is the endpoint's [`ChunkFormat`].
+//! when asked, then `data: [DONE]`. Generation stops at the next token when the client
+//! disconnects; when the server shuts down, the stream is cut with an error event
+//! (`server_shutting_down`) and `[DONE]`. What a chunk looks like is the endpoint's
+//! [`ChunkFormat`].
 
 use std::sync::Arc;
 
@@ -48,14 +50,29 @@ pub struct StreamJob {
     pub stops: Vec<String>,
     pub n: usize,
     pub include_usage: bool,
+    /// The caller's sequences, held until the stream ends.
+    pub held: super::limits::Held,
 }
 
 pub fn sse(state: AppState, job: StreamJob, mut format: impl ChunkFormat) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let shutdown = state.shutdown.clone();
     tokio::task::spawn_blocking(move || {
         let send = |v: &Value| {
             tx.blocking_send(Event::default().data(v.to_string()))
                 .is_ok()
+        };
+        let keep_going = || !tx.is_closed() && !shutdown.is_cancelled();
+        let cut = || {
+            if shutdown.is_cancelled() {
+                let err = super::error::ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "server_shutting_down",
+                    "the server is shutting down; the stream was cut (retry on another replica)",
+                );
+                send(&serde_json::to_value(err.body()).unwrap_or_default());
+                let _ = tx.blocking_send(Event::default().data("[DONE]"));
+            }
         };
         let model = &job.model;
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
@@ -74,6 +91,7 @@ pub fn sse(state: AppState, job: StreamJob, mut format: impl ChunkFormat) -> Res
                         events,
                         job.params.max_tokens,
                         &job.stops,
+                        &keep_going,
                         |text, toks| {
                             format
                                 .delta(model, index, text, toks)
@@ -81,6 +99,9 @@ pub fn sse(state: AppState, job: StreamJob, mut format: impl ChunkFormat) -> Res
                         },
                     )
                 });
+                if !keep_going() {
+                    return cut();
+                }
                 match result {
                     Ok(done) => {
                         completion_tokens += done.tokens.len();
@@ -98,6 +119,7 @@ pub fn sse(state: AppState, job: StreamJob, mut format: impl ChunkFormat) -> Res
                 }
             }
         }
+        drop(job.held);
         if job.include_usage {
             send(&format.usage(Usage::new(prompt_tokens, completion_tokens)));
         }

@@ -33,14 +33,18 @@ enum Outcome {
     Evaluated { result: Value },
 }
 
+/// Claims and runs jobs until `state.shutdown` is cancelled; a job running then is given back
+/// (queued again for the next claim) unless it finishes first.
 pub async fn run(state: AppState, name: String) {
     tracing::info!(worker = %name, "worker started");
-    loop {
-        match state.db.claim_job(&name, lease_secs()).await {
+    let rules = state.lab.claim_rules(lease_secs());
+    while !state.shutdown.is_cancelled() {
+        match state.db.claim_job(&name, rules).await {
             Ok(Some(job)) => process(&state, &name, job).await,
             Ok(None) => {
                 tokio::select! {
                     _ = state.wake.notified() => {}
+                    _ = state.shutdown.cancelled() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
@@ -50,11 +54,19 @@ pub async fn run(state: AppState, name: String) {
             }
         }
     }
+    tracing::info!(worker = %name, "worker stopped");
 }
 
 async fn process(state: &AppState, worker: &str, job: JobRow) {
     tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempts, "running");
     let cancel = Arc::new(AtomicBool::new(false));
+    let draining = {
+        let (stop, cancel) = (state.shutdown.clone(), cancel.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            cancel.store(true, Ordering::Relaxed);
+        })
+    };
     let heartbeat = {
         let (db, id, w, cancel) = (
             state.db.clone(),
@@ -78,10 +90,10 @@ async fn process(state: &AppState, worker: &str, job: JobRow) {
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, f64, String)>();
     let events = {
-        let (db, id) = (state.db.clone(), job.id.clone());
+        let (db, id, attempt) = (state.db.clone(), job.id.clone(), job.attempts);
         tokio::spawn(async move {
             while let Some((phase, fraction, message)) = rx.recv().await {
-                if let Err(e) = db.add_event(&id, &phase, fraction, &message).await {
+                if let Err(e) = db.add_event(&id, attempt, &phase, fraction, &message).await {
                     tracing::warn!(error = %e, "recording a job event");
                 }
             }
@@ -89,6 +101,7 @@ async fn process(state: &AppState, worker: &str, job: JobRow) {
     };
     let outcome = execute(state, &job, cancel.clone(), tx).await;
     heartbeat.abort();
+    draining.abort();
     let _ = events.await;
     let db = &state.db;
     let done = match outcome {
@@ -119,6 +132,10 @@ async fn process(state: &AppState, worker: &str, job: JobRow) {
                 None,
             )
             .await
+        }
+        Err(JobError::Cancelled) if state.shutdown.is_cancelled() => {
+            tracing::info!(job = %job.id, "giving the job back (shutting down)");
+            db.release_job(&job.id, worker).await
         }
         Err(JobError::Cancelled) => {
             db.finish_job(&job.id, worker, "cancelled", None, None, None)
@@ -268,7 +285,7 @@ async fn execute(
     let map_engine = move |e: EngineError| engine_failure(e, host.device_memory());
     if job.kind == "evaluation" {
         let task = load_task(state, job, 42).await?;
-        let model = crate::catalog::resolve(state, &job.model)
+        let model = crate::catalog::load(state, &job.model)
             .await
             .map_err(|e| JobError::Failed(e.code, e.message))?;
         let split = params
@@ -358,6 +375,8 @@ async fn execute(
             job_id: job.id.clone(),
             object_key: key,
             created_at: 0,
+            owner: job.owner.clone(),
+            visibility: job.visibility.clone(),
             summary: summary.to_string(),
         },
     })

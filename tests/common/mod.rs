@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
+use eigenprune::app::AppState;
 use eigenprune::cli::serve::{build_state, spawn_workers, EngineArgs, StoreArgs};
+use eigenprune::lab::LabArgs;
 
 mod skip;
 #[allow(unused_imports)]
@@ -31,12 +33,24 @@ pub fn cpu_engine(preload: Vec<String>, max_resident_models: usize) -> EngineArg
 
 /// The service with `workers` worker loops on a real socket (port 0); its base URL.
 pub async fn serve(store: &StoreArgs, engine: &EngineArgs, workers: usize) -> String {
-    let state = build_state(store, engine).await.unwrap();
+    serve_lab(store, engine, &LabArgs::default(), workers)
+        .await
+        .0
+}
+
+/// The same with the lab's settings (`lab.auth` as given, else open); its URL and state.
+pub async fn serve_lab(
+    store: &StoreArgs,
+    engine: &EngineArgs,
+    lab: &LabArgs,
+    workers: usize,
+) -> (String, AppState) {
+    let state = build_state(store, engine, lab).await.unwrap();
     spawn_workers(&state, workers);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(eigenprune::app::serve(listener, state));
-    base
+    tokio::spawn(eigenprune::app::serve(listener, state.clone()));
+    (base, state)
 }
 
 /// The real SmolLM2-135M-Instruct GGUF (`scripts/fetch-smollm2.sh`), if fetched.
@@ -58,13 +72,44 @@ pub fn smollm2() -> Option<PathBuf> {
 pub struct Api {
     pub base: String,
     pub client: reqwest::Client,
+    /// Sent as `Authorization: Bearer` when set.
+    pub key: Option<String>,
 }
 
 impl Api {
+    /// The same server as another user.
+    pub fn as_user(&self, key: &str) -> Api {
+        Api {
+            base: self.base.clone(),
+            client: self.client.clone(),
+            key: Some(key.to_string()),
+        }
+    }
+
+    /// A request to `path`, with the key when there is one.
+    pub fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.client.request(method, format!("{}{path}", self.base));
+        match &self.key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .call(reqwest::Method::DELETE, path)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let r = self
-            .client
-            .post(format!("{}{path}", self.base))
+            .call(reqwest::Method::POST, path)
             .json(&body)
             .send()
             .await
@@ -82,8 +127,7 @@ impl Api {
         content_type: &str,
     ) -> (u16, serde_json::Value) {
         let r = self
-            .client
-            .post(format!("{}{path}", self.base))
+            .call(reqwest::Method::POST, path)
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -97,8 +141,7 @@ impl Api {
 
     /// A GET's body as text, asking for `accept`.
     pub async fn text(&self, path: &str, accept: &str) -> String {
-        self.client
-            .get(format!("{}{path}", self.base))
+        self.call(reqwest::Method::GET, path)
             .header("accept", accept)
             .send()
             .await
@@ -109,12 +152,7 @@ impl Api {
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
+        let r = self.call(reqwest::Method::GET, path).send().await.unwrap();
         (
             r.status().as_u16(),
             r.json().await.unwrap_or(serde_json::Value::Null),
@@ -141,8 +179,7 @@ impl Api {
         body: Vec<u8>,
     ) -> (u16, String, String) {
         let r = self
-            .client
-            .request(method, format!("{}{path}", self.base))
+            .call(method, path)
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -171,5 +208,35 @@ pub async fn api(models: Vec<String>, tag: &str) -> Api {
     Api {
         base: serve(&store, &cpu_engine(models, 4), 0).await,
         client: reqwest::Client::new(),
+        key: None,
     }
 }
+
+/// A fresh database on the real Postgres at 127.0.0.1:5432 (`.ci/run` starts it).
+pub async fn postgres_url() -> String {
+    let admin = std::env::var("EIGENPRUNE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    sqlx::any::install_default_drivers();
+    let name = format!(
+        "eigenprune_test_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let pool = sqlx::AnyPool::connect(&admin)
+        .await
+        .expect("Postgres at 127.0.0.1:5432 (see .ci/run)");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    admin
+        .rsplit_once('/')
+        .map(|(host, _)| format!("{host}/{name}"))
+        .unwrap()
+}
+
+static NEXT_DB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

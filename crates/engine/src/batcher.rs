@@ -55,6 +55,8 @@ pub struct Batcher {
 struct Load {
     active: AtomicUsize,
     waiting: AtomicUsize,
+    /// Decoding steps run (one token for every active row).
+    steps: AtomicUsize,
 }
 
 impl Batcher {
@@ -76,6 +78,11 @@ impl Batcher {
             self.load.active.load(Ordering::Relaxed),
             self.load.waiting.load(Ordering::Relaxed),
         )
+    }
+
+    /// Decoding steps this batcher has run.
+    pub fn steps(&self) -> usize {
+        self.load.steps.load(Ordering::Relaxed)
     }
 
     /// Queues a generation; its events arrive on the returned receiver. Dropping the receiver
@@ -144,6 +151,7 @@ fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize, load: 
         if rows.is_empty() {
             continue;
         }
+        load.steps.fetch_add(1, Ordering::Relaxed);
         match step(model, &mut rows, &mut cache) {
             Ok(()) => {}
             Err(e) => {
