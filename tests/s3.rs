@@ -4,66 +4,15 @@
 
 mod common;
 
+use common::process::start_s3;
 use common::{cpu_engine, fixture, serve};
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use eigenprune::cli::serve::StoreArgs;
 use eigenprune::storage::Storage;
 use serde_json::{json, Value};
-
-struct S3 {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn start_s3(dir: &PathBuf) -> Option<S3> {
-    let bin = std::env::var("S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::create_dir_all(dir.join("eigenprune")).unwrap();
-    let child = Command::new(&bin)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--access-key",
-            "AKTEST",
-            "--secret-key",
-            "SKTEST",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    match child {
-        Ok(child) => Some(S3 {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }),
-        Err(e) => {
-            assert!(
-                std::env::var("EIGENPRUNE_REQUIRE_S3").is_err(),
-                "EIGENPRUNE_REQUIRE_S3 is set but `{bin}` does not start: {e}"
-            );
-            eprintln!("SKIPPED: `{bin}` not found ({e}); `cargo install --locked s3s-fs@0.14.1 --features binary`");
-            None
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_holds_objects_and_variants() {

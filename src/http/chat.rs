@@ -21,6 +21,7 @@ use super::completion_run::{
 use super::completions::Head;
 use super::error::{ApiError, ApiResult, Json};
 use super::limits::admit_sequences;
+use super::offload::offload;
 use super::sampling::{fit_context, refuse_unsupported, Sampling, MAX_LOGPROBS};
 use super::streaming::{sse, ChunkFormat, StreamJob};
 use crate::app::{AppState, Metrics};
@@ -235,7 +236,7 @@ pub async fn create(
     let held = admit_sequences(&state, &caller, &req.model, req.sampling.n())?;
     let (req, m) = (Arc::new(req), model.clone());
     let r = req.clone();
-    let (prompt, params) = tokio::task::spawn_blocking(move || {
+    let (prompt, params) = offload(move || {
         let Some(template) = &m.chat_template else {
             return Err(ApiError::invalid(
                 "chat_template_missing",
@@ -261,8 +262,7 @@ pub async fn create(
         let top = r.logprobs.then(|| r.top_logprobs.unwrap_or(0) as usize);
         Ok((prompt, r.sampling.params(budget, eos, vocab, top)?))
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await?;
     let stops = req.sampling.stops()?;
     let n = req.sampling.n();
     let batcher = state.host.batcher(&req.model, &model);

@@ -20,6 +20,7 @@ use super::completion_run::{
 };
 use super::error::{ApiError, ApiResult, Json};
 use super::limits::admit_sequences;
+use super::offload::offload;
 use super::sampling::{fit_context, refuse_unsupported, Sampling, MAX_BEST_OF, MAX_LOGPROBS};
 use super::streaming::{sse, ChunkFormat, StreamJob};
 use crate::app::{AppState, Metrics};
@@ -147,7 +148,7 @@ pub async fn create(
     let held = admit_sequences(&state, &caller, &req.model, sequences)?;
     let (req, m) = (Arc::new(req), model.clone());
     let r = req.clone();
-    let (prompts, params) = tokio::task::spawn_blocking(move || {
+    let (prompts, params) = offload(move || {
         let prompts = tokenize(&m, &r.prompt)?;
         let max_tokens = r.max_tokens.unwrap_or(16);
         for p in &prompts {
@@ -157,8 +158,7 @@ pub async fn create(
         let top = r.logprobs.map(|k| k as usize);
         Ok::<_, ApiError>((prompts, r.sampling.params(max_tokens, eos, vocab, top)?))
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await?;
     let stops = req.sampling.stops()?;
     let batcher = state.host.batcher(&req.model, &model);
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());

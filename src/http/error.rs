@@ -158,10 +158,69 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `axum::Json` with our error shape for malformed bodies.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json` with our error shape for malformed bodies; a body over [`INLINE_JSON_BYTES`]
+/// is parsed off the runtime's threads ([`super::offload`]).
 pub struct Json<T>(pub T);
+
+/// Bodies up to this size are parsed where they arrive (cheaper than a thread hop).
+pub const INLINE_JSON_BYTES: usize = 64 * 1024;
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n <= INLINE_JSON_BYTES) {
+            let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+            return Ok(Json(v));
+        }
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                let v = v.trim();
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(Self::wrong_type());
+        }
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    e.body_text(),
+                )
+            })?;
+        super::offload::offload(move || {
+            axum::Json::<T>::from_bytes(&body)
+                .map(|axum::Json(v)| Json(v))
+                .map_err(ApiError::from)
+        })
+        .await
+    }
+}
+
+impl<T> Json<T> {
+    fn wrong_type() -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Expected request with `Content-Type: application/json`",
+        )
+    }
+}
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {

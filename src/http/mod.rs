@@ -14,6 +14,7 @@ pub mod ids;
 pub mod jobs;
 pub mod limits;
 pub mod models;
+pub mod offload;
 pub mod sampling;
 pub mod streaming;
 

@@ -7,6 +7,7 @@ use eigenprune::app::AppState;
 use eigenprune::cli::serve::{build_state, spawn_workers, EngineArgs, StoreArgs};
 use eigenprune::lab::LabArgs;
 
+pub mod process;
 mod skip;
 #[allow(unused_imports)]
 pub use skip::skip;
