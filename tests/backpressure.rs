@@ -107,7 +107,11 @@ async fn waiting_is_bounded_and_abandoned_sequences_stop() {
         "the request should outlast 1 s"
     );
     let gone = state.host.decode_steps();
-    assert!(gone - before > 3, "it was decoding when its client left ({} steps)", gone - before);
+    assert!(
+        gone - before > 3,
+        "it was decoding when its client left ({} steps)",
+        gone - before
+    );
     let steps = steps_after(&state, gone).await;
     assert!(steps <= 2, "{steps} steps ran after the client left");
     assert_eq!(
