@@ -52,7 +52,7 @@ pub struct Hyperparameters {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Finetune {
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 100)]
     pub epochs: usize,
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub lr: f64,
@@ -226,5 +226,19 @@ impl Hyperparameters {
                 .map(Finetune::to_settings)
                 .transpose()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_epoch_bound_is_the_engines() {
+        let doc = crate::openapi::spec();
+        let epochs = &doc["components"]["schemas"]["Finetune"]["properties"]["epochs"];
+        assert_eq!(
+            epochs["maximum"].as_u64(),
+            Some(eigenprune_engine::finetune::MAX_EPOCHS as u64),
+            "{epochs}"
+        );
     }
 }

@@ -120,6 +120,38 @@ async fn waiting_is_bounded_and_abandoned_sequences_stop() {
         "its sequences are given back"
     );
 
+    // Two 10 MB prompts are parsed and tokenised off the runtime's threads: /health answers
+    // while they are.
+    let huge = "lorem ipsum dolor sit amet ".repeat(10 * 1024 * 1024 / 27);
+    let big: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            let body = json!({"model": "smol", "prompt": huge, "max_tokens": 1});
+            tokio::spawn(async move {
+                client
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let h = client.get(format!("{base}/health")).send().await.unwrap();
+        assert_eq!(h.status().as_u16(), 200);
+    }
+    assert!(
+        big.iter().any(|b| !b.is_finished()),
+        "/health answered only after the big prompts were done"
+    );
+    for b in big {
+        assert_eq!(b.await.unwrap(), 400, "too long for the context");
+    }
+
     // The server still answers.
     let r = client
         .post(&url)

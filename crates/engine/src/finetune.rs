@@ -14,6 +14,9 @@ use crate::trace::Trace;
 use crate::transformer::Transformer;
 use crate::{EngineError, Result};
 
+/// Most fine-tuning epochs a job may ask for.
+pub const MAX_EPOCHS: usize = 100;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct FinetuneSettings {
     pub epochs: usize,
@@ -33,10 +36,11 @@ impl FinetuneSettings {
         }
     }
 
+    /// Checks every setting (epochs are bounded: one job must not hold a worker for days).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(EngineError::InvalidInput(m.into()));
-        if self.epochs == 0 {
-            return bad("finetune.epochs must be at least 1");
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return bad(&format!("finetune.epochs must be in 1..={MAX_EPOCHS}"));
         }
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr < 1.0) {
             return bad("finetune.lr must be in (0, 1)");
