@@ -114,7 +114,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(completions::create))
         .routes(routes!(chat::create))
         .routes(routes!(datasets::create, datasets::list))
-        .routes(routes!(datasets::get_one))
+        .routes(routes!(datasets::get_one, datasets::delete))
         .routes(routes!(admin::create_key, admin::list_keys))
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::set_quota))

@@ -90,6 +90,7 @@ async fn waiting_is_bounded_and_abandoned_sequences_stop() {
     drop(a);
     drop(b);
     let steps = steps_after(&state, gone).await;
+    eprintln!("decoding steps after the client left: {steps}");
     assert!(
         steps <= 2,
         "{steps} steps ran after the streams' clients left"
@@ -113,6 +114,7 @@ async fn waiting_is_bounded_and_abandoned_sequences_stop() {
         gone - before
     );
     let steps = steps_after(&state, gone).await;
+    eprintln!("decoding steps after the client left: {steps}");
     assert!(steps <= 2, "{steps} steps ran after the client left");
     assert_eq!(
         state.limiter.held("local"),

@@ -55,4 +55,12 @@ impl Db {
         .fetch_all(&self.pool)
         .await
     }
+
+    pub async fn delete_dataset(&self, id: &str) -> sqlx::Result<bool> {
+        let r = sqlx::query("DELETE FROM datasets WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
 }

@@ -135,7 +135,7 @@ impl Db {
 
     /// Ends jobs whose worker stopped heartbeating and that must not run again: cancelled
     /// ones (cancel was asked) and ones out of attempts (failed, saying so).
-    async fn reap_lost_jobs(&self, max_attempts: i64) -> sqlx::Result<()> {
+    pub async fn reap_lost_jobs(&self, max_attempts: i64) -> sqlx::Result<()> {
         let t = now();
         sqlx::query(
             "UPDATE jobs SET status = 'cancelled', finished_at = $1, lease_until = NULL \
@@ -156,11 +156,11 @@ impl Db {
         Ok(())
     }
 
-    /// Takes a queued job, or one whose lease expired (its worker died), for `worker`: fairly
-    /// across users (the owner with the fewest running jobs first, skipping owners at their
-    /// running-jobs limit), then the oldest.
+    /// Takes a queued job, or one whose lease expired (its worker died) with attempts left, for
+    /// `worker`: fairly across users (the owner with the fewest running jobs first, skipping
+    /// owners at their running-jobs limit), then the oldest. (Lost jobs that must not run
+    /// again are ended by [`Db::reap_lost_jobs`], which workers call every lease.)
     pub async fn claim_job(&self, worker: &str, rules: ClaimRules) -> sqlx::Result<Option<JobRow>> {
-        self.reap_lost_jobs(rules.max_attempts).await?;
         let t = now();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE OF j SKIP LOCKED",
@@ -171,7 +171,8 @@ impl Db {
             "UPDATE jobs SET status = 'running', worker = $1, lease_until = $2, attempts = attempts + 1, \
              started_at = COALESCE(started_at, $3) \
              WHERE id = (SELECT j.id FROM jobs j LEFT JOIN users u ON u.name = j.owner \
-                         WHERE (j.status = 'queued' OR (j.status = 'running' AND j.lease_until < $3)) \
+                         WHERE (j.status = 'queued' OR (j.status = 'running' AND j.lease_until < $3 \
+                                AND j.attempts - j.releases < $5)) \
                          AND j.cancel_requested = 0 \
                          AND (COALESCE(u.running_jobs, $4) <= 0 OR {running} < COALESCE(u.running_jobs, $4)) \
                          ORDER BY {running}, j.created_us, j.id LIMIT 1 {lock}) \
@@ -181,6 +182,7 @@ impl Db {
         .bind(t + rules.lease_secs)
         .bind(t)
         .bind(rules.running_jobs.unwrap_or(0))
+        .bind(rules.max_attempts)
         .fetch_optional(&self.pool)
         .await?;
         match id {

@@ -127,6 +127,53 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     }))
 }
 
+/// A deleted data set.
+#[derive(Serialize, ToSchema)]
+pub struct DeletedDataset {
+    pub id: String,
+    /// `dataset`
+    pub object: String,
+    pub deleted: bool,
+}
+
+/// The data set `id` if `caller` may see it.
+async fn visible(state: &AppState, caller: &Caller, id: &str) -> ApiResult<DatasetRow> {
+    check_id("id", id)?;
+    match state.db.dataset(id).await? {
+        Some(d) if caller.can_read(&d.owner, Visibility::parse(&d.visibility)) => Ok(d),
+        _ => Err(ApiError::not_found(
+            "dataset_not_found",
+            format!("no dataset {}", quoted(id)),
+        )),
+    }
+}
+
+/// Delete a data set (its owner or an admin); jobs still queued on it fail with
+/// `dataset_not_found`.
+#[utoipa::path(delete, path = "/v1/datasets/{id}", tag = "datasets",
+    params(("id" = String, Path, description = "The data set's id")),
+    responses((status = 200, description = "Deleted", body = DeletedDataset),
+              (status = "4XX", description = "No such data set, or not yours", body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeletedDataset>> {
+    let d = visible(&state, &caller, &id).await?;
+    if !caller.can_modify(&d.owner) {
+        return Err(super::jobs::not_owner("data set"));
+    }
+    state.db.delete_dataset(&id).await?;
+    if let Err(e) = state.storage.delete(&d.object_key).await {
+        tracing::warn!(error = %e, key = %d.object_key, "data set row deleted, object left behind");
+    }
+    Ok(Json(DeletedDataset {
+        id,
+        object: "dataset".into(),
+        deleted: true,
+    }))
+}
+
 /// A data set.
 #[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets",
     params(("id" = String, Path, description = "The data set's id")),
@@ -137,14 +184,5 @@ pub async fn get_one(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Dataset>> {
-    check_id("id", &id)?;
-    match state.db.dataset(&id).await? {
-        Some(d) if caller.can_read(&d.owner, Visibility::parse(&d.visibility)) => {
-            Ok(Json(dataset_view(&d)))
-        }
-        _ => Err(ApiError::not_found(
-            "dataset_not_found",
-            format!("no dataset {}", quoted(&id)),
-        )),
-    }
+    Ok(Json(dataset_view(&visible(&state, &caller, &id).await?)))
 }

@@ -38,7 +38,15 @@ enum Outcome {
 pub async fn run(state: AppState, name: String) {
     tracing::info!(worker = %name, "worker started");
     let rules = state.lab.claim_rules(lease_secs());
+    let reap_every = Duration::from_secs(rules.lease_secs as u64);
+    let mut reaped: Option<std::time::Instant> = None;
     while !state.shutdown.is_cancelled() {
+        if reaped.is_none_or(|t| t.elapsed() >= reap_every) {
+            if let Err(e) = state.db.reap_lost_jobs(rules.max_attempts).await {
+                tracing::warn!(error = %e, "ending lost jobs");
+            }
+            reaped = Some(std::time::Instant::now());
+        }
         match state.db.claim_job(&name, rules).await {
             Ok(Some(job)) => process(&state, &name, job).await,
             Ok(None) => {
