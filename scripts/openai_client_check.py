@@ -7,6 +7,7 @@ Exits non-zero (with the failing check) if any response does not parse or does n
 Run by tests/api.rs against a server it starts; CI installs `openai` first.
 """
 
+import os
 import sys
 
 import openai
@@ -129,7 +130,17 @@ def chat(client: openai.OpenAI, model: str) -> None:
 
 
 def main(base_url: str, model: str, chat_model: str | None) -> None:
-    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    # OPENAI_API_KEY (the client's own variable) is the key of a server with --auth keys.
+    key = os.environ.get("OPENAI_API_KEY")
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key or "unused", max_retries=0)
+    if key:
+        wrong = openai.OpenAI(base_url=f"{base_url}/v1", api_key="ep-wrong", max_retries=0)
+        try:
+            wrong.models.list()
+            raise AssertionError("a wrong key was accepted")
+        except openai.AuthenticationError as e:
+            assert e.code == "invalid_api_key", e.body
+            assert "ep-wrong" not in str(e.body), e.body
     completions(client, model)
     if chat_model:
         chat(client, chat_model)

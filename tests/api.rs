@@ -4,11 +4,12 @@
 
 mod common;
 
-use common::{cpu_engine, fixture, postgres_url, serve, Api};
+use common::{cpu_engine, fixture, postgres_url, serve, serve_lab, Api};
 
 use std::path::PathBuf;
 
 use eigenprune::cli::serve::StoreArgs;
+use eigenprune::lab::{AuthMode, LabArgs};
 use serde_json::{json, Value};
 
 struct Server {
@@ -558,12 +559,28 @@ async fn openai_python_client() {
         common::skip("python3 cannot import openai (pip install openai) or SmolLM2 is missing");
         return;
     }
+    // With keys on: the client's api_key is the Bearer key; a wrong one is AuthenticationError.
     let models = vec![fixture("llama"), format!("smol={}", gguf.display())];
-    let server = Server::start_with(models, 4, None, 0, "openai").await;
+    let dir = std::env::temp_dir().join(format!("eigenprune-api-openai-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = StoreArgs {
+        data_dir: dir,
+        database_url: None,
+        object_store: None,
+    };
+    let lab = LabArgs {
+        auth: Some(AuthMode::Keys),
+        ..LabArgs::default()
+    };
+    let (base, state) = serve_lab(&store, &cpu_engine(models, 4), &lab, 0).await;
+    let (_, key) = eigenprune::identity::issue_key(&state.db, "py", false)
+        .await
+        .unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/openai_client_check.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)
-        .args([server.base.as_str(), "llama", "smol"])
+        .args([base.as_str(), "llama", "smol"])
+        .env("OPENAI_API_KEY", &key)
         .output()
         .await
         .unwrap();
