@@ -162,10 +162,14 @@ impl Db {
     /// again are ended by [`Db::reap_lost_jobs`], which workers call every lease.)
     pub async fn claim_job(&self, worker: &str, rules: ClaimRules) -> sqlx::Result<Option<JobRow>> {
         let t = now();
-        let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE OF j SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        // Claims are serialised (Postgres: a transaction-level advisory lock; SQLite: its one
+        // writer), so two workers claiming at once cannot both see an owner under the limit.
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(738201)")
+                .execute(&mut *tx)
+                .await?;
+        }
         let running = "(SELECT COUNT(*) FROM jobs r WHERE r.owner = j.owner AND r.status = 'running' AND r.lease_until >= $3)";
         let id: Option<(String,)> = sqlx::query_as(&format!(
             "UPDATE jobs SET status = 'running', worker = $1, lease_until = $2, attempts = attempts + 1, \
@@ -175,7 +179,7 @@ impl Db {
                                 AND j.attempts - j.releases < $5)) \
                          AND j.cancel_requested = 0 \
                          AND (COALESCE(u.running_jobs, $4) <= 0 OR {running} < COALESCE(u.running_jobs, $4)) \
-                         ORDER BY {running}, j.created_us, j.id LIMIT 1 {lock}) \
+                         ORDER BY {running}, j.created_us, j.id LIMIT 1) \
              RETURNING id"
         ))
         .bind(worker)
@@ -183,8 +187,9 @@ impl Db {
         .bind(t)
         .bind(rules.running_jobs.unwrap_or(0))
         .bind(rules.max_attempts)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         match id {
             Some((id,)) => self.job(&id).await,
             None => Ok(None),
