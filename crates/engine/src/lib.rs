@@ -20,6 +20,7 @@ pub mod memory;
 pub mod models;
 pub mod pipeline;
 pub mod prune;
+pub mod row_edits;
 pub mod svd;
 #[cfg(feature = "cuda")]
 mod svd_cuda;

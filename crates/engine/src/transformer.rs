@@ -6,6 +6,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::{Activation, ModelConfig, NormKind};
+use crate::row_edits::RowEdits;
 use crate::trace::{Component, Trace};
 use crate::weights::{Norm, Weights};
 use crate::{EngineError, Result};
@@ -139,6 +140,8 @@ struct Step<'a> {
     rope_local: Option<(Tensor, Tensor)>,
     differentiable: bool,
     trace: Option<&'a mut Trace>,
+    /// Per-row corrections of a batch mixing the base and its variants.
+    edits: Option<&'a RowEdits>,
 }
 
 impl Transformer {
@@ -199,6 +202,36 @@ impl Transformer {
         cache: Option<&mut KvCache>,
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
+        self.run(ids, valid, cache, trace, None)
+    }
+
+    /// [`Transformer::forward`] of a batch whose rows are the base or its variants: `edits`
+    /// adds each row's correction to every map its variant edits (serving only, no trace).
+    pub fn forward_with_edits(
+        &self,
+        ids: &Tensor,
+        valid: &[Vec<bool>],
+        cache: Option<&mut KvCache>,
+        edits: &RowEdits,
+    ) -> Result<Tensor> {
+        if edits.rows() != ids.dim(0)? {
+            return Err(EngineError::InvalidInput(format!(
+                "{} rows of edits for a batch of {}",
+                edits.rows(),
+                ids.dim(0)?
+            )));
+        }
+        self.run(ids, valid, cache, None, Some(edits))
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        valid: &[Vec<bool>],
+        cache: Option<&mut KvCache>,
+        trace: Option<&mut Trace>,
+        edits: Option<&RowEdits>,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if valid.len() != b || valid.iter().any(|r| r.len() != t) {
             return Err(EngineError::InvalidInput(
@@ -234,6 +267,7 @@ impl Transformer {
             local_mask,
             differentiable,
             trace,
+            edits,
         };
         let mut h = self.weights.embed.index_select(&ids.flatten_all()?, 0)?;
         if let Some(scale) = self.config.embed_scale {
@@ -557,8 +591,12 @@ impl Step<'_> {
         resid_pre: Option<&Tensor>,
         output: Tensor,
     ) -> candle_core::Result<Tensor> {
-        match self.trace.as_deref_mut() {
-            Some(tr) => tr.tap(layer, component, input, resid_pre, output),
+        let output = match self.trace.as_deref_mut() {
+            Some(tr) => tr.tap(layer, component, input, resid_pre, output)?,
+            None => output,
+        };
+        match self.edits {
+            Some(e) => e.apply(layer, component, input, output),
             None => Ok(output),
         }
     }
