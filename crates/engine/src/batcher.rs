@@ -2,7 +2,9 @@
 //! Requests that arrive together are prefilled together, then join the running batch (its KV cache rows are
 //! concatenated, left-padded, to the others'); every step decodes one token for all rows at
 //! once; a row leaves as soon as it finishes or its receiver is dropped. A long request never
-//! holds back a short one, and concurrent requests share each step's weight reads.
+//! holds back a short one, and concurrent requests share each step's weight reads. A request
+//! may name a variant of the model (its low-rank edit): rows of the base and of any variants
+//! decode in the same batch, each with its own corrections ([`RowEdits`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -12,7 +14,10 @@ use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::batch::pack;
+use crate::edit::Edit;
 use crate::generate::{sample, token_logprob, SamplingParams, TokenCounts, TokenLogprob};
+use crate::row_edits::RowEdits;
+use crate::svd::site_map;
 use crate::transformer::{KvCache, Transformer};
 use crate::{EngineError, LoadedModel, Result};
 
@@ -40,6 +45,8 @@ struct Request {
     prompt: Vec<u32>,
     params: SamplingParams,
     events: Sender<Event>,
+    /// The variant the request runs (None: the model itself).
+    variant: Option<Arc<Edit>>,
 }
 
 /// A handle to a model's decoding thread; cheap to clone. The thread ends when every handle
@@ -88,11 +95,23 @@ impl Batcher {
     /// Queues a generation; its events arrive on the returned receiver. Dropping the receiver
     /// cancels it at the next step.
     pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Receiver<Event> {
+        self.submit_to(prompt, params, None)
+    }
+
+    /// [`Batcher::submit`] for a variant of the model (its edit, shared by its requests); it
+    /// decodes in the same batch as the model's other rows.
+    pub fn submit_to(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        variant: Option<Arc<Edit>>,
+    ) -> Receiver<Event> {
         let (events, rx) = channel();
         let request = Request {
             prompt,
             params,
             events,
+            variant,
         };
         self.load.waiting.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.requests.send(request) {
@@ -114,11 +133,88 @@ struct Row {
     /// Tokens generated so far, for the penalties.
     counts: TokenCounts,
     events: Sender<Event>,
+    variant: Option<Arc<Edit>>,
+}
+
+/// The running batch's corrections, rebuilt only when its rows' variants change.
+#[derive(Default)]
+struct BatchEdits {
+    key: Vec<usize>,
+    edits: Option<RowEdits>,
+}
+
+impl BatchEdits {
+    fn for_rows(&mut self, model: &Transformer, rows: &[Row]) -> Result<Option<&RowEdits>> {
+        let variants: Vec<Option<&Arc<Edit>>> = rows.iter().map(|r| r.variant.as_ref()).collect();
+        let key: Vec<usize> = variants
+            .iter()
+            .map(|v| v.map_or(0, |e| Arc::as_ptr(e) as usize))
+            .collect();
+        if key != self.key {
+            self.edits = row_edits(model, &variants)?;
+            self.key = key;
+        }
+        Ok(self.edits.as_ref())
+    }
+}
+
+/// The corrections of rows running `variants` (None when every row is the model itself).
+fn row_edits(model: &Transformer, variants: &[Option<&Arc<Edit>>]) -> Result<Option<RowEdits>> {
+    if variants.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let mut distinct: Vec<&Arc<Edit>> = Vec::new();
+    let rows: Vec<Option<usize>> = variants
+        .iter()
+        .map(|v| {
+            v.map(|e| match distinct.iter().position(|d| Arc::ptr_eq(d, e)) {
+                Some(k) => k,
+                None => {
+                    distinct.push(e);
+                    distinct.len() - 1
+                }
+            })
+        })
+        .collect();
+    let edits: Vec<&Edit> = distinct.iter().map(|e| e.as_ref()).collect();
+    Ok(Some(RowEdits::new(
+        &edits,
+        &rows,
+        model.device(),
+        model.dtype(),
+    )?))
+}
+
+/// Whether `edit` fits `model`: low-rank only, every map's factors of its shape.
+fn check_variant(model: &Transformer, edit: &Edit) -> Result<()> {
+    if !edit.finetuned.is_empty() {
+        return Err(EngineError::InvalidInput(
+            "a fine-tuned variant is a full model; it cannot share its base's batch".into(),
+        ));
+    }
+    for m in &edit.matrices {
+        if m.layer >= model.config.n_layers {
+            return Err(EngineError::InvalidInput(format!(
+                "the variant edits layer {} of a {}-layer model",
+                m.layer, model.config.n_layers
+            )));
+        }
+        let (out, d_in) = site_map(model, m.layer, m.component).0.weight.dims2()?;
+        if m.a.dims() != [m.rank(), d_in] || m.b.dims() != [out, m.rank()] {
+            return Err(EngineError::ShapeMismatch {
+                name: format!("layers.{}.{} edit", m.layer, m.component.name()),
+                found: vec![m.b.dim(0)?, m.a.dim(1)?],
+                expected: vec![out, d_in],
+            });
+        }
+    }
+    Ok(())
 }
 
 fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize, load: &Load) {
     let mut rows: Vec<Row> = Vec::new();
     let mut cache = KvCache::default();
+    let mut batch_edits = BatchEdits::default();
     loop {
         load.active.store(rows.len(), Ordering::Relaxed);
         // Admit waiting requests (block only when idle), then prefill them together.
@@ -152,7 +248,15 @@ fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize, load: 
             continue;
         }
         load.steps.fetch_add(1, Ordering::Relaxed);
-        match step(model, &mut rows, &mut cache) {
+        let edits = match batch_edits.for_rows(model, &rows) {
+            Ok(e) => e,
+            Err(e) => {
+                fail_all(&mut rows, &e);
+                cache = KvCache::default();
+                continue;
+            }
+        };
+        match step(model, &mut rows, &mut cache, edits) {
             Ok(()) => {}
             Err(e) => {
                 fail_all(&mut rows, &e);
@@ -174,8 +278,14 @@ fn fail_all(rows: &mut Vec<Row>, e: &EngineError) {
 fn prefill(model: &Transformer, requests: Vec<Request>) -> Option<(Vec<Row>, KvCache)> {
     let mut ready = Vec::with_capacity(requests.len());
     for r in requests {
+        let misfit = r
+            .variant
+            .as_ref()
+            .and_then(|e| check_variant(model, e).err());
         if r.prompt.is_empty() {
             let _ = r.events.send(Event::Failed("the prompt is empty".into()));
+        } else if let Some(e) = misfit {
+            let _ = r.events.send(Event::Failed(e.to_string()));
         } else if r.params.max_tokens == 0 {
             let _ = r.events.send(Event::Done);
         } else {
@@ -201,7 +311,11 @@ fn try_prefill(model: &Transformer, requests: Vec<Request>) -> Result<Option<(Ve
     let prompts: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
     let packed = pack(&prompts, true, 0, model.device())?;
     let mut cache = KvCache::default();
-    let hidden = model.forward(&packed.ids, &packed.valid, Some(&mut cache), None)?;
+    let variants: Vec<Option<&Arc<Edit>>> = requests.iter().map(|r| r.variant.as_ref()).collect();
+    let hidden = match row_edits(model, &variants)? {
+        Some(e) => model.forward_with_edits(&packed.ids, &packed.valid, Some(&mut cache), &e)?,
+        None => model.forward(&packed.ids, &packed.valid, Some(&mut cache), None)?,
+    };
     let last = hidden.narrow(1, packed.width - 1, 1)?.squeeze(1)?;
     let logits = model.logits(&last)?.to_dtype(DType::F32)?;
     let (mut rows, mut keep) = (Vec::new(), Vec::new());
@@ -213,6 +327,7 @@ fn try_prefill(model: &Transformer, requests: Vec<Request>) -> Result<Option<(Ve
             sent: 0,
             counts: TokenCounts::new(),
             events: req.events,
+            variant: req.variant,
         };
         let token = choose(&mut row, &logits.get(i)?)?;
         if emit(&mut row, token) {
@@ -263,11 +378,19 @@ fn emit(row: &mut Row, token: Sampled) -> bool {
 }
 
 /// One decoding step for every row; finished rows leave the batch and the cache.
-fn step(model: &Transformer, rows: &mut Vec<Row>, cache: &mut KvCache) -> Result<()> {
+fn step(
+    model: &Transformer,
+    rows: &mut Vec<Row>,
+    cache: &mut KvCache,
+    edits: Option<&RowEdits>,
+) -> Result<()> {
     let last: Vec<u32> = rows.iter().map(|r| r.last).collect();
     let ids = Tensor::new(last.as_slice(), model.device())?.unsqueeze(1)?;
     let valid = vec![vec![true]; rows.len()];
-    let hidden = model.forward(&ids, &valid, Some(cache), None)?;
+    let hidden = match edits {
+        Some(e) => model.forward_with_edits(&ids, &valid, Some(cache), e)?,
+        None => model.forward(&ids, &valid, Some(cache), None)?,
+    };
     let logits = model.logits(&hidden.squeeze(1)?)?.to_dtype(DType::F32)?;
     let mut stays = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter_mut().enumerate() {

@@ -199,3 +199,96 @@ fn logit_bias_and_penalties_steer_greedy_decoding() {
         "the penalty changed nothing; pick a prompt that repeats"
     );
 }
+
+/// A random low-rank edit of two maps (with a bias delta), as a pruning job's edit looks.
+fn random_edit(
+    model: &eigenprune_engine::Transformer,
+    layer: usize,
+) -> eigenprune_engine::edit::Edit {
+    use candle_core::Tensor;
+    use eigenprune_engine::edit::{Edit, MatrixEdit};
+    use eigenprune_engine::Component;
+    let dev = model.device();
+    let matrices = [(Component::Q, 2), (Component::MlpOut, 3)]
+        .into_iter()
+        .map(|(component, rank)| {
+            let (lin, _) = eigenprune_engine::svd::site_map(model, layer, component);
+            let (out, d_in) = lin.weight.dims2().unwrap();
+            MatrixEdit {
+                layer,
+                component,
+                a: Tensor::randn(0f32, 0.5, (rank, d_in), dev).unwrap(),
+                b: Tensor::randn(0f32, 0.5, (out, rank), dev).unwrap(),
+                bias_delta: Some(Tensor::randn(0f32, 0.3, out, dev).unwrap()),
+            }
+        })
+        .collect();
+    Edit {
+        matrices,
+        ..Edit::default()
+    }
+}
+
+#[test]
+fn variants_decode_in_their_base_batch_as_they_do_alone() {
+    for arch in ["llama", "gemma3", "gpt2"] {
+        let m = Arc::new(load_fixture(arch));
+        let edits: Vec<Arc<eigenprune_engine::edit::Edit>> =
+            (0..2).map(|l| Arc::new(random_edit(&m.model, l))).collect();
+        let alone_models: Vec<_> = edits
+            .iter()
+            .map(|e| {
+                let mut v = m.model.clone();
+                e.apply(&mut v).unwrap();
+                v
+            })
+            .collect();
+        let batcher = Batcher::start(m.clone(), 8);
+        let prompts = [
+            "The capital of France is",
+            "12 x 7 =",
+            "Premise: the cat sat.",
+        ];
+        // (prompt, variant, max_tokens, temperature): base and both variants, interleaved.
+        let cases: Vec<(Vec<u32>, Option<usize>, SamplingParams)> = (0..6)
+            .map(|i| {
+                let ids = m
+                    .tokenizer
+                    .encode(prompts[i % 3], false)
+                    .unwrap()
+                    .get_ids()
+                    .to_vec();
+                let params = SamplingParams {
+                    max_tokens: 4 + 3 * i,
+                    temperature: if i % 2 == 0 { 0.0 } else { 0.8 },
+                    seed: 7 + i as u64,
+                    ..Default::default()
+                };
+                (ids, [None, Some(0), Some(1)][i % 3], params)
+            })
+            .collect();
+        let receivers: Vec<_> = cases
+            .iter()
+            .map(|(ids, v, p)| {
+                batcher.submit_to(ids.clone(), p.clone(), v.map(|k| edits[k].clone()))
+            })
+            .collect();
+        for ((ids, variant, params), rx) in cases.iter().zip(&receivers) {
+            let model = variant.map_or(&m.model, |k| &alone_models[k]);
+            let (alone, _) = generate(model, ids, params, |_| true).unwrap();
+            assert_eq!(tokens(rx), alone, "{arch}: variant {variant:?}, {params:?}");
+        }
+        // An edit of another shape fails its own request only.
+        let mut wrong = random_edit(&m.model, 0);
+        wrong.matrices[0].a =
+            candle_core::Tensor::zeros((2, 3), candle_core::DType::F32, m.model.device()).unwrap();
+        let bad = batcher.submit_to(
+            cases[0].0.clone(),
+            cases[0].2.clone(),
+            Some(Arc::new(wrong)),
+        );
+        let good = batcher.submit(cases[0].0.clone(), cases[0].2.clone());
+        assert!(matches!(bad.recv().unwrap(), Event::Failed(_)));
+        assert!(!tokens(&good).is_empty());
+    }
+}
