@@ -34,6 +34,13 @@ pub struct BenchArgs {
     pub new_tokens: usize,
     #[arg(long, default_value_t = 32)]
     pub concurrent: usize,
+    /// Mixed batches: the concurrent requests spread over this many variants (random low-rank
+    /// edits of k and v in every layer), one row per count; 0 skips them.
+    #[arg(long, value_delimiter = ',', default_value = "4,16")]
+    pub variants: Vec<usize>,
+    /// Rank of each variant's edit of one map.
+    #[arg(long, default_value_t = 8)]
+    pub variant_rank: usize,
     /// Skip the CPU SVD (and the GPU-vs-CPU agreement it gives).
     #[arg(long)]
     pub no_svd_cpu: bool,
@@ -64,6 +71,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         concurrent: args.concurrent,
         svd_cpu: !args.no_svd_cpu,
         serve_dtype: opts.dtype,
+        variants: args.variants.iter().copied().filter(|&v| v > 0).collect(),
+        variant_rank: args.variant_rank,
         ..Default::default()
     };
     if !args.json {

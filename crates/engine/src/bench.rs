@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::attribution::{sweep_sequences, Scores, SweepSettings};
 use crate::batch::Sequence;
 use crate::batcher::{Batcher, Event};
+use crate::edit::{Edit, MatrixEdit};
 use crate::generate::{generate, SamplingParams};
 use crate::loading::{LoadedModel, ModelSource};
 use crate::models::{self, TensorMap};
@@ -38,6 +39,10 @@ pub struct BenchSettings {
     pub svd_cpu: bool,
     /// The dtype decoding runs in (pruning math is always f32).
     pub serve_dtype: DType,
+    /// Mixed-batch rows: the concurrent requests spread over this many variants.
+    pub variants: Vec<usize>,
+    /// Rank of a variant's edit of one map (k and v of every layer are edited).
+    pub variant_rank: usize,
 }
 
 impl Default for BenchSettings {
@@ -52,6 +57,8 @@ impl Default for BenchSettings {
             concurrent: 32,
             svd_cpu: true,
             serve_dtype: DType::BF16,
+            variants: vec![4, 16],
+            variant_rank: 8,
         }
     }
 }
@@ -375,5 +382,71 @@ pub fn run(
         ),
         &mut rows,
     );
+
+    // The same requests spread over variants, decoding in the base's batch.
+    let base_rate = tokens as f64 / all_s;
+    for &count in &settings.variants {
+        let edits: Vec<Arc<Edit>> = (0..count)
+            .map(|_| random_edit(&model.model, settings.variant_rank))
+            .collect::<Result<_>>()?;
+        let decode_mixed = || -> usize {
+            let receivers: Vec<_> = prompts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    batcher.submit_to(p.clone(), params.clone(), Some(edits[i % count].clone()))
+                })
+                .collect();
+            receivers
+                .into_iter()
+                .map(|rx| rx.iter().filter(|e| matches!(e, Event::Token(_))).count())
+                .sum()
+        };
+        decode_mixed();
+        let (mixed_s, tokens) = median_of(REPEATS, || Ok(decode_mixed()))?;
+        let rate = tokens as f64 / mixed_s;
+        push(
+            row(
+                &format!("decode_n_variants_{count}"),
+                &format!(
+                    "greedy decoding, {} concurrent over {count} variants ({:?})",
+                    settings.concurrent, settings.serve_dtype
+                ),
+                mixed_s,
+                Some((rate, "tok/s")),
+                format!(
+                    "{:.0}% of decode_n; rank {} edits of k and v in every layer; median of 3 runs",
+                    100.0 * rate / base_rate,
+                    settings.variant_rank
+                ),
+            ),
+            &mut rows,
+        );
+    }
     Ok(rows)
+}
+
+/// A random low-rank edit of k and v in every layer, with bias deltas.
+fn random_edit(model: &Transformer, rank: usize) -> Result<Arc<Edit>> {
+    let dev = model.device();
+    let mut matrices = Vec::new();
+    for layer in 0..model.config.n_layers {
+        for component in [Component::K, Component::V] {
+            let (out, d_in) = crate::svd::site_map(model, layer, component)
+                .0
+                .weight
+                .dims2()?;
+            matrices.push(MatrixEdit {
+                layer,
+                component,
+                a: candle_core::Tensor::randn(0f32, 0.02, (rank, d_in), dev)?,
+                b: candle_core::Tensor::randn(0f32, 0.02, (out, rank), dev)?,
+                bias_delta: Some(candle_core::Tensor::randn(0f32, 0.01, out, dev)?),
+            });
+        }
+    }
+    Ok(Arc::new(Edit {
+        matrices,
+        ..Edit::default()
+    }))
 }
