@@ -137,7 +137,7 @@ pub struct DeletedDataset {
 }
 
 /// The data set `id` if `caller` may see it.
-async fn visible(state: &AppState, caller: &Caller, id: &str) -> ApiResult<DatasetRow> {
+pub async fn visible(state: &AppState, caller: &Caller, id: &str) -> ApiResult<DatasetRow> {
     check_id("id", id)?;
     match state.db.dataset(id).await? {
         Some(d) if caller.can_read(&d.owner, Visibility::parse(&d.visibility)) => Ok(d),

@@ -60,16 +60,10 @@ pub async fn check_model_and_data(
         .param("task")),
         (None, Some(d)) => {
             check_id("dataset", d)?;
-            match state.db.dataset(d).await? {
-                Some(row) if caller.can_read(&row.owner, Visibility::parse(&row.visibility)) => {
-                    Ok(())
-                }
-                _ => Err(ApiError::not_found(
-                    "dataset_not_found",
-                    format!("no dataset {}", quoted(d)),
-                )
-                .param("dataset")),
-            }
+            super::datasets::visible(state, caller, d)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.param("dataset"))
         }
         _ => Err(ApiError::invalid(
             "task_or_dataset",
