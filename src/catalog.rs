@@ -1,12 +1,14 @@
-//! Which models the service serves and how a name becomes a resident model: a base model by
-//! its `--preload` name (resident in the host), or a pruned variant by its id (its edit read
-//! from the object store and applied on the host). Handlers and workers alike resolve here.
+//! Which models the service serves and how a name becomes what serves it: a base model by its
+//! `--preload` name (resident in the host), or a pruned variant by its id (its base plus its
+//! edit, from the host's edit pool or read from the object store on a miss). Handlers and
+//! workers alike resolve here.
 
 use std::sync::Arc;
 
 use eigenprune_engine::LoadedModel;
 
 use crate::app::AppState;
+use crate::engine_host::Served;
 use crate::http::error::{quoted, ApiError, ApiResult};
 use crate::http::ids::check_id;
 use crate::identity::{Caller, Visibility};
@@ -50,33 +52,90 @@ pub async fn check_served(
     }
 }
 
-/// A model `caller` may use, resident.
-pub async fn resolve(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Arc<LoadedModel>> {
+/// Pruning a pruned variant is refused: its edit is defined against its base's singular
+/// directions, and a second edit would be against the edited matrices' (a different SVD), so
+/// the two do not compose into one edit of the base. Prune the base with the other task.
+pub async fn refuse_variant_of_variant(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<()> {
+    check_id("model", id)?;
+    if state.host.base_named(id).is_some() {
+        return Ok(());
+    }
+    match state.db.variant(id).await? {
+        Some(v) if caller.can_read(&v.owner, Visibility::parse(&v.visibility)) => {
+            Err(ApiError::invalid(
+                "variant_of_variant",
+                format!(
+                    "{} is a pruned variant of {}; pruning jobs take a base model (a variant's edit \
+                     is relative to its base's singular directions, so edits do not stack): prune {} instead",
+                    quoted(id),
+                    quoted(&v.parent),
+                    quoted(&v.parent)
+                ),
+            )
+            .param("model"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A model `caller` may use, served.
+pub async fn resolve(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Served> {
     check_served(state, caller, id, true).await?;
     load(state, id).await
 }
 
-/// A base model or variant, resident (loaded on first use, on a blocking thread); no access
-/// check (workers run what a checked request queued).
-pub async fn load(state: &AppState, id: &str) -> ApiResult<Arc<LoadedModel>> {
+/// A base model or variant, served (the base loaded on first use, a cold variant's edit read
+/// from the store), on blocking threads; no access check (workers run what a checked request
+/// queued).
+pub async fn load(state: &AppState, id: &str) -> ApiResult<Served> {
     check_id("model", id)?;
     let host = state.host.clone();
     if host.base_named(id).is_some() {
         let id = id.to_string();
-        return tokio::task::spawn_blocking(move || host.base(&id))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal);
+        return blocking(move || host.serve_base(&id)).await;
     }
     let Some(v) = state.db.variant(id).await? else {
         return Err(not_served(state, id));
     };
-    let bytes = state
+    let (h, vid, parent) = (host.clone(), v.id.clone(), v.parent.clone());
+    if let Some(served) = blocking(move || h.cached_variant(&vid, &parent)).await? {
+        return Ok(served);
+    }
+    let file = state
         .storage
         .get(&v.object_key)
         .await
         .map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(move || host.variant(&v.id, &v.parent, &bytes))
+    blocking(move || host.variant(&v.id, &v.parent, &file)).await
+}
+
+/// A base model, or a variant's base with its edit applied to the weights (for an export).
+pub async fn applied(state: &AppState, id: &str) -> ApiResult<Arc<LoadedModel>> {
+    check_id("model", id)?;
+    let host = state.host.clone();
+    if host.base_named(id).is_some() {
+        let id = id.to_string();
+        return blocking(move || host.base(&id)).await;
+    }
+    let Some(v) = state.db.variant(id).await? else {
+        return Err(not_served(state, id));
+    };
+    let file = state
+        .storage
+        .get(&v.object_key)
+        .await
+        .map_err(ApiError::internal)?;
+    blocking(move || host.applied(&v.parent, &file)).await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)

@@ -1,5 +1,7 @@
-//! Resident models: base models loaded once and shared by jobs and completions, variants as
-//! base + edit; an LRU bound evicts the coldest. Only called from blocking threads.
+//! Resident models: base models loaded once and shared by jobs and completions; a pruned
+//! variant is its base plus its edit from the [`EditPool`], served in the base's batch. Only a
+//! fine-tuned variant (every parameter changed) is a model of its own; the resident bound
+//! evicts those before any base. Only called from blocking threads.
 
 use std::sync::{Arc, Mutex};
 
@@ -7,6 +9,20 @@ use candle_core::{DType, Device};
 use eigenprune_engine::batcher::Batcher;
 use eigenprune_engine::edit::Edit;
 use eigenprune_engine::{load_model, LoadOptions, LoadedModel};
+
+use crate::edit_pool::EditPool;
+
+/// What serves one model name: the model whose batch its requests join, and the edit each of
+/// its rows carries.
+#[derive(Clone)]
+pub struct Served {
+    /// The base (or a fine-tuned variant's own model).
+    pub model: Arc<LoadedModel>,
+    /// The batcher's key: the base's name (or the fine-tuned variant's id).
+    pub key: String,
+    /// A pruned variant's edit (None: the model itself).
+    pub edit: Option<Arc<Edit>>,
+}
 
 /// A base model this service serves: the short name users give, and where its weights are.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +78,15 @@ pub struct ModelHost {
     contexts: Mutex<std::collections::HashMap<String, usize>>,
     /// GPU memory reserved by running pruning jobs.
     pub reservations: Arc<crate::jobs::admission::Reservations>,
+    /// Pruned variants' edits.
+    pub pool: EditPool,
+}
+
+/// Bytes the edit pool's tiers hold at most.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolBudget {
+    pub device: u64,
+    pub host: u64,
 }
 
 impl ModelHost {
@@ -71,8 +96,10 @@ impl ModelHost {
         opts: LoadOptions,
         max_resident: usize,
         max_batch_rows: usize,
+        pool: PoolBudget,
     ) -> Self {
         Self {
+            pool: EditPool::new(opts.device.clone(), opts.dtype, pool.device, pool.host),
             bases,
             device: opts.device,
             dtype: opts.dtype,
@@ -99,7 +126,12 @@ impl ModelHost {
         r.retain(|(k, _)| k != key);
         r.push((key.to_string(), m));
         while r.len() > self.max_resident {
-            let (evicted, _) = r.remove(0);
+            // The coldest fine-tuned variant goes first; a base only when no variant is left.
+            let i = r
+                .iter()
+                .position(|(k, _)| self.base_named(k).is_none())
+                .unwrap_or(0);
+            let (evicted, _) = r.remove(i);
             // Its decoding thread ends once the requests it holds are done.
             let mut b = self.batchers.lock().expect("batchers lock");
             b.retain(|(k, _, _)| *k != evicted);
@@ -107,9 +139,10 @@ impl ModelHost {
         }
     }
 
-    /// Drops a resident model (a deleted variant) and its decoding thread (which ends once
-    /// the requests it holds are done).
+    /// Drops a deleted variant: its edit, or its resident model and decoding thread (which
+    /// ends once the requests it holds are done).
     pub fn unload(&self, key: &str) {
+        self.pool.remove(key);
         self.resident
             .lock()
             .expect("model host lock")
@@ -178,20 +211,49 @@ impl ModelHost {
         Ok(m)
     }
 
-    /// A variant: its base with the edit applied (weights shared except the edited maps).
-    pub fn variant(
-        &self,
-        id: &str,
-        base: &str,
-        edit_bytes: &[u8],
-    ) -> anyhow::Result<Arc<LoadedModel>> {
-        if let Some(m) = self.lookup(id) {
-            return Ok(m);
+    /// A base model, served.
+    pub fn serve_base(&self, name: &str) -> anyhow::Result<Served> {
+        let model = self.base(name)?;
+        let key = self.base_named(name).map_or(name, |b| &b.name).to_string();
+        Ok(Served {
+            model,
+            key,
+            edit: None,
+        })
+    }
+
+    /// A variant of `base` if the pool or the resident set holds it (None: its file must be
+    /// read first).
+    pub fn cached_variant(&self, id: &str, base: &str) -> anyhow::Result<Option<Served>> {
+        if let Some(edit) = self.pool.get(id)? {
+            return Ok(Some(Served {
+                edit: Some(edit),
+                ..self.serve_base(base)?
+            }));
+        }
+        Ok(self.lookup(id).map(|model| Served {
+            model,
+            key: id.to_string(),
+            edit: None,
+        }))
+    }
+
+    /// A variant of `base` from its edit file: a low-rank edit joins the pool and the base's
+    /// batch; a fine-tuned one becomes a resident model of its own.
+    pub fn variant(&self, id: &str, base: &str, file: &[u8]) -> anyhow::Result<Served> {
+        let t = std::time::Instant::now();
+        let edit = Edit::from_bytes(file, &candle_core::Device::Cpu)?;
+        if edit.finetuned.is_empty() {
+            let edit = self.pool.insert(id, file)?;
+            tracing::debug!(variant = %id, ms = t.elapsed().as_secs_f64() * 1e3, "edit loaded");
+            return Ok(Served {
+                edit: Some(edit),
+                ..self.serve_base(base)?
+            });
         }
         let b = self.base(base)?;
-        let edit = Edit::from_bytes(edit_bytes, &self.device)?;
         let mut model = b.model.clone();
-        edit.apply(&mut model)?;
+        Edit::from_bytes(file, &self.device)?.apply(&mut model)?;
         let m = Arc::new(LoadedModel {
             model,
             tokenizer: b.tokenizer.clone(),
@@ -200,7 +262,26 @@ impl ModelHost {
             chat_template: b.chat_template.clone(),
         });
         self.insert(id, m.clone());
-        Ok(m)
+        Ok(Served {
+            model: m,
+            key: id.to_string(),
+            edit: None,
+        })
+    }
+
+    /// `base` with the edit file applied to its weights (an export), not kept.
+    pub fn applied(&self, base: &str, file: &[u8]) -> anyhow::Result<Arc<LoadedModel>> {
+        let b = self.base(base)?;
+        let edit = Edit::from_bytes(file, &self.device)?;
+        let mut model = b.model.clone();
+        edit.apply(&mut model)?;
+        Ok(Arc::new(LoadedModel {
+            model,
+            tokenizer: b.tokenizer.clone(),
+            source: b.source.clone(),
+            config_json: b.config_json.clone(),
+            chat_template: b.chat_template.clone(),
+        }))
     }
 
     /// The decoding thread of `model` (named `key`), started on first use; continuous batching
@@ -217,6 +298,12 @@ impl ModelHost {
         batcher
     }
 
+    /// A handle on the batch `served` joins, its requests carrying its edit.
+    pub fn batcher_for(&self, served: &Served) -> Batcher {
+        self.batcher(&served.key, &served.model)
+            .with_variant(served.edit.clone())
+    }
+
     /// (sequences decoding, sequences waiting to join) over every model's batcher.
     pub fn decoding_load(&self) -> (usize, usize) {
         let b = self.batchers.lock().expect("batchers lock");
@@ -231,7 +318,8 @@ impl ModelHost {
         b.iter().map(|(_, _, batcher)| batcher.steps()).sum()
     }
 
-    /// Parameter bytes of every resident model (a variant counts in full).
+    /// Parameter bytes of every resident model (bases and fine-tuned variants; edits are in
+    /// the pool's figures).
     pub fn resident_bytes(&self) -> u64 {
         let r = self.resident.lock().expect("model host lock");
         r.iter().map(|(_, m)| m.model.weights.bytes()).sum()
@@ -239,6 +327,17 @@ impl ModelHost {
 
     pub fn device_memory(&self) -> Option<(u64, u64)> {
         eigenprune_engine::device::memory(&self.device)
+    }
+
+    /// Whether `id` serves without a load: a resident model, or an edit in the device tier.
+    pub fn is_resident(&self, id: &str) -> bool {
+        self.pool.is_resident(id)
+            || self
+                .resident
+                .lock()
+                .expect("model host lock")
+                .iter()
+                .any(|(k, _)| k == id)
     }
 
     pub fn resident(&self) -> Vec<String> {

@@ -5,6 +5,7 @@ pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod db;
+pub mod edit_pool;
 pub mod engine_host;
 pub mod http;
 pub mod hyper;

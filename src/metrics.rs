@@ -26,6 +26,7 @@ pub struct Gauges {
     pub device_memory: Option<(u64, u64)>,
     /// Completion sequences (decoding, waiting to join a batch).
     pub decoding: (usize, usize),
+    pub edit_pool: crate::edit_pool::PoolUsage,
 }
 
 impl Metrics {
@@ -95,6 +96,41 @@ impl Metrics {
         line(format!(
             "eigenprune_resident_model_bytes {}",
             g.resident_model_bytes
+        ));
+        let p = &g.edit_pool;
+        line("# TYPE eigenprune_edit_pool_bytes gauge".into());
+        line(format!(
+            "eigenprune_edit_pool_bytes{{tier=\"device\"}} {}",
+            p.device_bytes
+        ));
+        line(format!(
+            "eigenprune_edit_pool_bytes{{tier=\"host\"}} {}",
+            p.host_bytes
+        ));
+        line("# TYPE eigenprune_edit_pool_edits gauge".into());
+        line(format!(
+            "eigenprune_edit_pool_edits{{tier=\"device\"}} {}",
+            p.device_edits
+        ));
+        line(format!(
+            "eigenprune_edit_pool_edits{{tier=\"host\"}} {}",
+            p.host_edits
+        ));
+        line("# TYPE eigenprune_edit_pool_lookups_total counter".into());
+        line(format!(
+            "eigenprune_edit_pool_lookups_total{{answered_by=\"device\"}} {}",
+            p.hits
+        ));
+        line(format!(
+            "eigenprune_edit_pool_lookups_total{{answered_by=\"host\"}} {}",
+            p.host_hits
+        ));
+        line("# TYPE eigenprune_edit_pool_loads_total counter".into());
+        line(format!("eigenprune_edit_pool_loads_total {}", p.loads));
+        line("# TYPE eigenprune_edit_pool_evictions_total counter".into());
+        line(format!(
+            "eigenprune_edit_pool_evictions_total {}",
+            p.evictions
         ));
         line("# TYPE eigenprune_decoding_sequences gauge".into());
         line(format!(

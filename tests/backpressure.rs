@@ -56,6 +56,8 @@ async fn waiting_is_bounded_and_abandoned_sequences_stop() {
         dtype: "f32".into(),
         max_resident_models: 2,
         max_batch_rows: 2,
+        edit_pool_mb: 256,
+        edit_host_mb: 1024,
     };
     let lab = LabArgs {
         max_waiting_sequences: 3,

@@ -1,6 +1,7 @@
 //! The command line: one subcommand per file.
 
 pub mod bench;
+pub mod bench_serve;
 pub mod eval;
 pub mod generate;
 pub mod keys;
@@ -42,6 +43,9 @@ pub enum Command {
     Users(keys::UsersCommand),
     /// Benchmark SVD, the attribution sweep and decoding at a real model's shape (random weights).
     Bench(bench::BenchArgs),
+    /// Benchmark many pruned variants served on one base through the HTTP API (an in-process
+    /// server): mixed-variant throughput, cold-variant first token, the edit pool, evaluations.
+    BenchServe(Box<bench_serve::BenchServeArgs>),
     /// Print the HTTP API's OpenAPI document.
     Openapi,
 }
@@ -52,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune(args) => prune::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchServe(args) => bench_serve::run(*args),
         Command::Serve(args) => runtime()?.block_on(serve::serve(*args)),
         Command::Worker(args) => runtime()?.block_on(serve::worker(*args)),
         Command::Migrate(args) => runtime()?.block_on(serve::migrate(args)),

@@ -40,9 +40,19 @@ pub struct EngineArgs {
     /// Weights' dtype: auto (bf16 on a GPU, f32 on the CPU), f32, bf16 or f16.
     #[arg(long, env = "EIGENPRUNE_DTYPE", default_value = "auto")]
     pub dtype: String,
-    /// Models (bases and variants) kept resident; the coldest is evicted beyond this.
+    /// Models kept resident: base models and fine-tuned variants (pruned variants are edits
+    /// in the edit pool and do not count); beyond it the coldest fine-tuned variant is evicted
+    /// first, a base only when none is left.
     #[arg(long, env = "EIGENPRUNE_MAX_RESIDENT_MODELS", default_value_t = 4)]
     pub max_resident_models: usize,
+    /// MiB of pruned variants' edits held on the serving device (LRU; bases never leave for
+    /// them).
+    #[arg(long, env = "EIGENPRUNE_EDIT_POOL_MB", default_value_t = 1024)]
+    pub edit_pool_mb: u64,
+    /// MiB of edits kept in host memory below the device's (evicted from the device, they
+    /// come back without a read of the object store).
+    #[arg(long, env = "EIGENPRUNE_EDIT_HOST_MB", default_value_t = 4096)]
+    pub edit_host_mb: u64,
     /// Completion sequences one model decodes together (continuous batching); more wait.
     #[arg(long, env = "EIGENPRUNE_MAX_BATCH_ROWS", default_value_t = 32)]
     pub max_batch_rows: usize,
@@ -122,6 +132,10 @@ pub async fn build_state(
         opts,
         engine.max_resident_models,
         engine.max_batch_rows,
+        crate::engine_host::PoolBudget {
+            device: engine.edit_pool_mb << 20,
+            host: engine.edit_host_mb << 20,
+        },
     ));
     for b in bases {
         let (h, name) = (host.clone(), b.name.clone());

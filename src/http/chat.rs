@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use eigenprune_engine::batcher::Sampled;
+use eigenprune_engine::batcher::{Batcher, Sampled};
 use eigenprune_engine::chat::Message;
 use eigenprune_engine::LoadedModel;
 use serde::{Deserialize, Serialize};
@@ -230,7 +230,8 @@ pub async fn create(
 ) -> ApiResult<Response> {
     req.validate()?;
     let messages = req.messages()?;
-    let model = crate::catalog::resolve(&state, &caller, &req.model).await?;
+    let served = crate::catalog::resolve(&state, &caller, &req.model).await?;
+    let model = served.model.clone();
     let vocab = model.model.config.vocab_size;
     req.sampling.validate(vocab)?;
     let held = admit_sequences(&state, &caller, &req.model, req.sampling.n())?;
@@ -265,7 +266,7 @@ pub async fn create(
     .await?;
     let stops = req.sampling.stops()?;
     let n = req.sampling.n();
-    let batcher = state.host.batcher(&req.model, &model);
+    let batcher = state.host.batcher_for(&served);
     let head = Head {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: crate::db::now(),
@@ -386,7 +387,13 @@ impl ChatChunks {
 }
 
 impl ChunkFormat for ChatChunks {
-    fn start(&mut self, _: &LoadedModel, index: usize, _: &[u32]) -> anyhow::Result<Vec<Value>> {
+    fn start(
+        &mut self,
+        _: &LoadedModel,
+        _: &Batcher,
+        index: usize,
+        _: &[u32],
+    ) -> anyhow::Result<Vec<Value>> {
         let c = ChunkChoice {
             index,
             delta: Delta {

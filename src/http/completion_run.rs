@@ -343,13 +343,14 @@ impl From<&Sampled> for Scored {
     }
 }
 
-/// An echoed prompt's tokens with their log-probabilities (teacher-forced, one forward pass).
-pub fn prompt_scores(
-    model: &LoadedModel,
-    prompt: &[u32],
-    top: usize,
-) -> anyhow::Result<Vec<Scored>> {
-    let scored = eigenprune_engine::generate::sequence_logprobs(&model.model, prompt, top)?;
+/// An echoed prompt's tokens with their log-probabilities (teacher-forced, in the model's
+/// batch: scoring requests that arrive together share a forward pass, any variants mixed).
+pub fn prompt_scores(batcher: &Batcher, prompt: &[u32], top: usize) -> anyhow::Result<Vec<Scored>> {
+    let scored = batcher
+        .score(prompt.to_vec(), top)
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the model's decoding thread ended"))?
+        .map_err(|e| anyhow::anyhow!(e))?;
     Ok(prompt
         .iter()
         .enumerate()

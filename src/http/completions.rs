@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use eigenprune_engine::batcher::Sampled;
+use eigenprune_engine::batcher::{Batcher, Sampled};
 use eigenprune_engine::LoadedModel;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -119,7 +119,8 @@ pub async fn create(
     Json(req): Json<CompletionRequest>,
 ) -> ApiResult<Response> {
     refuse_unsupported(&req.unsupported)?;
-    let model = crate::catalog::resolve(&state, &caller, &req.model).await?;
+    let served = crate::catalog::resolve(&state, &caller, &req.model).await?;
+    let model = served.model.clone();
     let vocab = model.model.config.vocab_size;
     let s = &req.sampling;
     s.validate(vocab)?;
@@ -160,7 +161,7 @@ pub async fn create(
     })
     .await?;
     let stops = req.sampling.stops()?;
-    let batcher = state.host.batcher(&req.model, &model);
+    let batcher = state.host.batcher_for(&served);
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
     let created = crate::db::now();
     let logprobs = params.logprobs;
@@ -208,7 +209,7 @@ pub async fn create(
         for (prompt, generated) in prompts.iter().zip(&all) {
             // The echoed prompt is decoded and scored once for all its choices.
             let head = if echo {
-                Some(Echoed::of(&model, prompt, logprobs)?)
+                Some(Echoed::of(&model, &batcher, prompt, logprobs)?)
             } else {
                 None
             };
@@ -299,13 +300,18 @@ struct Echoed {
 }
 
 impl Echoed {
-    fn of(model: &LoadedModel, prompt: &[u32], logprobs: Option<usize>) -> anyhow::Result<Self> {
+    fn of(
+        model: &LoadedModel,
+        batcher: &Batcher,
+        prompt: &[u32],
+        logprobs: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let text = model
             .tokenizer
             .decode(prompt, false)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let scored = match logprobs {
-            Some(top) => prompt_scores(model, prompt, top)?,
+            Some(top) => prompt_scores(batcher, prompt, top)?,
             None => Vec::new(),
         };
         Ok(Self {
@@ -371,6 +377,7 @@ impl ChunkFormat for CompletionChunks {
     fn start(
         &mut self,
         model: &LoadedModel,
+        batcher: &Batcher,
         index: usize,
         prompt: &[u32],
     ) -> anyhow::Result<Vec<Value>> {
@@ -379,7 +386,7 @@ impl ChunkFormat for CompletionChunks {
             return Ok(Vec::new());
         }
         if self.echoed.as_ref().is_none_or(|e| e.prompt != prompt) {
-            self.echoed = Some(Echoed::of(model, prompt, self.logprobs)?);
+            self.echoed = Some(Echoed::of(model, batcher, prompt, self.logprobs)?);
         }
         let echoed = self.echoed.as_ref().expect("set above");
         let logprobs = self

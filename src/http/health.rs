@@ -57,13 +57,14 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let host = state.host.clone();
-    let (resident_models, resident_model_bytes, device_memory, decoding) =
+    let (resident_models, resident_model_bytes, device_memory, decoding, edit_pool) =
         tokio::task::spawn_blocking(move || {
             (
                 host.resident().len(),
                 host.resident_bytes(),
                 host.device_memory(),
                 host.decoding_load(),
+                host.pool.usage(),
             )
         })
         .await
@@ -74,6 +75,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         resident_model_bytes,
         device_memory,
         decoding,
+        edit_pool,
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -152,6 +152,7 @@ pub async fn create(
             );
         }
     }
+    crate::catalog::refuse_variant_of_variant(&state, &caller, &req.model).await?;
     check_model_and_data(
         &state,
         &caller,

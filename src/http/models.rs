@@ -31,6 +31,9 @@ pub struct Model {
     pub job: Option<String>,
     /// Variants: `private` (the owner and admins) or `lab`; base models are the lab's.
     pub visibility: Visibility,
+    /// Ready to serve without a load: a base in memory, a variant's edit in the device tier
+    /// of the edit pool (or a fine-tuned variant's own model resident).
+    pub resident: bool,
     /// Variants: what the job pruned and measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -61,6 +64,7 @@ fn base_view(state: &AppState, name: &str) -> Model {
         parent: None,
         visibility: Visibility::Lab,
         context_length: state.host.context_length(name),
+        resident: state.host.is_resident(name),
         job: None,
         summary: None,
     }
@@ -78,6 +82,7 @@ fn variant_view(state: &AppState, v: &VariantRow) -> Model {
         visibility: Visibility::parse(&v.visibility),
         created: v.created_at,
         context_length: state.host.context_length(&parent),
+        resident: state.host.is_resident(&v.id),
         parent: Some(parent),
         job: Some(v.job_id.clone()),
         summary: Some(serde_json::from_str(&v.summary).unwrap_or(Value::Null)),
@@ -152,7 +157,8 @@ pub async fn export(
             "exporting a base model needs an admin's key (or a server started with --allow-base-export)",
         ));
     }
-    let model = crate::catalog::resolve(&state, &caller, &id).await?;
+    crate::catalog::check_served(&state, &caller, &id, true).await?;
+    let model = crate::catalog::applied(&state, &id).await?;
     let dir = state.exports_dir().join(format!(
         "eigenprune-export-{}",
         uuid::Uuid::new_v4().simple()

@@ -24,6 +24,7 @@ pub trait ChunkFormat: Send + 'static {
     fn start(
         &mut self,
         model: &LoadedModel,
+        batcher: &Batcher,
         index: usize,
         prompt: &[u32],
     ) -> anyhow::Result<Vec<Value>>;
@@ -44,6 +45,7 @@ pub trait ChunkFormat: Send + 'static {
 /// What a stream generates.
 pub struct StreamJob {
     pub model: Arc<LoadedModel>,
+    /// The model's batch, carrying the variant's edit.
     pub batcher: Batcher,
     pub prompts: Vec<Vec<u32>>,
     pub params: SamplingParams,
@@ -82,23 +84,25 @@ pub fn sse(state: AppState, job: StreamJob, mut format: impl ChunkFormat) -> Res
             for k in 0..job.n {
                 let index = p * job.n + k;
                 let events = pending.next().expect("one receiver per choice");
-                let result = format.start(model, index, prompt).and_then(|chunks| {
-                    if !chunks.iter().all(&send) {
-                        anyhow::bail!("the client went away");
-                    }
-                    complete_one(
-                        model,
-                        events,
-                        job.params.max_tokens,
-                        &job.stops,
-                        &keep_going,
-                        |text, toks| {
-                            format
-                                .delta(model, index, text, toks)
-                                .is_none_or(|c| send(&c))
-                        },
-                    )
-                });
+                let result = format
+                    .start(model, &job.batcher, index, prompt)
+                    .and_then(|chunks| {
+                        if !chunks.iter().all(&send) {
+                            anyhow::bail!("the client went away");
+                        }
+                        complete_one(
+                            model,
+                            events,
+                            job.params.max_tokens,
+                            &job.stops,
+                            &keep_going,
+                            |text, toks| {
+                                format
+                                    .delta(model, index, text, toks)
+                                    .is_none_or(|c| send(&c))
+                            },
+                        )
+                    });
                 if !keep_going() {
                     return cut();
                 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use eigenprune_engine::eval::evaluate;
+use eigenprune_engine::eval::evaluate_variants;
 use eigenprune_engine::tasks::{self, Task};
 use eigenprune_engine::EngineError;
 use eigenprune_engine::{memory, pipeline};
@@ -207,6 +207,41 @@ fn failed(code: &'static str) -> impl Fn(anyhow::Error) -> JobError {
     move |e| JobError::Failed(code, format!("{e:#}"))
 }
 
+/// Evaluates every served model on `examples`: the ones that share a batch (a base and its
+/// variants) in one pass, their rows together. Results in the models' order.
+fn evaluate_served(
+    served: &[crate::engine_host::Served],
+    examples: &[eigenprune_engine::tasks::Example],
+    progress: &mut dyn FnMut(&str, usize, usize) -> bool,
+) -> Result<Vec<eigenprune_engine::eval::EvalResult>, EngineError> {
+    let mut results = vec![None; served.len()];
+    let mut keys: Vec<&str> = served.iter().map(|s| s.key.as_str()).collect();
+    keys.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    for key in keys {
+        if !seen.insert(key) {
+            continue;
+        }
+        let group: Vec<usize> = (0..served.len())
+            .filter(|&i| served[i].key == key)
+            .collect();
+        let model = &served[group[0]].model;
+        let edits: Vec<_> = group.iter().map(|&i| served[i].edit.clone()).collect();
+        let rs = evaluate_variants(
+            &model.model,
+            &model.tokenizer,
+            examples,
+            16,
+            &edits,
+            &mut |d, t| progress("eval", d, t),
+        )?;
+        for (i, r) in group.into_iter().zip(rs) {
+            results[i] = Some(r);
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
 async fn load_task(state: &AppState, job: &JobRow, seed: u64) -> Result<Task, JobError> {
     if let Some(t) = &job.task {
         return tasks::builtin(t).map_err(|e| failed("task_not_found")(e.into()));
@@ -293,30 +328,45 @@ async fn execute(
     let map_engine = move |e: EngineError| engine_failure(e, host.device_memory());
     if job.kind == "evaluation" {
         let task = load_task(state, job, 42).await?;
-        let model = crate::catalog::load(state, &job.model)
-            .await
-            .map_err(|e| JobError::Failed(e.code, e.message))?;
         let split = params
             .get("split")
             .and_then(Value::as_str)
             .unwrap_or("test")
             .to_string();
-        let r = tokio::task::spawn_blocking(move || {
+        // Several models: every variant of one base in the same batched pass over the split.
+        let several: Option<Vec<String>> = params
+            .get("models")
+            .and_then(|m| serde_json::from_value(m.clone()).ok());
+        let ids = several.clone().unwrap_or_else(|| vec![job.model.clone()]);
+        let mut served = Vec::with_capacity(ids.len());
+        for id in &ids {
+            served.push(
+                crate::catalog::load(state, id)
+                    .await
+                    .map_err(|e| JobError::Failed(e.code, e.message))?,
+            );
+        }
+        let results = tokio::task::spawn_blocking(move || {
             let examples = if split == "train" {
                 &task.train
             } else {
                 &task.test
             };
-            evaluate(&model.model, &model.tokenizer, examples, 16, &mut |d, t| {
-                progress("eval", d, t)
-            })
+            evaluate_served(&served, examples, &mut progress)
         })
         .await
         .map_err(|e| failed("worker")(e.into()))?
         .map_err(map_engine)?;
-        return Ok(Outcome::Evaluated {
-            result: json!({"accuracy": crate::report::eval_json(&r), "test_size": r.total}),
-        });
+        let view = |r: &eigenprune_engine::eval::EvalResult| json!({"accuracy": crate::report::eval_json(r), "test_size": r.total});
+        let result = match several {
+            None => view(&results[0]),
+            Some(_) => json!({"models": ids.iter().zip(&results).map(|(id, r)| {
+                let mut v = view(r);
+                v["model"] = json!(id);
+                v
+            }).collect::<Vec<_>>()}),
+        };
+        return Ok(Outcome::Evaluated { result });
     }
     let hyper: Hyperparameters =
         serde_json::from_value(params).map_err(|e| failed("invalid_hyperparameters")(e.into()))?;

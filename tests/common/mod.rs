@@ -29,6 +29,8 @@ pub fn cpu_engine(preload: Vec<String>, max_resident_models: usize) -> EngineArg
         dtype: "f32".into(),
         max_batch_rows: 8,
         max_resident_models,
+        edit_pool_mb: 256,
+        edit_host_mb: 1024,
     }
 }
 

@@ -41,6 +41,21 @@ pub enum Event {
     Failed(String),
 }
 
+/// What the decoding thread is asked to do.
+enum Work {
+    Generate(Request),
+    Score(ScoreRequest),
+}
+
+/// A prompt to score teacher-forced (echo logprobs): every token's log-probability given the
+/// ones before it.
+pub(crate) struct ScoreRequest {
+    pub tokens: Vec<u32>,
+    pub top: usize,
+    pub variant: Option<Arc<Edit>>,
+    pub reply: Sender<std::result::Result<Vec<TokenLogprob>, String>>,
+}
+
 struct Request {
     prompt: Vec<u32>,
     params: SamplingParams,
@@ -53,8 +68,10 @@ struct Request {
 /// is dropped and its last rows are done.
 #[derive(Clone)]
 pub struct Batcher {
-    requests: Sender<Request>,
+    requests: Sender<Work>,
     load: Arc<Load>,
+    /// The variant this handle's requests run (None: the model itself).
+    variant: Option<Arc<Edit>>,
 }
 
 /// Sequences decoding now, and submitted ones not yet admitted (for /metrics).
@@ -76,7 +93,19 @@ impl Batcher {
             .name("eigenprune-batcher".into())
             .spawn(move || run(&model.model, rx, max_rows.max(1), &l))
             .expect("spawning the batcher thread");
-        Self { requests: tx, load }
+        Self {
+            requests: tx,
+            load,
+            variant: None,
+        }
+    }
+
+    /// A handle whose requests run `variant` (its edit) in this model's batch.
+    pub fn with_variant(&self, variant: Option<Arc<Edit>>) -> Self {
+        Self {
+            variant,
+            ..self.clone()
+        }
     }
 
     /// (sequences decoding, sequences waiting to join).
@@ -95,7 +124,7 @@ impl Batcher {
     /// Queues a generation; its events arrive on the returned receiver. Dropping the receiver
     /// cancels it at the next step.
     pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Receiver<Event> {
-        self.submit_to(prompt, params, None)
+        self.submit_to(prompt, params, self.variant.clone())
     }
 
     /// [`Batcher::submit`] for a variant of the model (its edit, shared by its requests); it
@@ -114,11 +143,39 @@ impl Batcher {
             variant,
         };
         self.load.waiting.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.requests.send(request) {
+        if let Err(e) = self.requests.send(Work::Generate(request)) {
             self.load.waiting.fetch_sub(1, Ordering::Relaxed);
-            let _ =
-                e.0.events
+            if let Work::Generate(r) = e.0 {
+                let _ = r
+                    .events
                     .send(Event::Failed("the model was unloaded".into()));
+            }
+        }
+        rx
+    }
+
+    /// Scores `tokens` teacher-forced on the model (or this handle's variant): entry i is
+    /// token i+1's log-probability and the `top` alternatives there. Scoring requests that
+    /// arrive together run in one batched forward pass, whatever their variants.
+    pub fn score(
+        &self,
+        tokens: Vec<u32>,
+        top: usize,
+    ) -> Receiver<std::result::Result<Vec<TokenLogprob>, String>> {
+        let variant = self.variant.clone();
+        let (reply, rx) = channel();
+        let request = ScoreRequest {
+            tokens,
+            top,
+            variant,
+            reply,
+        };
+        self.load.waiting.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.requests.send(Work::Score(request)) {
+            self.load.waiting.fetch_sub(1, Ordering::Relaxed);
+            if let Work::Score(r) = e.0 {
+                let _ = r.reply.send(Err("the model was unloaded".into()));
+            }
         }
         rx
     }
@@ -159,7 +216,10 @@ impl BatchEdits {
 }
 
 /// The corrections of rows running `variants` (None when every row is the model itself).
-fn row_edits(model: &Transformer, variants: &[Option<&Arc<Edit>>]) -> Result<Option<RowEdits>> {
+pub(crate) fn row_edits(
+    model: &Transformer,
+    variants: &[Option<&Arc<Edit>>],
+) -> Result<Option<RowEdits>> {
     if variants.iter().all(Option::is_none) {
         return Ok(None);
     }
@@ -186,7 +246,7 @@ fn row_edits(model: &Transformer, variants: &[Option<&Arc<Edit>>]) -> Result<Opt
 }
 
 /// Whether `edit` fits `model`: low-rank only, every map's factors of its shape.
-fn check_variant(model: &Transformer, edit: &Edit) -> Result<()> {
+pub(crate) fn check_variant(model: &Transformer, edit: &Edit) -> Result<()> {
     if !edit.finetuned.is_empty() {
         return Err(EngineError::InvalidInput(
             "a fine-tuned variant is a full model; it cannot share its base's batch".into(),
@@ -211,7 +271,7 @@ fn check_variant(model: &Transformer, edit: &Edit) -> Result<()> {
     Ok(())
 }
 
-fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize, load: &Load) {
+fn run(model: &Transformer, requests: Receiver<Work>, max_rows: usize, load: &Load) {
     let mut rows: Vec<Row> = Vec::new();
     let mut cache = KvCache::default();
     let mut batch_edits = BatchEdits::default();
@@ -219,8 +279,9 @@ fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize, load: 
         load.active.store(rows.len(), Ordering::Relaxed);
         // Admit waiting requests (block only when idle), then prefill them together.
         let mut arrivals = Vec::new();
-        while rows.len() + arrivals.len() < max_rows {
-            let next = if rows.is_empty() && arrivals.is_empty() {
+        let mut scores = Vec::new();
+        while rows.len() + arrivals.len() + scores.len() < max_rows {
+            let next = if rows.is_empty() && arrivals.is_empty() && scores.is_empty() {
                 match requests.recv() {
                     Ok(r) => r,
                     Err(_) => return,
@@ -232,8 +293,12 @@ fn run(model: &Transformer, requests: Receiver<Request>, max_rows: usize, load: 
                 }
             };
             load.waiting.fetch_sub(1, Ordering::Relaxed);
-            arrivals.push(next);
+            match next {
+                Work::Generate(r) => arrivals.push(r),
+                Work::Score(r) => scores.push(r),
+            }
         }
+        crate::batch_scoring::score_all(model, scores);
         if let Some((new_rows, own)) = prefill(model, arrivals) {
             rows.extend(new_rows);
             match std::mem::take(&mut cache).concat(own) {

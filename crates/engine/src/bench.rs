@@ -86,6 +86,20 @@ pub fn random_model(
     models::build(config_json, TensorMap::random(device, seed)?)?.to_dtype(dtype)
 }
 
+/// A checkpoint directory (HF layout, safetensors in `dtype`) of a random-weight model of
+/// `config_json`'s shape, with an empty tokenizer: what a server can load to be benchmarked
+/// at a real shape (its prompts given as token ids).
+pub fn write_random_checkpoint(
+    config_json: &Value,
+    device: &Device,
+    dtype: DType,
+    out: &std::path::Path,
+) -> Result<()> {
+    let model = random_model(config_json, device, dtype, 0)?;
+    let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
+    crate::export::export_checkpoint(&model, config_json, &tokenizer, out)
+}
+
 fn random_tokens(rng: &mut StdRng, vocab: usize, n: usize) -> Vec<u32> {
     (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
 }
@@ -427,7 +441,9 @@ pub fn run(
 }
 
 /// A random low-rank edit of k and v in every layer, with bias deltas.
-fn random_edit(model: &Transformer, rank: usize) -> Result<Arc<Edit>> {
+/// A random edit of `model` (a variant's shape: rank-`rank` factors of k and v in every layer,
+/// with bias deltas), for benchmarks.
+pub fn random_edit(model: &Transformer, rank: usize) -> Result<Arc<Edit>> {
     let dev = model.device();
     let mut matrices = Vec::new();
     for layer in 0..model.config.n_layers {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::svd::site_map_mut;
 use crate::trace::Component;
@@ -133,6 +133,40 @@ impl Edit {
             finetuned,
             metadata,
         })
+    }
+
+    /// The edit on `device` in `dtype` (what a batch mixing it with its base multiplies by).
+    pub fn to(&self, device: &Device, dtype: DType) -> Result<Self> {
+        let cast = |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(dtype)?) };
+        let matrices = self
+            .matrices
+            .iter()
+            .map(|m| {
+                Ok(MatrixEdit {
+                    layer: m.layer,
+                    component: m.component,
+                    a: cast(&m.a)?,
+                    b: cast(&m.b)?,
+                    bias_delta: m.bias_delta.as_ref().map(cast).transpose()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            matrices,
+            finetuned: self.finetuned.iter().map(cast).collect::<Result<_>>()?,
+            metadata: self.metadata.clone(),
+        })
+    }
+
+    /// Bytes its tensors take.
+    pub fn bytes(&self) -> u64 {
+        let size = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        let low_rank: u64 = self
+            .matrices
+            .iter()
+            .map(|m| size(&m.a) + size(&m.b) + m.bias_delta.as_ref().map_or(0, size))
+            .sum();
+        low_rank + self.finetuned.iter().map(size).sum::<u64>()
     }
 
     /// Total count of removed singular directions.

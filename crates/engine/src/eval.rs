@@ -5,10 +5,62 @@
 use candle_core::{DType, Tensor, D};
 use tokenizers::Tokenizer;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crate::batch::{answer_targets, encode, pack, Sequence};
+use crate::edit::Edit;
+use crate::row_edits::RowEdits;
 use crate::tasks::Example;
 use crate::transformer::{KvCache, Transformer};
 use crate::Result;
+
+/// The forward pass of batches whose row i runs `variants[i % V]` (None: the model itself),
+/// every variant's rows in the same pass; the rows' corrections are built once per batch
+/// size.
+struct Runner<'a> {
+    model: &'a Transformer,
+    variants: &'a [Option<Arc<Edit>>],
+    edits: HashMap<usize, Option<RowEdits>>,
+}
+
+impl<'a> Runner<'a> {
+    fn new(model: &'a Transformer, variants: &'a [Option<Arc<Edit>>]) -> Result<Self> {
+        for e in variants.iter().flatten() {
+            crate::batcher::check_variant(model, e)?;
+        }
+        Ok(Self {
+            model,
+            variants,
+            edits: HashMap::new(),
+        })
+    }
+
+    /// Rows per variant group (the batches' row counts are multiples of it).
+    fn width(&self) -> usize {
+        self.variants.len().max(1)
+    }
+
+    fn forward(
+        &mut self,
+        ids: &Tensor,
+        valid: &[Vec<bool>],
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let rows = ids.dim(0)?;
+        if !self.edits.contains_key(&rows) {
+            let per_row: Vec<Option<&Arc<Edit>>> = (0..rows)
+                .map(|i| self.variants[i % self.width()].as_ref())
+                .collect();
+            let built = crate::batcher::row_edits(self.model, &per_row)?;
+            self.edits.insert(rows, built);
+        }
+        match &self.edits[&rows] {
+            Some(e) => self.model.forward_with_edits(ids, valid, cache, e),
+            None => self.model.forward(ids, valid, cache, None),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EvalResult {
@@ -71,49 +123,71 @@ pub fn choice_scores(
     examples: &[Example],
     batch_size: usize,
 ) -> Result<Vec<ChoiceScore>> {
-    let (seqs, scores) = score_all(model, tok, examples, batch_size, &mut |_, _| true)?;
-    Ok(seqs
-        .into_iter()
-        .zip(scores)
-        .map(|((example, choice, s), sc)| ChoiceScore {
-            example,
+    let mut all = variant_choice_scores(model, tok, examples, batch_size, &[None])?;
+    Ok(all.remove(0))
+}
+
+/// [`choice_scores`] under each of `variants` (None: the model itself), in one batched pass.
+pub fn variant_choice_scores(
+    model: &Transformer,
+    tok: &Tokenizer,
+    examples: &[Example],
+    batch_size: usize,
+    variants: &[Option<Arc<Edit>>],
+) -> Result<Vec<Vec<ChoiceScore>>> {
+    let mut runner = Runner::new(model, variants)?;
+    let v = runner.width();
+    let (seqs, scores) = score_all(&mut runner, tok, examples, batch_size, &mut |_, _| true)?;
+    let mut out = vec![Vec::new(); v];
+    for ((key, choice, s), sc) in seqs.into_iter().zip(scores) {
+        out[key % v].push(ChoiceScore {
+            example: key / v,
             choice,
             prompt: s.prompt,
             answer: s.answer,
             logprob: sc.logprob,
-        })
-        .collect())
+        });
+    }
+    Ok(out)
 }
 
 type ScoredSeqs = (Vec<(usize, Option<usize>, Sequence)>, Vec<Scored>);
 
+/// Every (example, choice) sequence scored under every variant of `runner`: entry
+/// (e * V + v, choice, sequence) is example e under variant v, a variant's copies adjacent
+/// so that a batch of `batch_size` examples holds all their variants' rows.
 fn score_all(
-    model: &Transformer,
+    runner: &mut Runner,
     tok: &Tokenizer,
     examples: &[Example],
     batch_size: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<ScoredSeqs> {
     // One sequence per (example, choice); the gold continuation for free-answer tasks.
+    let v = runner.width();
     let mut seqs: Vec<(usize, Option<usize>, Sequence)> = Vec::new();
     for (i, ex) in examples.iter().enumerate() {
-        match &ex.choices {
-            Some(choices) => {
-                for (c, choice) in choices.iter().enumerate() {
-                    seqs.push((i, Some(c), encode(tok, &ex.prompt, choice)?));
-                }
-            }
-            None => seqs.push((i, None, encode(tok, &ex.prompt, &ex.answer)?)),
+        let own: Vec<(Option<usize>, Sequence)> = match &ex.choices {
+            Some(choices) => choices
+                .iter()
+                .enumerate()
+                .map(|(c, choice)| Ok((Some(c), encode(tok, &ex.prompt, choice)?)))
+                .collect::<Result<_>>()?,
+            None => vec![(None, encode(tok, &ex.prompt, &ex.answer)?)],
+        };
+        for k in 0..v {
+            seqs.extend(own.iter().map(|(c, s)| (i * v + k, *c, s.clone())));
         }
     }
     let has_choices = examples.iter().all(|e| e.choices.is_some());
+    let rows = batch_size.max(1) * v;
     let scores = if has_choices {
-        score_choices(model, &seqs, batch_size, progress)?
+        score_choices(runner, &seqs, rows, progress)?
     } else {
         score_sequences(
-            model,
+            runner,
             &seqs.iter().map(|s| &s.2).collect::<Vec<_>>(),
-            batch_size,
+            rows,
             progress,
         )?
     };
@@ -127,37 +201,62 @@ pub fn evaluate(
     batch_size: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<EvalResult> {
-    let (seqs, scores) = score_all(model, tok, examples, batch_size, progress)?;
+    let mut all = evaluate_variants(model, tok, examples, batch_size, &[None], progress)?;
+    Ok(all.remove(0))
+}
+
+/// [`evaluate`] of several variants of `model` (None: the model itself) in one batched pass
+/// over `examples`: each batch holds `batch_size` examples under every variant, their rows
+/// sharing the base's kernels. One result per variant, in order.
+pub fn evaluate_variants(
+    model: &Transformer,
+    tok: &Tokenizer,
+    examples: &[Example],
+    batch_size: usize,
+    variants: &[Option<Arc<Edit>>],
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Vec<EvalResult>> {
+    if variants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut runner = Runner::new(model, variants)?;
+    let v = runner.width();
+    let (seqs, scores) = score_all(&mut runner, tok, examples, batch_size, progress)?;
     let has_choices = examples.iter().all(|e| e.choices.is_some());
-    let mut result = EvalResult {
-        total: examples.len(),
-        ..Default::default()
-    };
-    let mut best: Vec<Option<(f64, usize)>> = vec![None; examples.len()];
-    for ((ex_idx, choice, _), sc) in seqs.iter().zip(&scores) {
-        let ex = &examples[*ex_idx];
+    let mut results = vec![
+        EvalResult {
+            total: examples.len(),
+            ..Default::default()
+        };
+        v
+    ];
+    let mut best: Vec<Option<(f64, usize)>> = vec![None; examples.len() * v];
+    for ((key, choice, _), sc) in seqs.iter().zip(&scores) {
+        let ex = &examples[key / v];
         let gold = match (choice, ex.label) {
             (Some(c), Some(l)) => *c == l,
             _ => true,
         };
         if gold && sc.all_argmax {
-            result.correct += 1;
+            results[key % v].correct += 1;
         }
         if let Some(c) = choice {
-            if best[*ex_idx].is_none_or(|(lp, _)| sc.logprob > lp) {
-                best[*ex_idx] = Some((sc.logprob, *c));
+            if best[*key].is_none_or(|(lp, _)| sc.logprob > lp) {
+                best[*key] = Some((sc.logprob, *c));
             }
         }
     }
     if has_choices {
-        let right = best
-            .iter()
-            .zip(examples)
-            .filter(|(b, ex)| b.map(|(_, c)| c) == ex.label)
-            .count();
-        result.choice_correct = Some(right);
+        for (k, result) in results.iter_mut().enumerate() {
+            let right = examples
+                .iter()
+                .enumerate()
+                .filter(|(e, ex)| best[e * v + k].map(|(_, c)| c) == ex.label)
+                .count();
+            result.choice_correct = Some(right);
+        }
     }
-    Ok(result)
+    Ok(results)
 }
 
 /// Fixed-choice examples: each prompt runs once, then every choice continues it from the
@@ -165,7 +264,7 @@ pub fn evaluate(
 /// [`score_sequences`]'s up to float rounding. `seqs` lists (example, choice, sequence) with an
 /// example's choices together, as [`evaluate`] builds it.
 fn score_choices(
-    model: &Transformer,
+    runner: &mut Runner,
     seqs: &[(usize, Option<usize>, Sequence)],
     batch_size: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
@@ -180,6 +279,7 @@ fn score_choices(
     }
     groups.sort_by_key(|g| seqs[g[0]].2.prompt.len());
     let mut out = vec![Scored::default(); seqs.len()];
+    let model = runner.model;
     let device = model.device();
     let mut done = 0;
     for chunk in groups.chunks(batch_size.max(1)) {
@@ -187,7 +287,7 @@ fn score_choices(
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|g| seqs[g[0]].2.prompt.clone()).collect();
         let packed = pack(&prompts, true, 0, device)?;
         let mut cache = KvCache::default();
-        let hidden = model.forward(&packed.ids, &packed.valid, Some(&mut cache), None)?;
+        let hidden = runner.forward(&packed.ids, &packed.valid, Some(&mut cache))?;
         let last = hidden.narrow(1, packed.width - 1, 1)?.squeeze(1)?;
         let first = log_probs(model, &last)?;
         let most = chunk.iter().map(Vec::len).max().unwrap_or(0);
@@ -204,7 +304,7 @@ fn score_choices(
                 .collect();
             let cont = pack(&rows, false, 0, device)?;
             let mut cc = cache.clone();
-            let h = model.forward(&cont.ids, &cont.valid, Some(&mut cc), None)?;
+            let h = runner.forward(&cont.ids, &cont.valid, Some(&mut cc))?;
             let (b, t, d) = h.dims3()?;
             // Answer token j > 0 is predicted at continuation position j - 1.
             let positions: Vec<u32> = answers
@@ -299,7 +399,7 @@ fn log_probs(model: &Transformer, hidden: &Tensor) -> Result<LogProbs> {
 
 /// Log-likelihood of each continuation and whether greedy decoding reproduces it.
 fn score_sequences(
-    model: &Transformer,
+    runner: &mut Runner,
     seqs: &[&Sequence],
     batch_size: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
@@ -307,12 +407,13 @@ fn score_sequences(
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| seqs[i].len());
     let mut out = vec![Scored::default(); seqs.len()];
+    let model = runner.model;
     let device = model.device();
     for (done, chunk) in order.chunks(batch_size.max(1)).enumerate() {
         let batch: Vec<&Sequence> = chunk.iter().map(|&i| seqs[i]).collect();
         let rows: Vec<Vec<u32>> = batch.iter().map(|s| s.tokens()).collect();
         let packed = pack(&rows, false, 0, device)?;
-        let hidden = model.forward(&packed.ids, &packed.valid, None, None)?;
+        let hidden = runner.forward(&packed.ids, &packed.valid, None)?;
         let (b, t, d) = hidden.dims3()?;
         let (positions, targets) = answer_targets(&batch, &packed);
         let picked = hidden
@@ -384,9 +485,10 @@ mod tests {
                 }
             }
             let refs: Vec<&Sequence> = seqs.iter().map(|s| &s.2).collect();
+            let mut runner = Runner::new(&m.model, &[None]).unwrap();
             for bs in [1, 2, 16] {
-                let shared = score_choices(&m.model, &seqs, bs, &mut |_, _| true).unwrap();
-                let separate = score_sequences(&m.model, &refs, bs, &mut |_, _| true).unwrap();
+                let shared = score_choices(&mut runner, &seqs, bs, &mut |_, _| true).unwrap();
+                let separate = score_sequences(&mut runner, &refs, bs, &mut |_, _| true).unwrap();
                 for (a, b) in shared.iter().zip(&separate) {
                     assert!(
                         (a.logprob - b.logprob).abs() < 1e-4,

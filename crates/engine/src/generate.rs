@@ -176,12 +176,23 @@ pub fn sequence_logprobs(
     let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
     let hidden = model.forward(&input, &[vec![true; ids.len()]], None, None)?;
     let hidden = hidden.squeeze(0)?.narrow(0, 0, ids.len() - 1)?;
+    next_token_logprobs(model, &hidden, &ids[1..], top)
+}
+
+/// For hidden states `hidden` [n, d] and the tokens that followed them, each token's
+/// log-probability and the `top` alternatives.
+pub(crate) fn next_token_logprobs(
+    model: &Transformer,
+    hidden: &Tensor,
+    next: &[u32],
+    top: usize,
+) -> Result<Vec<TokenLogprob>> {
     let logp =
-        candle_nn::ops::log_softmax(&model.logits(&hidden)?.to_dtype(DType::F32)?, D::Minus1)?;
+        candle_nn::ops::log_softmax(&model.logits(hidden)?.to_dtype(DType::F32)?, D::Minus1)?;
     let rows: Vec<Vec<f32>> = logp.to_vec2()?;
     Ok(rows
         .iter()
-        .zip(&ids[1..])
+        .zip(next)
         .map(|(row, &next)| (row[next as usize], top_k(row, top)))
         .collect())
 }

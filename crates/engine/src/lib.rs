@@ -3,6 +3,7 @@
 
 pub mod attribution;
 pub mod batch;
+mod batch_scoring;
 pub mod batcher;
 pub mod bench;
 pub mod chat;

@@ -292,3 +292,58 @@ fn variants_decode_in_their_base_batch_as_they_do_alone() {
         assert!(!tokens(&good).is_empty());
     }
 }
+
+/// Echo scoring through the batcher: requests of the base and of two variants that arrive
+/// together score in one batched pass, each as its own model scores the prompt alone.
+#[test]
+fn scoring_requests_of_mixed_variants_match_each_alone() {
+    for arch in ["llama", "gemma3", "gpt2"] {
+        let m = Arc::new(load_fixture(arch));
+        let edits: Vec<Arc<eigenprune_engine::edit::Edit>> =
+            (0..2).map(|l| Arc::new(random_edit(&m.model, l))).collect();
+        let batcher = Batcher::start(m.clone(), 8);
+        let prompts = [
+            "The capital of France is",
+            "12 x 7 = 84",
+            "Premise: the cat sat.",
+        ];
+        let cases: Vec<(Vec<u32>, Option<usize>)> = (0..6)
+            .map(|i| {
+                let ids = m
+                    .tokenizer
+                    .encode(prompts[i % 3], false)
+                    .unwrap()
+                    .get_ids()
+                    .to_vec();
+                (ids, [None, Some(0), Some(1)][(i + i / 3) % 3])
+            })
+            .collect();
+        let receivers: Vec<_> = cases
+            .iter()
+            .map(|(ids, v)| {
+                batcher
+                    .with_variant(v.map(|k| edits[k].clone()))
+                    .score(ids.clone(), 3)
+            })
+            .collect();
+        for ((ids, variant), rx) in cases.iter().zip(&receivers) {
+            let mut alone = m.model.clone();
+            if let Some(k) = variant {
+                edits[*k].apply(&mut alone).unwrap();
+            }
+            let want = eigenprune_engine::generate::sequence_logprobs(&alone, ids, 3).unwrap();
+            let got = rx.recv().unwrap().unwrap();
+            assert_eq!(got.len(), ids.len() - 1);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g.0 - w.0).abs() < 1e-4,
+                    "{arch} {variant:?}: {} vs {}",
+                    g.0,
+                    w.0
+                );
+                let ids = |t: &Vec<(u32, f32)>| t.iter().map(|x| x.0).collect::<Vec<_>>();
+                assert_eq!(ids(&g.1), ids(&w.1), "{arch} {variant:?}");
+            }
+        }
+    }
+}

@@ -170,3 +170,146 @@ fn a_fine_tuned_variant_cannot_share_a_batch() {
         .forward_with_edits(&packed.ids, &packed.valid, None, &edits)
         .is_err());
 }
+
+/// log_softmax of each row of `logits` [rows, vocab].
+fn logprobs(logits: &Tensor) -> Tensor {
+    candle_nn::ops::log_softmax(logits, candle_core::D::Minus1).unwrap()
+}
+
+#[test]
+fn bf16_rows_match_their_variant_alone_within_bf16_rounding() {
+    for arch in ["llama", "gemma3", "gpt2"] {
+        let m = load_fixture(arch);
+        let base = m.model.to_dtype(DType::BF16).unwrap();
+        let edits = [
+            random_edit(
+                &base,
+                &[(0, Component::Q, 3, true), (1, Component::MlpOut, 2, false)],
+            ),
+            random_edit(&base, &[(1, Component::V, 2, true)]),
+        ];
+        let rows = [Some(0), None, Some(1), Some(0)];
+        let prompts: Vec<Vec<u32>> = ["The capital of France is", "12 x 7 =", "a", "Premise"]
+            .iter()
+            .map(|p| m.tokenizer.encode(*p, false).unwrap().get_ids().to_vec())
+            .collect();
+        let next = [5, 9, 11, 14];
+        let refs: Vec<&Edit> = edits.iter().collect();
+        let row_edits = RowEdits::new(&refs, &rows, base.device(), DType::BF16).unwrap();
+        let (mixed_first, mixed_step) = prefill_and_step(&base, &prompts, &next, Some(&row_edits));
+        for (i, row) in rows.iter().enumerate() {
+            let mut alone = base.clone();
+            if let Some(k) = row {
+                edits[*k].apply(&mut alone).unwrap();
+            }
+            let (first, step) = prefill_and_step(&alone, &prompts, &next, None);
+            for (got, want, what) in [
+                (&mixed_first, &first, "prefill"),
+                (&mixed_step, &step, "decoding step"),
+            ] {
+                let (g, w) = (got.get(i).unwrap(), want.get(i).unwrap());
+                let diff = max_abs_diff(
+                    &logprobs(&g.unsqueeze(0).unwrap()),
+                    &logprobs(&w.unsqueeze(0).unwrap()),
+                );
+                assert!(
+                    diff < 2e-2,
+                    "{arch} bf16 row {i} ({what}): logprobs differ by {diff}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_evaluation_of_several_variants_scores_each_as_alone() {
+    use eigenprune_engine::eval::{
+        choice_scores, evaluate, evaluate_variants, variant_choice_scores,
+    };
+    use std::sync::Arc;
+    let ex = |prompt: &str, choices: &[&str], label: usize| eigenprune_engine::tasks::Example {
+        prompt: prompt.into(),
+        answer: choices[label].into(),
+        choices: Some(choices.iter().map(|c| c.to_string()).collect()),
+        label: Some(label),
+    };
+    let choice_examples = vec![
+        ex(
+            "The capital of France is",
+            &[" Paris", " Rome", " a cat sat"],
+            0,
+        ),
+        ex("12 x 7 =", &[" 84", " 19 x 19"], 1),
+        ex(
+            "Premise: the cat sat on the mat. Hypothesis: a cat sat.",
+            &[" True", " False", " Neither"],
+            2,
+        ),
+        ex("3 + 4", &[" = 7", " is 361."], 0),
+        ex(
+            "Does the premise entail the hypothesis?",
+            &[" yes", " no"],
+            1,
+        ),
+    ];
+    let free_examples = common::times_seven();
+    for arch in ["llama", "gemma3", "gpt2"] {
+        let m = load_fixture(arch);
+        let base = &m.model;
+        let edits: Vec<Arc<Edit>> = (0..3)
+            .map(|k| {
+                Arc::new(random_edit(
+                    base,
+                    &[
+                        (k % 2, Component::Q, 2 + k, true),
+                        (1, Component::MlpIn, 3, k == 1),
+                    ],
+                ))
+            })
+            .collect();
+        let variants: Vec<Option<Arc<Edit>>> = vec![
+            Some(edits[0].clone()),
+            None,
+            Some(edits[1].clone()),
+            Some(edits[2].clone()),
+        ];
+        let alone: Vec<Transformer> = variants
+            .iter()
+            .map(|v| {
+                let mut t = base.clone();
+                if let Some(e) = v {
+                    e.apply(&mut t).unwrap();
+                }
+                t
+            })
+            .collect();
+        // Every (example, choice) score of every variant, batched together, as alone.
+        let together =
+            variant_choice_scores(base, &m.tokenizer, &choice_examples, 2, &variants).unwrap();
+        for (k, model) in alone.iter().enumerate() {
+            let want = choice_scores(model, &m.tokenizer, &choice_examples, 2).unwrap();
+            assert_eq!(together[k].len(), want.len());
+            for (g, w) in together[k].iter().zip(&want) {
+                assert_eq!((g.example, g.choice), (w.example, w.choice));
+                assert!(
+                    (g.logprob - w.logprob).abs() < 1e-4,
+                    "{arch} variant {k}: {} vs {}",
+                    g.logprob,
+                    w.logprob
+                );
+            }
+        }
+        // The variants score differently (the check above is not of one model four times).
+        assert!((together[0][0].logprob - together[1][0].logprob).abs() > 1e-3);
+        // Accuracies, on both kinds of task, as each evaluated alone.
+        for examples in [&choice_examples, &free_examples] {
+            let results =
+                evaluate_variants(base, &m.tokenizer, examples, 3, &variants, &mut |_, _| true)
+                    .unwrap();
+            for (k, model) in alone.iter().enumerate() {
+                let want = evaluate(model, &m.tokenizer, examples, 3, &mut |_, _| true).unwrap();
+                assert_eq!(results[k], want, "{arch} variant {k}");
+            }
+        }
+    }
+}
