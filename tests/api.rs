@@ -620,7 +620,8 @@ async fn names_paris(server: &Server, model: &str) {
 
 /// The real SmolLM2 through the service (skipped without models/, which `.ci/run` fetches):
 /// greedy completion, a pruning job, the variant answering, an evaluation of the variant equal
-/// to the job's own figure, and `--max-resident-models 1` keeping one model resident.
+/// to the job's own figure, and `--max-resident-models 1` keeping the base resident (the
+/// variant is an edit in the pool).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smollm2_end_to_end() {
     let gguf = smollm2_gguf();
@@ -647,9 +648,12 @@ async fn smollm2_end_to_end() {
     assert_eq!(status, 200, "{c}");
     let request = json!({"model": variant, "task": "int-mult"});
     evaluation_matches_the_job(&server, request, result).await;
-    // One resident model at a time: the variant evicted the base; the base comes back.
+    // `--max-resident-models 1`: the variant is an edit in the pool, not a model; the base
+    // stays the one resident model.
     let (resident, text) = metric(&server, "eigenprune_resident_models").await;
     assert_eq!(resident, 1.0, "{text}");
+    let (edits, text) = metric(&server, "eigenprune_edit_pool_edits{tier=\"device\"}").await;
+    assert_eq!(edits, 1.0, "{text}");
     names_paris(&server, &model).await;
     let (resident, text) = metric(&server, "eigenprune_resident_models").await;
     assert_eq!(resident, 1.0, "{text}");

@@ -357,14 +357,11 @@ async fn ownership(lab: &Lab) {
     assert_eq!(lab.root.get(&format!("/v1/pruning/jobs/{jp}")).await.0, 200);
 
     // Deleting a variant unloads it and says so on its job.
-    assert!(lab.state.host.resident().contains(&vp));
+    assert!(lab.state.host.is_resident(&vp));
     let (status, _) = alice.delete(&format!("/v1/models/{vp}")).await;
     assert_eq!(status, 200);
-    assert!(
-        !lab.state.host.resident().contains(&vp),
-        "{:?}",
-        lab.state.host.resident()
-    );
+    assert!(!lab.state.host.is_resident(&vp));
+    assert!(lab.state.host.pool.get(&vp).unwrap().is_none());
     let (_, job) = alice.get(&format!("/v1/pruning/jobs/{jp}")).await;
     assert_eq!(job["pruned_model_deleted"], true, "{job}");
     let (status, _) = alice
