@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
@@ -18,6 +18,7 @@ use crate::edit::{Edit, MatrixEdit};
 use crate::generate::{generate, SamplingParams};
 use crate::loading::{LoadedModel, ModelSource};
 use crate::models::{self, TensorMap};
+use crate::row_edits::RowEdits;
 use crate::svd::{agreement, decompose_on, SvdBackend};
 use crate::trace::Component;
 use crate::transformer::Transformer;
@@ -437,10 +438,98 @@ pub fn run(
             &mut rows,
         );
     }
+    for &count in &settings.variants {
+        push(edit_forms(&model.model, count, settings)?, &mut rows);
+    }
     Ok(rows)
 }
 
-/// A random low-rank edit of k and v in every layer, with bias deltas.
+/// One edited map (layer 0's v) for a decoding step of `settings.concurrent` rows spread over
+/// `count` variants, in the two forms a variant's correction can take: low-rank factors (the
+/// base product for every row, then the concatenated factors' shrink, mask, expand: what the
+/// batcher runs) against dense edited matrices (each variant's W + B A, its rows gathered and
+/// multiplied by it: one product per variant present). Microseconds per map and step.
+fn edit_forms(model: &Transformer, count: usize, settings: &BenchSettings) -> Result<Measurement> {
+    let dev = model.device();
+    let dtype = model.dtype();
+    let rows = settings.concurrent.max(1);
+    let lin = &crate::svd::site_map(model, 0, Component::V).0.weight;
+    let (out, d_in) = lin.dims2()?;
+    // The variants present in the batch (a batch of `rows` holds at most that many).
+    let count = count.clamp(1, rows);
+    let edits: Vec<Arc<Edit>> = (0..count)
+        .map(|_| random_edit(model, settings.variant_rank))
+        .collect::<Result<_>>()?;
+    let of_row: Vec<Option<usize>> = (0..rows).map(|i| Some(i % count)).collect();
+    let refs: Vec<&Edit> = edits.iter().map(|e| e.as_ref()).collect();
+    let factors = RowEdits::new(&refs, &of_row, dev, dtype)?;
+    let dense: Vec<Tensor> = edits
+        .iter()
+        .map(|e| {
+            let m = e
+                .matrices
+                .iter()
+                .find(|m| m.layer == 0 && m.component == Component::V);
+            let m = m.expect("random_edit edits v in every layer");
+            let delta = m.b.matmul(&m.a)?.to_dtype(dtype)?;
+            Ok((lin + delta)?.t()?.contiguous()?)
+        })
+        .collect::<Result<_>>()?;
+    let groups: Vec<Tensor> = (0..count)
+        .map(|v| {
+            let idx: Vec<u32> = (0..rows as u32)
+                .filter(|i| *i as usize % count == v)
+                .collect();
+            Ok(Tensor::new(idx.as_slice(), dev)?)
+        })
+        .collect::<Result<_>>()?;
+    let x = Tensor::randn(0f32, 1.0, (rows, 1, d_in), dev)?.to_dtype(dtype)?;
+    let w_t = lin.t()?;
+    let run_factors = || -> Result<Tensor> {
+        let base = x
+            .reshape((rows, d_in))?
+            .matmul(&w_t)?
+            .reshape((rows, 1, out))?;
+        Ok(factors.apply(0, Component::V, &x, base)?)
+    };
+    let run_dense = || -> Result<Tensor> {
+        let x2 = x.reshape((rows, d_in))?;
+        let mut y = Tensor::zeros((rows, out), dtype, dev)?;
+        for (g, w) in groups.iter().zip(&dense) {
+            let part = x2.index_select(g, 0)?.matmul(w)?;
+            y = y.index_add(g, &part, 0)?;
+        }
+        Ok(y)
+    };
+    let time = |f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
+        for _ in 0..5 {
+            f()?;
+        }
+        dev.synchronize()?;
+        let n = 200;
+        let t = Instant::now();
+        for _ in 0..n {
+            f()?;
+        }
+        dev.synchronize()?;
+        Ok(t.elapsed().as_secs_f64() / n as f64)
+    };
+    let (f_s, d_s) = (time(&run_factors)?, time(&run_dense)?);
+    Ok(row(
+        &format!("edit_forms_{count}"),
+        &format!("one edited map ({out}x{d_in}), {rows} rows over {count} variants ({dtype:?})"),
+        f_s,
+        None,
+        format!(
+            "factors {:.1} us vs dense {:.1} us per map and step ({:.1}x); rank {}",
+            f_s * 1e6,
+            d_s * 1e6,
+            d_s / f_s,
+            settings.variant_rank
+        ),
+    ))
+}
+
 /// A random edit of `model` (a variant's shape: rank-`rank` factors of k and v in every layer,
 /// with bias deltas), for benchmarks.
 pub fn random_edit(model: &Transformer, rank: usize) -> Result<Arc<Edit>> {
