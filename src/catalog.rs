@@ -105,12 +105,20 @@ pub async fn load(state: &AppState, id: &str) -> ApiResult<Served> {
     if let Some(served) = blocking(move || h.cached_variant(&vid, &parent)).await? {
         return Ok(served);
     }
-    let file = state
+    let file = edit_file(state, &v).await?;
+    blocking(move || host.variant(&v.id, &v.parent, &file)).await
+}
+
+/// A variant's edit file, from the object store.
+async fn edit_file(
+    state: &AppState,
+    v: &crate::db::variants::VariantRow,
+) -> ApiResult<bytes::Bytes> {
+    state
         .storage
         .get(&v.object_key)
         .await
-        .map_err(ApiError::internal)?;
-    blocking(move || host.variant(&v.id, &v.parent, &file)).await
+        .map_err(ApiError::internal)
 }
 
 /// A base model, or a variant's base with its edit applied to the weights (for an export).
@@ -124,11 +132,7 @@ pub async fn applied(state: &AppState, id: &str) -> ApiResult<Arc<LoadedModel>> 
     let Some(v) = state.db.variant(id).await? else {
         return Err(not_served(state, id));
     };
-    let file = state
-        .storage
-        .get(&v.object_key)
-        .await
-        .map_err(ApiError::internal)?;
+    let file = edit_file(state, &v).await?;
     blocking(move || host.applied(&v.parent, &file)).await
 }
 

@@ -122,10 +122,10 @@ impl EditPool {
         Ok(Some(self.to_device(id, &host)?))
     }
 
-    /// Holds a variant's edit read from the object store (the file's bytes) in both tiers;
-    /// returns it on the device.
-    pub fn insert(&self, id: &str, file: &[u8]) -> anyhow::Result<Arc<Edit>> {
-        let host = Arc::new(Edit::from_bytes(file, &Device::Cpu)?);
+    /// Holds a variant's edit read from the object store (parsed into host memory) in both
+    /// tiers; returns it on the device.
+    pub fn insert(&self, id: &str, host: Edit) -> anyhow::Result<Arc<Edit>> {
+        let host = Arc::new(host);
         anyhow::ensure!(
             host.finetuned.is_empty(),
             "variant {id} is fine-tuned: a full model, not an edit"
@@ -194,8 +194,8 @@ mod tests {
     use eigenprune_engine::edit::MatrixEdit;
     use eigenprune_engine::trace::Component;
 
-    /// A rank-`rank` edit of one 8x8 map: (8 + 8) * rank f32s.
-    fn edit_file(rank: usize) -> Vec<u8> {
+    /// A rank-`rank` edit of one 8x8 map: (8 + 8) * rank f32s, as read from its file.
+    fn edit_file(rank: usize) -> Edit {
         let t = |r, c| Tensor::ones((r, c), DType::F32, &Device::Cpu).unwrap();
         Edit {
             matrices: vec![MatrixEdit {
@@ -208,6 +208,7 @@ mod tests {
             ..Default::default()
         }
         .to_bytes()
+        .and_then(|b| Edit::from_bytes(&b, &Device::Cpu))
         .unwrap()
     }
 
@@ -216,7 +217,7 @@ mod tests {
         // Each edit is 64 f32s = 256 bytes: the device tier holds 2, the host tier 3.
         let pool = EditPool::new(Device::Cpu, DType::F32, 512, 768);
         for id in ["a", "b", "c"] {
-            pool.insert(id, &edit_file(4)).unwrap();
+            pool.insert(id, edit_file(4)).unwrap();
         }
         let u = pool.usage();
         assert_eq!((u.device_edits, u.device_bytes), (2, 512));
@@ -230,7 +231,7 @@ mod tests {
         assert!(pool.get("c").unwrap().is_some());
         assert_eq!(pool.stats.hits.load(Ordering::Relaxed), 1);
         // A fourth pushes the least recent host copy ("b") out of the host tier too.
-        pool.insert("d", &edit_file(4)).unwrap();
+        pool.insert("d", edit_file(4)).unwrap();
         assert!(pool.get("b").unwrap().is_none());
         pool.remove("c");
         assert!(pool.get("c").unwrap().is_none());
@@ -240,8 +241,8 @@ mod tests {
     #[test]
     fn an_edit_over_the_budget_is_still_served_alone() {
         let pool = EditPool::new(Device::Cpu, DType::F32, 100, 100);
-        pool.insert("a", &edit_file(4)).unwrap();
-        pool.insert("big", &edit_file(8)).unwrap();
+        pool.insert("a", edit_file(4)).unwrap();
+        pool.insert("big", edit_file(8)).unwrap();
         let u = pool.usage();
         assert_eq!((u.device_edits, u.host_edits), (1, 1));
         assert!(pool.is_resident("big"));

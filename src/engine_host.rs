@@ -244,7 +244,7 @@ impl ModelHost {
         let t = std::time::Instant::now();
         let edit = Edit::from_bytes(file, &candle_core::Device::Cpu)?;
         if edit.finetuned.is_empty() {
-            let edit = self.pool.insert(id, file)?;
+            let edit = self.pool.insert(id, edit)?;
             tracing::debug!(variant = %id, ms = t.elapsed().as_secs_f64() * 1e3, "edit loaded");
             return Ok(Served {
                 edit: Some(edit),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cpu_engine, fixture, postgres_url, serve, serve_lab, Api};
+use common::{cpu_engine, fixture, metric_value, postgres_url, serve, serve_lab, Api};
 
 use std::path::PathBuf;
 
@@ -233,18 +233,6 @@ async fn evaluation_matches_the_job(server: &Server, request: Value, job_result:
 /// The /metrics page (Prometheus text).
 async fn metrics_text(server: &Server) -> String {
     server.text("/metrics", "text/plain").await
-}
-
-/// One figure of a Prometheus text.
-fn metric_value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// One figure of /metrics, and the whole text for messages.

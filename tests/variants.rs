@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{cpu_engine, serve_lab, Api};
+use common::{cpu_engine, metric_value as metric, serve_lab, Api};
 use eigenprune::cli::serve::StoreArgs;
 use eigenprune::lab::LabArgs;
 use eigenprune_engine::edit::Edit;
@@ -66,17 +66,6 @@ fn close(a: &[f64], b: &[f64], tol: f64, what: &str) {
     for (x, y) in a.iter().zip(b) {
         assert!((x - y).abs() < tol, "{what}: {x} vs {y}");
     }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
