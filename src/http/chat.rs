@@ -234,7 +234,7 @@ pub async fn create(
     let model = served.model.clone();
     let vocab = model.model.config.vocab_size;
     req.sampling.validate(vocab)?;
-    let held = admit_sequences(&state, &caller, &req.model, req.sampling.n())?;
+    let held = admit_sequences(&state, &caller, &served.key, req.sampling.n())?;
     let (req, m) = (Arc::new(req), model.clone());
     let r = req.clone();
     let (prompt, params) = offload(move || {

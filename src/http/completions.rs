@@ -146,7 +146,7 @@ pub async fn create(
         );
     }
     let sequences = req.prompt.count() * best_of;
-    let held = admit_sequences(&state, &caller, &req.model, sequences)?;
+    let held = admit_sequences(&state, &caller, &served.key, sequences)?;
     let (req, m) = (Arc::new(req), model.clone());
     let r = req.clone();
     let (prompts, params) = offload(move || {

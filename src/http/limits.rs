@@ -41,10 +41,11 @@ pub async fn check_job_quota(state: &AppState, caller: &Caller) -> Result<(), Ap
 /// Admits a completion request of `sequences` (prompts x choices) for `model`: within the
 /// per-request bound (else 400), the model's waiting line (else 429) and the caller's
 /// sequences at once (else 429). The sequences are held until the returned guard drops.
+/// `batch`: the key of the batch the sequences join (a variant's is its base's).
 pub fn admit_sequences(
     state: &AppState,
     caller: &Caller,
-    model: &str,
+    batch: &str,
     sequences: usize,
 ) -> Result<Held, ApiError> {
     let max = state.lab.max_sequences_per_request;
@@ -55,12 +56,12 @@ pub fn admit_sequences(
         )
         .param("n"));
     }
-    let waiting = state.host.waiting(model);
+    let waiting = state.host.waiting(batch);
     if waiting + sequences > state.lab.max_waiting_sequences {
         return Err(ApiError::too_many(
             "model_overloaded",
             format!(
-                "{waiting} sequences are waiting for this model (at most {}); retry shortly",
+                "{waiting} sequences are waiting for this model's batch (its base's, for a variant; at most {}); retry shortly",
                 state.lab.max_waiting_sequences
             ),
             2,
