@@ -463,7 +463,8 @@ fn edit_forms(model: &Transformer, count: usize, settings: &BenchSettings) -> Re
     let of_row: Vec<Option<usize>> = (0..rows).map(|i| Some(i % count)).collect();
     let refs: Vec<&Edit> = edits.iter().map(|e| e.as_ref()).collect();
     let factors = RowEdits::new(&refs, &of_row, dev, dtype)?;
-    let dense: Vec<Tensor> = edits
+    // Each variant's edited matrix (transposed) and bias delta.
+    let dense: Vec<(Tensor, Tensor)> = edits
         .iter()
         .map(|e| {
             let m = e
@@ -472,7 +473,8 @@ fn edit_forms(model: &Transformer, count: usize, settings: &BenchSettings) -> Re
                 .find(|m| m.layer == 0 && m.component == Component::V);
             let m = m.expect("random_edit edits v in every layer");
             let delta = m.b.matmul(&m.a)?.to_dtype(dtype)?;
-            Ok((lin + delta)?.t()?.contiguous()?)
+            let bias = m.bias_delta.as_ref().expect("random_edit has bias deltas");
+            Ok(((lin + delta)?.t()?.contiguous()?, bias.to_dtype(dtype)?))
         })
         .collect::<Result<_>>()?;
     let groups: Vec<Tensor> = (0..count)
@@ -495,8 +497,8 @@ fn edit_forms(model: &Transformer, count: usize, settings: &BenchSettings) -> Re
     let run_dense = || -> Result<Tensor> {
         let x2 = x.reshape((rows, d_in))?;
         let mut y = Tensor::zeros((rows, out), dtype, dev)?;
-        for (g, w) in groups.iter().zip(&dense) {
-            let part = x2.index_select(g, 0)?.matmul(w)?;
+        for (g, (w, bias)) in groups.iter().zip(&dense) {
+            let part = x2.index_select(g, 0)?.matmul(w)?.broadcast_add(bias)?;
             y = y.index_add(g, &part, 0)?;
         }
         Ok(y)
@@ -515,13 +517,22 @@ fn edit_forms(model: &Transformer, count: usize, settings: &BenchSettings) -> Re
         Ok(t.elapsed().as_secs_f64() / n as f64)
     };
     let (f_s, d_s) = (time(&run_factors)?, time(&run_dense)?);
+    // The two forms compute the same map (on a GPU: the fused kernel against plain products).
+    let want = run_dense()?.to_dtype(DType::F32)?;
+    let got = run_factors()?.reshape((rows, out))?.to_dtype(DType::F32)?;
+    let gap = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?
+        / want
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?
+            .max(f32::MIN_POSITIVE);
     Ok(row(
         &format!("edit_forms_{count}"),
         &format!("one edited map ({out}x{d_in}), {rows} rows over {count} variants ({dtype:?})"),
         f_s,
         None,
         format!(
-            "factors {:.1} us vs dense {:.1} us per map and step ({:.1}x); rank {}",
+            "factors {:.1} us vs dense {:.1} us per map and step ({:.1}x); rank {}; outputs agree to {gap:.1e} of the largest",
             f_s * 1e6,
             d_s * 1e6,
             d_s / f_s,

@@ -22,6 +22,8 @@ pub mod models;
 pub mod pipeline;
 pub mod prune;
 pub mod row_edits;
+#[cfg(feature = "cuda")]
+mod row_edits_cuda;
 pub mod svd;
 #[cfg(feature = "cuda")]
 mod svd_cuda;

@@ -18,9 +18,15 @@ use crate::{EngineError, Result};
 
 /// One edited map's corrections for the batch.
 struct Site {
-    /// [R, in] and [out, R]: every variant's factors of this map, concatenated.
-    a_t: Tensor,
+    /// [R, in] and [R, out]: every variant's A and B^T of this map, concatenated.
+    a: Tensor,
     b_t: Tensor,
+    /// [rows, 2] u32 on a GPU: each row's (first rank, ranks), for the fused kernel.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    seg: Option<Tensor>,
+    /// The most ranks one row has.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    max_rank: usize,
     /// [rows, R]: 1 where a row's variant owns the rank, else 0.
     mask: Tensor,
     /// [rows, 1, out]: each row's bias delta (zero for rows without one).
@@ -74,11 +80,12 @@ impl RowEdits {
                 .iter()
                 .map(|(_, m)| cast(&m.b))
                 .collect::<Result<_>>()?;
-            let a_t = Tensor::cat(&a, 0)?.t()?.contiguous()?;
+            let a = Tensor::cat(&a, 0)?.contiguous()?;
             let b_t = Tensor::cat(&b, 1)?.t()?.contiguous()?;
             let total: usize = parts.iter().map(|(_, m)| m.rank()).sum();
             let out = b_t.dim(1)?;
             let mut mask = vec![0f32; rows.len() * total];
+            let mut seg = vec![0u32; rows.len() * 2];
             let mut bias = vec![0f32; rows.len() * out];
             let mut any_bias = false;
             for (i, row) in rows.iter().enumerate() {
@@ -86,6 +93,7 @@ impl RowEdits {
                 for (k, m) in &parts {
                     if *row == Some(*k) {
                         mask[i * total + offset..i * total + offset + m.rank()].fill(1.0);
+                        seg[2 * i..2 * i + 2].copy_from_slice(&[offset as u32, m.rank() as u32]);
                         if let Some(d) = &m.bias_delta {
                             let d: Vec<f32> = d.to_dtype(DType::F32)?.to_vec1()?;
                             bias[i * out..(i + 1) * out].copy_from_slice(&d);
@@ -101,11 +109,19 @@ impl RowEdits {
             } else {
                 None
             };
+            let max_rank = seg.chunks(2).map(|s| s[1] as usize).max().unwrap_or(0);
+            let seg = if device.is_cuda() {
+                Some(Tensor::from_vec(seg, (rows.len(), 2), device)?)
+            } else {
+                None
+            };
             sites.insert(
                 site,
                 Site {
-                    a_t,
+                    a,
                     b_t,
+                    seg,
+                    max_rank,
                     mask,
                     bias,
                 },
@@ -134,7 +150,24 @@ impl RowEdits {
             return Ok(output);
         };
         let (rows, t, d_in) = input.dims3()?;
-        let shrunk = input.reshape((rows * t, d_in))?.matmul(&s.a_t)?;
+        #[cfg(feature = "cuda")]
+        if let Some(seg) = &s.seg {
+            let out = output.dim(2)?;
+            let op = crate::row_edits_cuda::RowLora {
+                a: &s.a,
+                b_t: &s.b_t,
+                seg,
+                bias: s.bias.as_ref(),
+                t,
+                max_rank: s.max_rank,
+            };
+            let x = input.reshape((rows * t, d_in))?.contiguous()?;
+            let y = output.reshape((rows * t, out))?.contiguous()?;
+            if let Some(z) = crate::row_edits_cuda::fused(op, &x, &y)? {
+                return z.reshape((rows, t, out));
+            }
+        }
+        let shrunk = input.reshape((rows * t, d_in))?.matmul(&s.a.t()?)?;
         let r = shrunk.dim(1)?;
         let masked = shrunk
             .reshape((rows, t, r))?
