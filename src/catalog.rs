@@ -8,6 +8,7 @@ use std::sync::Arc;
 use eigenprune_engine::LoadedModel;
 
 use crate::app::AppState;
+use crate::db::variants::VariantRow;
 use crate::engine_host::Served;
 use crate::http::error::{quoted, ApiError, ApiResult};
 use crate::http::ids::check_id;
@@ -88,18 +89,31 @@ pub async fn resolve(state: &AppState, caller: &Caller, id: &str) -> ApiResult<S
     load(state, id).await
 }
 
+/// What a model id names: a served base, or a registered variant.
+enum Named {
+    Base(String),
+    Variant(VariantRow),
+}
+
+async fn named(state: &AppState, id: &str) -> ApiResult<Named> {
+    check_id("model", id)?;
+    if state.host.base_named(id).is_some() {
+        return Ok(Named::Base(id.to_string()));
+    }
+    match state.db.variant(id).await? {
+        Some(v) => Ok(Named::Variant(v)),
+        None => Err(not_served(state, id)),
+    }
+}
+
 /// A base model or variant, served (the base loaded on first use, a cold variant's edit read
 /// from the store), on blocking threads; no access check (workers run what a checked request
 /// queued).
 pub async fn load(state: &AppState, id: &str) -> ApiResult<Served> {
-    check_id("model", id)?;
     let host = state.host.clone();
-    if host.base_named(id).is_some() {
-        let id = id.to_string();
-        return blocking(move || host.serve_base(&id)).await;
-    }
-    let Some(v) = state.db.variant(id).await? else {
-        return Err(not_served(state, id));
+    let v = match named(state, id).await? {
+        Named::Base(name) => return blocking(move || host.serve_base(&name)).await,
+        Named::Variant(v) => v,
     };
     let (h, vid, parent) = (host.clone(), v.id.clone(), v.parent.clone());
     if let Some(served) = blocking(move || h.cached_variant(&vid, &parent)).await? {
@@ -109,31 +123,24 @@ pub async fn load(state: &AppState, id: &str) -> ApiResult<Served> {
     blocking(move || host.variant(&v.id, &v.parent, &file)).await
 }
 
+/// A base model, or a variant's base with its edit applied to the weights (for an export).
+pub async fn applied(state: &AppState, id: &str) -> ApiResult<Arc<LoadedModel>> {
+    let host = state.host.clone();
+    let v = match named(state, id).await? {
+        Named::Base(name) => return blocking(move || host.base(&name)).await,
+        Named::Variant(v) => v,
+    };
+    let file = edit_file(state, &v).await?;
+    blocking(move || host.applied(&v.parent, &file)).await
+}
+
 /// A variant's edit file, from the object store.
-async fn edit_file(
-    state: &AppState,
-    v: &crate::db::variants::VariantRow,
-) -> ApiResult<bytes::Bytes> {
+async fn edit_file(state: &AppState, v: &VariantRow) -> ApiResult<bytes::Bytes> {
     state
         .storage
         .get(&v.object_key)
         .await
         .map_err(ApiError::internal)
-}
-
-/// A base model, or a variant's base with its edit applied to the weights (for an export).
-pub async fn applied(state: &AppState, id: &str) -> ApiResult<Arc<LoadedModel>> {
-    check_id("model", id)?;
-    let host = state.host.clone();
-    if host.base_named(id).is_some() {
-        let id = id.to_string();
-        return blocking(move || host.base(&id)).await;
-    }
-    let Some(v) = state.db.variant(id).await? else {
-        return Err(not_served(state, id));
-    };
-    let file = edit_file(state, &v).await?;
-    blocking(move || host.applied(&v.parent, &file)).await
 }
 
 async fn blocking<T: Send + 'static>(
