@@ -251,16 +251,7 @@ impl ModelHost {
                 ..self.serve_base(base)?
             });
         }
-        let b = self.base(base)?;
-        let mut model = b.model.clone();
-        Edit::from_bytes(file, &self.device)?.apply(&mut model)?;
-        let m = Arc::new(LoadedModel {
-            model,
-            tokenizer: b.tokenizer.clone(),
-            source: b.source.clone(),
-            config_json: b.config_json.clone(),
-            chat_template: b.chat_template.clone(),
-        });
+        let m = self.applied(base, file)?;
         self.insert(id, m.clone());
         Ok(Served {
             model: m,
@@ -269,7 +260,8 @@ impl ModelHost {
         })
     }
 
-    /// `base` with the edit file applied to its weights (an export), not kept.
+    /// `base` with the edit file applied to its weights (an export, or a fine-tuned variant's
+    /// own model), not kept here.
     pub fn applied(&self, base: &str, file: &[u8]) -> anyhow::Result<Arc<LoadedModel>> {
         let b = self.base(base)?;
         let edit = Edit::from_bytes(file, &self.device)?;

@@ -142,16 +142,25 @@ impl Batcher {
             events,
             variant,
         };
+        self.send(Work::Generate(request));
+        rx
+    }
+
+    /// Hands `work` to the decoding thread, or tells its requester the thread is gone.
+    fn send(&self, work: Work) {
         self.load.waiting.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.requests.send(Work::Generate(request)) {
+        if let Err(e) = self.requests.send(work) {
             self.load.waiting.fetch_sub(1, Ordering::Relaxed);
-            if let Work::Generate(r) = e.0 {
-                let _ = r
-                    .events
-                    .send(Event::Failed("the model was unloaded".into()));
+            let gone = "the model was unloaded".to_string();
+            match e.0 {
+                Work::Generate(r) => {
+                    let _ = r.events.send(Event::Failed(gone));
+                }
+                Work::Score(r) => {
+                    let _ = r.reply.send(Err(gone));
+                }
             }
         }
-        rx
     }
 
     /// Scores `tokens` teacher-forced on the model (or this handle's variant): entry i is
@@ -170,13 +179,7 @@ impl Batcher {
             variant,
             reply,
         };
-        self.load.waiting.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.requests.send(Work::Score(request)) {
-            self.load.waiting.fetch_sub(1, Ordering::Relaxed);
-            if let Work::Score(r) = e.0 {
-                let _ = r.reply.send(Err("the model was unloaded".into()));
-            }
-        }
+        self.send(Work::Score(request));
         rx
     }
 }
