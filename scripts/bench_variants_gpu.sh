@@ -26,7 +26,7 @@ for step in "${steps[@]}"; do
       args=(bench --shape "${step#bench-}" --no-svd-cpu --sweep-sequences 64 --sweep-batch 16
             --new-tokens 64 --variants 1,4,16,64) ;;
     serve-real) args=(bench-serve --model "$gguf" --variants 1,3,16,64 --registered 200
-                      --cold 16 --eval-variants 16) ;;
+                      --cold 16 --eval-variants 16 --rounds 9) ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
   echo "== $step: ${args[*]}"

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Builds the GPU test binary here (no GPU needed) into .dev/gpu-tests, for running on a GPU
-# machine: `.dev/gpu-tests/gpu --test-threads 1` from the repository root.
+# Builds the GPU test binaries here (no GPU needed) into .dev/gpu-tests, for running on a GPU
+# machine from the repository root:
+#   .dev/gpu-tests/gpu --test-threads 1
+#   EIGENPRUNE_TEST_DEVICE=cuda .dev/gpu-tests/mixed_batch --test-threads 1
+# (gpu: the GPU paths against the CPU's; mixed_batch: the mixed-variant batch through the
+# fused row-edit kernel, every row against its variant alone).
 set -euo pipefail
 eval "$(../shared/tools/cuda-toolchain.sh)"
-out=$(CARGO_TARGET_DIR=target/cuda cargo test --release --features cuda -p eigenprune-engine \
-  --test gpu --no-run --message-format=json | python3 -c '
-import json, sys
+mkdir -p .dev/gpu-tests
+CARGO_TARGET_DIR=target/cuda cargo test --release --features cuda -p eigenprune-engine \
+  --test gpu --test mixed_batch --no-run --message-format=json | python3 -c '
+import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
-        print(m["executable"])')
-mkdir -p .dev/gpu-tests
-cp "$out" .dev/gpu-tests/gpu
-echo ".dev/gpu-tests/gpu"
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gpu", "mixed_batch"):
+        shutil.copy(m["executable"], ".dev/gpu-tests/" + m["target"]["name"])
+        print(".dev/gpu-tests/" + m["target"]["name"])'

@@ -338,6 +338,7 @@ async fn execute(
             .get("models")
             .and_then(|m| serde_json::from_value(m.clone()).ok());
         let ids = several.clone().unwrap_or_else(|| vec![job.model.clone()]);
+        let resolving = std::time::Instant::now();
         let mut served = Vec::with_capacity(ids.len());
         for id in &ids {
             served.push(
@@ -346,6 +347,8 @@ async fn execute(
                     .map_err(|e| JobError::Failed(e.code, e.message))?,
             );
         }
+        let resolve_s = resolving.elapsed().as_secs_f64();
+        let evaluating = std::time::Instant::now();
         let results = tokio::task::spawn_blocking(move || {
             let examples = if split == "train" {
                 &task.train
@@ -357,6 +360,13 @@ async fn execute(
         .await
         .map_err(|e| failed("worker")(e.into()))?
         .map_err(map_engine)?;
+        tracing::debug!(
+            job = %job.id,
+            models = ids.len(),
+            resolve_s,
+            evaluate_s = evaluating.elapsed().as_secs_f64(),
+            "evaluated"
+        );
         let view = |r: &eigenprune_engine::eval::EvalResult| json!({"accuracy": crate::report::eval_json(r), "test_size": r.total});
         let result = match several {
             None => view(&results[0]),

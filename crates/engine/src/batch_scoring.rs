@@ -69,7 +69,7 @@ fn score_pass(
     let prompts: Vec<Vec<u32>> = pass.iter().map(|r| r.tokens.clone()).collect();
     let packed = pack(&prompts, false, 0, model.device())?;
     let variants: Vec<Option<&Arc<Edit>>> = pass.iter().map(|r| r.variant.as_ref()).collect();
-    let hidden = match row_edits(model, &variants)? {
+    let hidden = match row_edits(model, &variants, None)? {
         Some(e) => model.forward_with_edits(&packed.ids, &packed.valid, None, &e)?,
         None => model.forward(&packed.ids, &packed.valid, None, None)?,
     };

@@ -211,17 +211,19 @@ impl BatchEdits {
             .map(|v| v.map_or(0, |e| Arc::as_ptr(e) as usize))
             .collect();
         if key != self.key {
-            self.edits = row_edits(model, &variants)?;
+            self.edits = row_edits(model, &variants, self.edits.as_ref())?;
             self.key = key;
         }
         Ok(self.edits.as_ref())
     }
 }
 
-/// The corrections of rows running `variants` (None when every row is the model itself).
+/// The corrections of rows running `variants` (None when every row is the model itself),
+/// reusing what `previous` (the batch's last composition) prepared.
 pub(crate) fn row_edits(
     model: &Transformer,
     variants: &[Option<&Arc<Edit>>],
+    previous: Option<&RowEdits>,
 ) -> Result<Option<RowEdits>> {
     if variants.iter().all(Option::is_none) {
         return Ok(None);
@@ -239,12 +241,12 @@ pub(crate) fn row_edits(
             })
         })
         .collect();
-    let edits: Vec<&Edit> = distinct.iter().map(|e| e.as_ref()).collect();
-    Ok(Some(RowEdits::new(
-        &edits,
+    Ok(Some(RowEdits::reusing(
+        &distinct,
         &rows,
         model.device(),
         model.dtype(),
+        previous,
     )?))
 }
 
@@ -302,7 +304,7 @@ fn run(model: &Transformer, requests: Receiver<Work>, max_rows: usize, load: &Lo
             }
         }
         crate::batch_scoring::score_all(model, scores);
-        if let Some((new_rows, own)) = prefill(model, arrivals) {
+        if let Some((new_rows, own)) = prefill(model, arrivals, batch_edits.edits.as_ref()) {
             rows.extend(new_rows);
             match std::mem::take(&mut cache).concat(own) {
                 Ok(joined) => cache = joined,
@@ -343,7 +345,12 @@ fn fail_all(rows: &mut Vec<Row>, e: &EngineError) {
 /// Runs newly arrived prompts together (left-padded) on a cache of their own and sends each
 /// its first token. Returns the rows that go on decoding with their cache, if any; requests
 /// already done (max_tokens 0 or 1, a stop token, a dropped receiver) or failed are told so.
-fn prefill(model: &Transformer, requests: Vec<Request>) -> Option<(Vec<Row>, KvCache)> {
+/// Variants the running batch has prepared (`running`) are reused.
+fn prefill(
+    model: &Transformer,
+    requests: Vec<Request>,
+    running: Option<&RowEdits>,
+) -> Option<(Vec<Row>, KvCache)> {
     let mut ready = Vec::with_capacity(requests.len());
     for r in requests {
         let misfit = r
@@ -364,7 +371,7 @@ fn prefill(model: &Transformer, requests: Vec<Request>) -> Option<(Vec<Row>, KvC
         return None;
     }
     let events: Vec<Sender<Event>> = ready.iter().map(|r| r.events.clone()).collect();
-    match try_prefill(model, ready) {
+    match try_prefill(model, ready, running) {
         Ok(out) => out,
         Err(e) => {
             for ev in events {
@@ -375,12 +382,16 @@ fn prefill(model: &Transformer, requests: Vec<Request>) -> Option<(Vec<Row>, KvC
     }
 }
 
-fn try_prefill(model: &Transformer, requests: Vec<Request>) -> Result<Option<(Vec<Row>, KvCache)>> {
+fn try_prefill(
+    model: &Transformer,
+    requests: Vec<Request>,
+    running: Option<&RowEdits>,
+) -> Result<Option<(Vec<Row>, KvCache)>> {
     let prompts: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
     let packed = pack(&prompts, true, 0, model.device())?;
     let mut cache = KvCache::default();
     let variants: Vec<Option<&Arc<Edit>>> = requests.iter().map(|r| r.variant.as_ref()).collect();
-    let hidden = match row_edits(model, &variants)? {
+    let hidden = match row_edits(model, &variants, running)? {
         Some(e) => model.forward_with_edits(&packed.ids, &packed.valid, Some(&mut cache), &e)?,
         None => model.forward(&packed.ids, &packed.valid, Some(&mut cache), None)?,
     };

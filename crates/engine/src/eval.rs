@@ -52,7 +52,8 @@ impl<'a> Runner<'a> {
             let per_row: Vec<Option<&Arc<Edit>>> = (0..rows)
                 .map(|i| self.variants[i % self.width()].as_ref())
                 .collect();
-            let built = crate::batcher::row_edits(self.model, &per_row)?;
+            let previous = self.edits.values().flatten().next();
+            let built = crate::batcher::row_edits(self.model, &per_row, previous)?;
             self.edits.insert(rows, built);
         }
         match &self.edits[&rows] {

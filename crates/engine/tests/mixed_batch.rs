@@ -2,11 +2,12 @@
 //! with bias deltas, overlapping on some maps) run through the base's forward with per-row
 //! corrections, and each row matches its own model run alone on the same batch (prefill and a
 //! cached decoding step), for the Llama, Gemma-3 and GPT-2 fixtures. Base rows are unchanged
-//! to the bit.
+//! to the bit. On the CPU here; on a GPU (the fused kernel) with EIGENPRUNE_TEST_DEVICE=cuda
+//! (scripts/gpu_tests.sh).
 
 mod common;
 
-use common::{load_fixture, max_abs_diff};
+use common::{load_fixture_on_test_device as load_fixture, max_abs_diff};
 
 use candle_core::{DType, IndexOp, Tensor};
 use eigenprune_engine::batch::pack;

@@ -20,6 +20,27 @@ pub fn load_fixture(name: &str) -> LoadedModel {
     load_model(fixture_dir(name).to_str().unwrap(), &LoadOptions::default()).unwrap()
 }
 
+/// The device a device-neutral test runs on: the CPU, or the first GPU where
+/// EIGENPRUNE_TEST_DEVICE=cuda (a CUDA build; scripts/gpu_tests.sh runs them so).
+pub fn test_device() -> candle_core::Device {
+    match std::env::var("EIGENPRUNE_TEST_DEVICE").as_deref() {
+        Ok("cuda") => {
+            candle_core::Device::new_cuda(0).expect("EIGENPRUNE_TEST_DEVICE=cuda: no GPU")
+        }
+        Ok("cpu") | Err(_) => candle_core::Device::Cpu,
+        Ok(other) => panic!("EIGENPRUNE_TEST_DEVICE={other}: cpu or cuda"),
+    }
+}
+
+/// The fixture loaded in f32 on [`test_device`].
+pub fn load_fixture_on_test_device(name: &str) -> LoadedModel {
+    let opts = LoadOptions {
+        device: test_device(),
+        ..LoadOptions::default()
+    };
+    load_model(fixture_dir(name).to_str().unwrap(), &opts).unwrap()
+}
+
 /// max |a - b| over all elements (f32 tensors of the same shape).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
