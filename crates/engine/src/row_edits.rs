@@ -55,6 +55,17 @@ pub struct RowEdits {
 
 type Parts<'a> = Vec<(usize, &'a MatrixEdit)>;
 
+/// What one batch composition runs: `variants[k]` (with its `Arc` in `ids[k]` where it has
+/// one), `rows[i]` row i's variant (None: the base), on `device` in `dtype`.
+struct Composition<'a> {
+    variants: &'a [&'a Edit],
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    ids: &'a [&'a Arc<Edit>],
+    rows: &'a [Option<usize>],
+    device: &'a Device,
+    dtype: DType,
+}
+
 impl RowEdits {
     /// `variants[k]` is variant k's edit; `rows[i]` is row i's variant (`None`: the base).
     /// Fine-tuned edits change every parameter and cannot share a base's batch.
@@ -64,7 +75,14 @@ impl RowEdits {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        Self::build(variants, &[], rows, device, dtype, None)
+        let c = Composition {
+            variants,
+            ids: &[],
+            rows,
+            device,
+            dtype,
+        };
+        Self::build(&c, None)
     }
 
     /// [`RowEdits::new`] for a batch's next composition: variants that `previous` also ran
@@ -78,17 +96,24 @@ impl RowEdits {
         previous: Option<&RowEdits>,
     ) -> Result<Self> {
         let plain: Vec<&Edit> = variants.iter().map(|e| e.as_ref()).collect();
-        Self::build(&plain, variants, rows, device, dtype, previous)
+        let c = Composition {
+            variants: &plain,
+            ids: variants,
+            rows,
+            device,
+            dtype,
+        };
+        Self::build(&c, previous)
     }
 
-    fn build(
-        variants: &[&Edit],
-        ids: &[&Arc<Edit>],
-        rows: &[Option<usize>],
-        device: &Device,
-        dtype: DType,
-        previous: Option<&RowEdits>,
-    ) -> Result<Self> {
+    fn build(c: &Composition, previous: Option<&RowEdits>) -> Result<Self> {
+        let Composition {
+            variants,
+            rows,
+            device,
+            dtype,
+            ..
+        } = *c;
         if variants.iter().any(|e| !e.finetuned.is_empty()) {
             return Err(EngineError::InvalidInput(
                 "a fine-tuned variant is a full model; it cannot share its base's batch".into(),
@@ -102,9 +127,9 @@ impl RowEdits {
         }
         #[cfg(feature = "cuda")]
         if crate::row_edits_cuda::available(device, dtype) {
-            return Self::fused(variants, ids, rows, device, dtype, previous);
+            return Self::fused(c, previous);
         }
-        let _ = (ids, previous);
+        let _ = previous;
         let mut by_site: BTreeMap<(usize, Component), Parts> = BTreeMap::new();
         for (k, e) in variants.iter().enumerate() {
             for m in &e.matrices {
@@ -130,15 +155,15 @@ impl RowEdits {
 
     /// The fused form: one table of every (map, row)'s factor pointers, uploaded at once.
     #[cfg(feature = "cuda")]
-    fn fused(
-        variants: &[&Edit],
-        ids: &[&Arc<Edit>],
-        rows: &[Option<usize>],
-        device: &Device,
-        dtype: DType,
-        previous: Option<&RowEdits>,
-    ) -> Result<Self> {
+    fn fused(c: &Composition, previous: Option<&RowEdits>) -> Result<Self> {
         use crate::row_edits_cuda::{Prepared, Slot, Table};
+        let Composition {
+            variants,
+            ids,
+            rows,
+            device,
+            dtype,
+        } = *c;
         let prepared: Vec<Arc<Prepared>> = variants
             .iter()
             .enumerate()
