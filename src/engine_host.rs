@@ -76,6 +76,9 @@ pub struct ModelHost {
     max_batch_rows: usize,
     /// Context length of every base model loaded once (kept after eviction).
     contexts: Mutex<std::collections::HashMap<String, usize>>,
+    /// One lock per base name, held while it loads: concurrent first requests for a base (or
+    /// its variants) wait for one load instead of each loading it.
+    loading: Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
     /// GPU memory reserved by running pruning jobs.
     pub reservations: Arc<crate::jobs::admission::Reservations>,
     /// Pruned variants' edits.
@@ -108,6 +111,7 @@ impl ModelHost {
             batchers: Mutex::new(Vec::new()),
             max_batch_rows: max_batch_rows.max(1),
             contexts: Mutex::default(),
+            loading: Mutex::default(),
             reservations: Arc::default(),
         }
     }
@@ -191,6 +195,17 @@ impl ModelHost {
             anyhow::bail!("model `{name}` is not served here");
         };
         let (name, spec) = (b.name.as_str(), b.spec.as_str());
+        if let Some(m) = self.lookup(name) {
+            return Ok(m);
+        }
+        let gate = self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let _loading = gate.lock().expect("load gate");
         if let Some(m) = self.lookup(name) {
             return Ok(m);
         }
@@ -339,5 +354,37 @@ impl ModelHost {
             .iter()
             .map(|(k, _)| k.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Concurrent first requests for a base wait for one load: every caller gets the same
+    /// model (without the load gate each loads its own copy).
+    #[test]
+    fn a_base_asked_for_at_once_loads_once() {
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama");
+        let host = Arc::new(ModelHost::new(
+            vec![BaseModel {
+                name: "tiny".into(),
+                spec: fixture.into(),
+            }],
+            LoadOptions::default(),
+            4,
+            4,
+            PoolBudget {
+                device: 1 << 20,
+                host: 1 << 20,
+            },
+        ));
+        let loads: Vec<Arc<LoadedModel>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| s.spawn(|| host.base("tiny").unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(loads.iter().all(|m| Arc::ptr_eq(m, &loads[0])));
     }
 }

@@ -339,14 +339,11 @@ async fn execute(
             .and_then(|m| serde_json::from_value(m.clone()).ok());
         let ids = several.clone().unwrap_or_else(|| vec![job.model.clone()]);
         let resolving = std::time::Instant::now();
-        let mut served = Vec::with_capacity(ids.len());
-        for id in &ids {
-            served.push(
-                crate::catalog::load(state, id)
-                    .await
-                    .map_err(|e| JobError::Failed(e.code, e.message))?,
-            );
-        }
+        // Every model at once: cold edits load in parallel; a base loads once (ModelHost).
+        let served =
+            futures::future::try_join_all(ids.iter().map(|id| crate::catalog::load(state, id)))
+                .await
+                .map_err(|e| JobError::Failed(e.code, e.message))?;
         let resolve_s = resolving.elapsed().as_secs_f64();
         let evaluating = std::time::Instant::now();
         let results = tokio::task::spawn_blocking(move || {
