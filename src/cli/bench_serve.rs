@@ -1,9 +1,10 @@
 //! `eigenprune bench-serve`: many pruned variants served on one base, measured through the
 //! HTTP API of an in-process server (a temporary SQLite file and object folder): concurrent
 //! greedy completions spread over 1, 4, 16, ... variants against the same load all on the base
-//! (each variant burst paired with a base burst just before it); the first token of a cold variant (its edit
-//! read from the store) against a warm one's; the edit pool's memory with many registered; and
-//! optionally an evaluation of N variants in one job against N single evaluation jobs.
+//! (each variant burst paired with a base burst just before it); the first token of a cold
+//! variant (its edit read from the store) against a warm one's; the edit pool's memory with
+//! many registered; and optionally an evaluation of N variants in one job against N single
+//! evaluation jobs.
 //! Variants are random low-rank edits (k and v of every layer, rank --variant-rank), registered
 //! as a pruning job would register them.
 

@@ -187,13 +187,9 @@ impl RowEdits {
         for (index, site) in maps.into_iter().enumerate() {
             let mut max_rank = 0;
             for row in rows {
-                match row.and_then(|k| prepared[k].slot(site)) {
-                    Some((slot, rank)) => {
-                        max_rank = max_rank.max(rank);
-                        slots.push(slot);
-                    }
-                    None => slots.push([0; 4]),
-                }
+                let slot = row.and_then(|k| prepared[k].slot(site)).unwrap_or([0; 4]);
+                max_rank = max_rank.max(slot[3] as usize);
+                slots.push(slot);
             }
             sites.insert(site, Site::Fused { index, max_rank });
         }

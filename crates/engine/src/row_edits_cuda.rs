@@ -105,7 +105,7 @@ pub(crate) type Slot = [i64; 4];
 pub(crate) struct Prepared {
     /// The variant it was prepared from (None: an edit without shared identity).
     edit: Option<Arc<Edit>>,
-    maps: HashMap<(usize, Component), (Slot, usize)>,
+    maps: HashMap<(usize, Component), Slot>,
     /// The tensors the slots point into.
     _held: Vec<Tensor>,
 }
@@ -132,7 +132,7 @@ impl Prepared {
             }
             held.push(a);
             held.push(b);
-            maps.insert((m.layer, m.component), (slot, m.rank()));
+            maps.insert((m.layer, m.component), slot);
         }
         Ok(Self {
             edit: id,
@@ -146,8 +146,8 @@ impl Prepared {
         self.edit.as_ref().is_some_and(|e| Arc::ptr_eq(e, edit))
     }
 
-    /// The slot and rank of its edit of `site` (None: it leaves that map alone).
-    pub(crate) fn slot(&self, site: (usize, Component)) -> Option<(Slot, usize)> {
+    /// The slot of its edit of `site` (None: it leaves that map alone).
+    pub(crate) fn slot(&self, site: (usize, Component)) -> Option<Slot> {
         self.maps.get(&site).copied()
     }
 }
