@@ -398,10 +398,41 @@ async fn cold_start(
     Ok(())
 }
 
-/// One evaluation job of N variants against N single jobs, submitted together.
+/// One evaluation job of N variants against N single jobs, submitted together, over
+/// `--rounds` rounds: the first round's edits are cold (its ratio is printed alone), the
+/// median ratio is over the later rounds.
 async fn evaluations(c: &Client, args: &BenchServeArgs) -> anyhow::Result<()> {
     let n = args.eval_variants;
     let ids: Vec<String> = (0..n).map(variant).collect();
+    let mut ratios = Vec::new();
+    for round in 0..args.rounds.max(2) {
+        let (together_s, alone_s, same) = evaluation_round(c, args, &ids).await?;
+        let ratio = alone_s / together_s.max(f64::MIN_POSITIVE);
+        println!(
+            "evaluation of {n} variants on {} (round {}{}): one job {together_s:.3}s, {n} single jobs {alone_s:.3}s ({ratio:.1}x); accuracies equal: {same}",
+            args.eval_task,
+            round + 1,
+            if round == 0 { ", edits cold" } else { "" },
+        );
+        if round > 0 {
+            ratios.push(ratio);
+        }
+    }
+    println!(
+        "evaluation of {n} variants on {}: median {:.1}x over {} warm rounds",
+        args.eval_task,
+        median(ratios.clone()),
+        ratios.len()
+    );
+    Ok(())
+}
+
+/// One round: (one job's seconds, the single jobs' seconds, whether their accuracies agree).
+async fn evaluation_round(
+    c: &Client,
+    args: &BenchServeArgs,
+    ids: &[String],
+) -> anyhow::Result<(f64, f64, bool)> {
     let t = Instant::now();
     let one = c
         .post(
@@ -413,7 +444,7 @@ async fn evaluations(c: &Client, args: &BenchServeArgs) -> anyhow::Result<()> {
     let together_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut singles = Vec::new();
-    for id in &ids {
+    for id in ids {
         let j = c
             .post(
                 "/v1/evaluations",
@@ -432,12 +463,7 @@ async fn evaluations(c: &Client, args: &BenchServeArgs) -> anyhow::Result<()> {
             .zip(&alone)
             .all(|(a, b)| a["accuracy"] == b["accuracy"])
     });
-    println!(
-        "evaluation of {n} variants on {}: one job {together_s:.2}s, {n} single jobs {alone_s:.2}s ({:.1}x); accuracies equal: {same}",
-        args.eval_task,
-        alone_s / together_s.max(f64::MIN_POSITIVE)
-    );
-    Ok(())
+    Ok((together_s, alone_s, same))
 }
 
 /// The finished job's result.

@@ -2,7 +2,7 @@
 //! teacher-forced) and, for fixed-choice tasks, choice accuracy (highest log-likelihood among
 //! the label words, as lm-evaluation-harness does).
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 use tokenizers::Tokenizer;
 
 use std::collections::HashMap;
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::batch::{answer_targets, encode, pack, Sequence};
 use crate::edit::Edit;
 use crate::row_edits::RowEdits;
+use crate::row_stats::{row_stats, RowStats};
 use crate::tasks::Example;
 use crate::transformer::{KvCache, Transformer};
 use crate::Result;
@@ -359,10 +360,11 @@ fn score_choices(
     Ok(out)
 }
 
-/// Log-probabilities [N, vocab] of N hidden states (on the device) and each row's argmax.
+/// The logits [N, vocab] of N hidden states (on the device) with each row's log-sum-exp and
+/// argmax ([`crate::row_stats`]: no [N, vocab] log-probabilities are written).
 struct LogProbs {
-    logp: Tensor,
-    argmax: Vec<u32>,
+    logits: Tensor,
+    stats: RowStats,
 }
 
 impl LogProbs {
@@ -371,30 +373,23 @@ impl LogProbs {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let device = self.logp.device();
-        let picked = self
-            .logp
-            .index_select(&Tensor::new(rows, device)?, 0)?
-            .gather(&Tensor::new(tokens, device)?.unsqueeze(1)?, 1)?
-            .squeeze(1)?
-            .to_vec1::<f32>()?;
+        let picked = crate::row_stats::pick(&self.logits, rows, tokens)?;
         Ok(picked
             .iter()
             .zip(rows.iter().zip(tokens))
-            .map(|(&lp, (&r, &tok))| Scored {
-                logprob: lp as f64,
-                all_argmax: self.argmax[r as usize] == tok,
+            .map(|(&logit, (&r, &tok))| Scored {
+                logprob: (logit - self.stats.lse[r as usize]) as f64,
+                all_argmax: self.stats.argmax[r as usize] == tok,
             })
             .collect())
     }
 }
 
 fn log_probs(model: &Transformer, hidden: &Tensor) -> Result<LogProbs> {
-    let logits = model.logits(hidden)?.to_dtype(DType::F32)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let logits = model.logits(hidden)?;
     Ok(LogProbs {
-        argmax: logp.argmax(D::Minus1)?.to_vec1()?,
-        logp,
+        stats: row_stats(&logits)?,
+        logits,
     })
 }
 

@@ -187,8 +187,19 @@ pub(crate) fn next_token_logprobs(
     next: &[u32],
     top: usize,
 ) -> Result<Vec<TokenLogprob>> {
-    let logp =
-        candle_nn::ops::log_softmax(&model.logits(hidden)?.to_dtype(DType::F32)?, D::Minus1)?;
+    let logits = model.logits(hidden)?;
+    if top == 0 {
+        // No alternatives asked for: the logits stay on the device, one pass over them.
+        let stats = crate::row_stats::row_stats(&logits)?;
+        let rows: Vec<u32> = (0..next.len() as u32).collect();
+        let picked = crate::row_stats::pick(&logits, &rows, next)?;
+        return Ok(picked
+            .iter()
+            .zip(&stats.lse)
+            .map(|(&l, &lse)| (l - lse, Vec::new()))
+            .collect());
+    }
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     let rows: Vec<Vec<f32>> = logp.to_vec2()?;
     Ok(rows
         .iter()

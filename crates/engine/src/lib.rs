@@ -24,6 +24,9 @@ pub mod prune;
 pub mod row_edits;
 #[cfg(feature = "cuda")]
 mod row_edits_cuda;
+pub mod row_stats;
+#[cfg(feature = "cuda")]
+mod row_stats_cuda;
 pub mod svd;
 #[cfg(feature = "cuda")]
 mod svd_cuda;

@@ -97,3 +97,42 @@ fn sweep_on_gpu_matches_cpu() {
         assert_eq!(cpu.tokens, gpu_s.tokens);
     }
 }
+
+/// The row statistics kernel (log-sum-exp, first argmax) against the CPU's, in f32 and bf16,
+/// at a vocabulary of GPT-2's size and one of Gemma-3's, with ties for the maximum.
+#[test]
+fn row_stats_on_gpu_match_cpu() {
+    use candle_core::Tensor;
+    use eigenprune_engine::row_stats::{pick, row_stats};
+    let gpu = Device::new_cuda(0).unwrap();
+    for v in [50_257usize, 262_144] {
+        let rows = 37;
+        let mut data: Vec<f32> = (0..rows * v)
+            .map(|i| ((i as u64 * 2_654_435_761 % 100_003) as f32 / 9_000.0).sin() * 12.0)
+            .collect();
+        // Row 1: the maximum twice, far apart (the first index must win on both devices).
+        data[v + 7] = 30.0;
+        data[v + v - 3] = 30.0;
+        let cpu = Tensor::from_vec(data, (rows, v), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let c = cpu.to_dtype(dtype).unwrap();
+            let g = c.to_device(&gpu).unwrap();
+            let (sc, sg) = (row_stats(&c).unwrap(), row_stats(&g).unwrap());
+            assert_eq!(sc.argmax, sg.argmax, "v {v} {dtype:?}");
+            assert_eq!(sg.argmax[1], 7, "v {v} {dtype:?}: the first maximum");
+            let worst = sc
+                .lse
+                .iter()
+                .zip(&sg.lse)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "v {v} {dtype:?}: lse differs by {worst}");
+            let rows_at: Vec<u32> = (0..rows as u32).collect();
+            let tokens: Vec<u32> = (0..rows as u32).map(|r| r * 101 % v as u32).collect();
+            assert_eq!(
+                pick(&c, &rows_at, &tokens).unwrap(),
+                pick(&g, &rows_at, &tokens).unwrap()
+            );
+        }
+    }
+}
