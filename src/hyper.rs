@@ -9,6 +9,9 @@ use eigenprune_engine::Component;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// The largest `pass_tokens` a job may ask for (the document's maximum says the same).
+pub const MAX_PASS_TOKENS: usize = 1 << 20;
+
 /// A portion: a number in [0, 1] or "auto".
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(untagged)]
@@ -28,6 +31,12 @@ pub struct Hyperparameters {
     /// Examples per scoring batch (>= 2: the corruption pairs examples within a batch).
     #[schema(minimum = 2)]
     pub batch_size: usize,
+    /// Padded tokens per forward/backward pass of the sweep: groups of batch_size examples
+    /// share a pass up to this many, each scored as if alone (the scores do not change; 0:
+    /// one group per pass). Larger passes are faster on a GPU and hold more memory. Default:
+    /// 2048 on a GPU, one group per pass on the CPU.
+    #[schema(minimum = 0, maximum = 1048576)]
+    pub pass_tokens: Option<usize>,
     /// Matrices pruned: k, q, v, o, mlp_in, mlp_out.
     pub components: Vec<String>,
     /// attribution, random or smallest.
@@ -82,6 +91,7 @@ impl Default for Hyperparameters {
         Self {
             portion,
             batch_size: d.batch_size,
+            pass_tokens: d.pass_tokens,
             components: d.components.iter().map(|c| c.name().to_string()).collect(),
             method: d.method.name().into(),
             input: d.input.name().into(),
@@ -202,6 +212,12 @@ impl Hyperparameters {
             Aggregate::name,
         )?;
         let bias = pick("invalid_bias", &self.bias, &BiasMode::ALL, BiasMode::name)?;
+        if self.pass_tokens.is_some_and(|p| p > MAX_PASS_TOKENS) {
+            return Err(invalid(
+                "invalid_pass_tokens",
+                format!("pass_tokens must be at most {MAX_PASS_TOKENS}"),
+            ));
+        }
         if self.scoring_batches == Some(0) {
             return Err(invalid(
                 "invalid_scoring_batches",
@@ -212,6 +228,7 @@ impl Hyperparameters {
             components,
             portions: vec![parse_portion(&self.portion)?],
             batch_size: self.batch_size,
+            pass_tokens: self.pass_tokens,
             method,
             input,
             aggregate,
@@ -239,6 +256,12 @@ mod tests {
             epochs["maximum"].as_u64(),
             Some(eigenprune_engine::finetune::MAX_EPOCHS as u64),
             "{epochs}"
+        );
+        let pass = &doc["components"]["schemas"]["Hyperparameters"]["properties"]["pass_tokens"];
+        assert_eq!(
+            pass["maximum"].as_u64(),
+            Some(super::MAX_PASS_TOKENS as u64),
+            "{pass}"
         );
     }
 }

@@ -29,6 +29,11 @@ pub struct PruneArgs {
     /// Scoring batch size (>= 2: the corrupted input is the previous example of the batch).
     #[arg(long, default_value_t = Hyperparameters::default().batch_size)]
     pub batch_size: usize,
+    /// Padded tokens per forward/backward pass of the sweep: batches share a pass up to this
+    /// many, each scored as if alone (the same scores); 0 runs one batch per pass. Default:
+    /// 2048 on a GPU, one batch per pass on the CPU.
+    #[arg(long)]
+    pub pass_tokens: Option<usize>,
     /// Matrices to prune: any of k, q, v, o, mlp_in, mlp_out.
     #[arg(long, default_values_t = Hyperparameters::default().components, value_delimiter = ',')]
     pub components: Vec<String>,
@@ -84,6 +89,7 @@ pub fn settings(args: &PruneArgs) -> anyhow::Result<PruneSettings> {
     let hyper = Hyperparameters {
         portion: PortionSpec::Fixed(0.0),
         batch_size: args.batch_size,
+        pass_tokens: args.pass_tokens,
         components: args.components.clone(),
         method: args.method.clone(),
         input: args.input.clone(),

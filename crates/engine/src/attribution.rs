@@ -2,6 +2,12 @@
 //! score = s_i * (U[:, i] . dx) * (Vh[i, :] . g), dx = (previous example's input at the same
 //! position) - (this input), g = d(loss)/d(map output). Aggregated as it goes: memory is
 //! bounded by the batch, never by the data set.
+//!
+//! Super-batching: the method's batch (its corruption pairing and loss scale) need not be the
+//! device's. Groups of `batch_size` examples, formed by the seeded shuffle, share one
+//! forward/backward pass up to [`SweepSettings::pass_tokens`]; each group pairs within itself
+//! and its loss is scaled as if it ran alone, so every score equals the one-group-per-pass
+//! sweep's (rows never interact). Groups of similar length share a pass, to keep padding small.
 
 use std::time::Instant;
 
@@ -54,9 +60,25 @@ impl InputMode {
     }
 }
 
+/// Padded tokens per sweep pass on a GPU by default: int-mult's groups of 5 (about 50 tokens)
+/// share a pass by the dozens, an rte group (up to about 1,500) runs alone or with one more.
+/// The pass's activations grow with it ([`crate::memory`] counts them). On the CPU a pass is
+/// compute-bound already: one group per pass (int-mult on 2 cores: 33.9 s plain, 33.1 s at
+/// 2,048 tokens, with 10x the memory; BENCHMARKS.md).
+pub const GPU_PASS_TOKENS: usize = 2048;
+
+/// The pass size a sweep on `device` uses: `asked`, or the device's default.
+pub fn pass_tokens_on(device: &candle_core::Device, asked: Option<usize>) -> usize {
+    asked.unwrap_or(if device.is_cpu() { 0 } else { GPU_PASS_TOKENS })
+}
+
 #[derive(Clone, Debug)]
 pub struct SweepSettings {
     pub batch_size: usize,
+    /// Padded tokens (rows x longest row) one forward/backward pass holds: whole groups of
+    /// `batch_size`, at least one; 0 runs one group per pass (the plain sweep); None: the
+    /// device's default ([`pass_tokens_on`]).
+    pub pass_tokens: Option<usize>,
     pub seed: u64,
     pub aggregate: Aggregate,
     pub input: InputMode,
@@ -72,10 +94,12 @@ pub struct SweepSettings {
 }
 
 impl Default for SweepSettings {
-    /// The method's defaults: batches of 5, seed 42, signed max, normed input, every batch.
+    /// The method's defaults: batches of 5, seed 42, signed max, normed input, every batch;
+    /// passes as the device likes them.
     fn default() -> Self {
         Self {
             batch_size: 5,
+            pass_tokens: None,
             seed: 42,
             aggregate: Aggregate::Max,
             input: InputMode::Normed,
@@ -174,14 +198,14 @@ pub fn sweep_sequences(
     if settings.shuffle {
         order.shuffle(&mut StdRng::seed_from_u64(settings.seed));
     }
-    let mut batches: Vec<&[usize]> = order
+    let mut groups: Vec<&[usize]> = order
         .chunks(settings.batch_size)
         .filter(|c| c.len() >= 2)
         .collect();
     if let Some(n) = settings.scoring_batches {
-        batches.truncate(n);
+        groups.truncate(n);
     }
-    if batches.is_empty() {
+    if groups.is_empty() {
         return Err(EngineError::InvalidInput(
             "the training split has fewer than 2 examples to score".into(),
         ));
@@ -225,13 +249,20 @@ pub fn sweep_sequences(
             SitePlan::new(site, d_in, d_out)
         })
         .collect::<Result<Vec<_>>>()?;
-    let total = batches.len();
+    let total = groups.len();
     let mut seen = 0;
-    for (done, batch) in batches.into_iter().enumerate() {
-        let seqs: Vec<Sequence> = batch.iter().map(|&i| examples[i].clone()).collect();
+    let mut done = 0;
+    let budget = pass_tokens_on(model.device(), settings.pass_tokens);
+    for pass in passes(&groups, examples, budget) {
+        let seqs: Vec<Sequence> = pass
+            .iter()
+            .flat_map(|g| g.iter().map(|&i| examples[i].clone()))
+            .collect();
+        let sizes: Vec<usize> = pass.iter().map(|g| g.len()).collect();
         score_batch(
             model,
             &seqs,
+            &sizes,
             svds,
             &plans,
             &components,
@@ -239,7 +270,8 @@ pub fn sweep_sequences(
             &mut acc,
         )?;
         seen += seqs.len();
-        if !progress(done + 1, total) {
+        done += pass.len();
+        if !progress(done, total) {
             return Err(EngineError::Cancelled);
         }
     }
@@ -277,12 +309,51 @@ pub fn sweep_sequences(
     })
 }
 
+/// The sweep's passes: `groups` ordered by their longest sequence (stable, so equal lengths
+/// keep the shuffle's order), consecutive ones sharing a pass while rows x longest row stays
+/// within `budget` tokens; a group never splits.
+fn passes<'g>(
+    groups: &[&'g [usize]],
+    examples: &[Sequence],
+    budget: usize,
+) -> Vec<Vec<&'g [usize]>> {
+    let longest = |g: &[usize]| g.iter().map(|&i| examples[i].len()).max().unwrap_or(0);
+    let mut by_length = groups.to_vec();
+    by_length.sort_by_key(|g| longest(g));
+    let mut out: Vec<Vec<&[usize]>> = Vec::new();
+    let mut rows = 0;
+    for g in by_length {
+        // Ascending lengths: the group joining a pass is its longest.
+        let fits = (rows + g.len()) * longest(g) <= budget;
+        match out.last_mut() {
+            Some(pass) if fits => pass.push(g),
+            _ => {
+                out.push(vec![g]);
+                rows = 0;
+            }
+        }
+        rows += g.len();
+    }
+    out
+}
+
 /// The task loss of one batch, differentiable: the mean over examples of each one's mean
 /// cross-entropy over its answer tokens (teacher-forced). Rows are left-padded, so "the same
 /// position" means the same role across the batch.
 pub fn answer_loss(
     model: &Transformer,
     seqs: &[Sequence],
+    trace: &mut Trace,
+) -> Result<(Tensor, Packed)> {
+    answer_loss_grouped(model, seqs, &[seqs.len()], trace)
+}
+
+/// [`answer_loss`] of consecutive groups of `sizes` rows in one pass: the sum of each group's
+/// loss as if it ran alone (a row's gradient is the one it has in its group's own pass).
+fn answer_loss_grouped(
+    model: &Transformer,
+    seqs: &[Sequence],
+    sizes: &[usize],
     trace: &mut Trace,
 ) -> Result<(Tensor, Packed)> {
     let device = model.device();
@@ -292,9 +363,11 @@ pub fn answer_loss(
     let hidden = model.forward(&packed.ids, &packed.valid, None, Some(trace))?;
     let refs: Vec<&Sequence> = seqs.iter().collect();
     let (positions, targets) = answer_targets(&refs, &packed);
+    let group_size = sizes.iter().flat_map(|&n| std::iter::repeat_n(n, n));
     let weights: Vec<f32> = seqs
         .iter()
-        .flat_map(|s| std::iter::repeat_n(1.0 / (b * s.answer.len()) as f32, s.answer.len()))
+        .zip(group_size)
+        .flat_map(|(s, n)| std::iter::repeat_n(1.0 / (n * s.answer.len()) as f32, s.answer.len()))
         .collect();
     let d = model.config.d_model;
     let picked = hidden
@@ -409,9 +482,13 @@ impl SitePlan {
     }
 }
 
+/// One pass: `seqs` are consecutive groups of `sizes` rows, each row corrupted by the
+/// previous row of its own group (cyclically).
+#[allow(clippy::too_many_arguments)]
 fn score_batch(
     model: &Transformer,
     seqs: &[Sequence],
+    sizes: &[usize],
     svds: &[SiteSvd],
     plans: &[SitePlan],
     components: &[Component],
@@ -421,17 +498,28 @@ fn score_batch(
     let device = model.device();
     let mut mark = Instant::now();
     let mut trace = Trace::new(components);
-    let (loss, packed) = answer_loss(model, seqs, &mut trace)?;
+    let (loss, packed) = answer_loss_grouped(model, seqs, sizes, &mut trace)?;
     let (b, t) = (seqs.len(), packed.width);
     acc.lap(device, 0, &mut mark)?;
     let grads = loss.backward()?;
     acc.lap(device, 1, &mut mark)?;
 
+    // Each row's corrupting row: the previous one of its group, the first taking the last.
+    let mut previous = Vec::with_capacity(b);
+    let mut first = 0;
+    for &n in sizes {
+        previous.extend((0..n).map(|k| first + (k + n - 1) % n));
+        first += n;
+    }
+    let previous_flat: Vec<u32> = (0..b * t)
+        .map(|i| (previous[i / t] * t + i % t) as u32)
+        .collect();
+    let previous_flat = Tensor::new(previous_flat.as_slice(), device)?;
     // Pairs (b, t) where both this example and the previous one have a real token.
     let pair_ok: Vec<bool> = (0..b * t)
         .map(|i| {
             let (row, pos) = (i / t, i % t);
-            packed.valid[row][pos] && packed.valid[(row + b - 1) % b][pos]
+            packed.valid[row][pos] && packed.valid[previous[row]][pos]
         })
         .collect();
     let pair_mask = Tensor::from_vec(
@@ -489,11 +577,7 @@ fn score_batch(
         };
         let d_in = x.dim(D::Minus1)?;
         let x = x.reshape((b * t, d_in))?;
-        let prev = Tensor::cat(
-            &[x.narrow(0, (b - 1) * t, t)?, x.narrow(0, 0, (b - 1) * t)?],
-            0,
-        )?;
-        let dx = (prev - &x)?;
+        let dx = (x.index_select(&previous_flat, 0)? - &x)?;
         let g = g.reshape((b * t, g.dim(D::Minus1)?))?;
         // Every head of the site at once: [b*t, heads * r] scores.
         let a = plan.project_in(&dx)?;

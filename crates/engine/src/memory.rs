@@ -16,8 +16,9 @@ pub struct JobMemory {
     pub weights_f32: u64,
     /// U, S and Vh of every decomposed head, f32.
     pub svd: u64,
-    /// The sweep's retained activations and their gradients at `batch_size` sequences of the
-    /// longest example, and the evaluation's logits at `eval_batch_size`.
+    /// The sweep's retained activations and their gradients for a pass of the longest
+    /// example (`pass_tokens` of them, or one group of `batch_size`), and the evaluation's
+    /// logits at `eval_batch_size`.
     pub activations: u64,
     /// An edited copy of the decomposed maps for evaluation.
     pub edited_maps: u64,
@@ -48,11 +49,11 @@ pub fn estimate(model: &Transformer, settings: &PruneSettings, max_tokens: usize
     let layers = c.n_layers as u64;
     let (svd, edited_maps) = (svd * layers, edited_maps * layers);
     let t = max_tokens.max(1) as u64;
-    let activations = sweep_activations(c, settings.batch_size as u64, t).max(eval_logits(
-        c,
-        settings.eval_batch_size as u64,
-        t,
-    ));
+    // A sweep pass holds whole groups up to pass_tokens: at most that many rows of t tokens.
+    let budget = crate::attribution::pass_tokens_on(model.device(), settings.pass_tokens);
+    let pass_rows = (budget as u64 / t).max(settings.batch_size as u64);
+    let activations =
+        sweep_activations(c, pass_rows, t).max(eval_logits(c, settings.eval_batch_size as u64, t));
     let params_f32 = model.weights.bytes() / model.dtype().size_in_bytes() as u64 * f32b;
     let finetune = settings.finetune.as_ref().map_or(0, |ft| {
         4 * params_f32 + sweep_activations(c, ft.batch_size as u64, t)

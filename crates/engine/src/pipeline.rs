@@ -35,6 +35,9 @@ pub struct PruneSettings {
     pub components: Vec<Component>,
     pub portions: Vec<Portion>,
     pub batch_size: usize,
+    /// Padded tokens per sweep pass ([`SweepSettings::pass_tokens`]: the same scores; None:
+    /// the device's default).
+    pub pass_tokens: Option<usize>,
     pub method: Method,
     pub input: InputMode,
     pub aggregate: Aggregate,
@@ -57,6 +60,7 @@ impl Default for PruneSettings {
             components: vec![Component::K],
             portions: vec![Portion::Fixed(0.2)],
             batch_size: sweep.batch_size,
+            pass_tokens: sweep.pass_tokens,
             method: Method::Attribution,
             input: sweep.input,
             aggregate: sweep.aggregate,
@@ -164,6 +168,7 @@ pub fn run(
     // mean inputs over the scoring data, which the same sweep gathers.
     let sweep_settings = SweepSettings {
         batch_size: settings.batch_size,
+        pass_tokens: settings.pass_tokens,
         seed: settings.seed,
         aggregate: settings.aggregate,
         input: settings.input,

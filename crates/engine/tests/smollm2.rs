@@ -103,3 +103,18 @@ fn cached_decoding_matches_a_full_forward() {
     let diff = max_abs_diff(&h_last, &want);
     assert!(diff < 1e-3, "cached step differs by {diff}");
 }
+
+/// Super-batching on the real model: 24 groups of int-mult's training split in one pass score
+/// as one group per pass does (f32), and prune the same sets.
+#[test]
+fn smollm2_super_batched_sweep_scores_as_plain() {
+    let Some(path) = gguf() else { return };
+    let m = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let task = eigenprune_engine::tasks::builtin("int-mult").unwrap();
+    let k = [eigenprune_engine::Component::K];
+    let (a, b, passes) = common::sweep_both_ways(&m, &task.train, &k, 24, Some(24));
+    assert_eq!(passes, vec![24]);
+    let gap = common::relative_gap(&a.flat(), &b.flat());
+    eprintln!("smollm2: scores differ by {gap:e} of the largest");
+    assert!(gap <= 1e-5, "scores differ by {gap:e} of the largest");
+}

@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 use candle_core::Tensor;
-use eigenprune_engine::{load_model, LoadOptions, LoadedModel};
+use eigenprune_engine::attribution::{sweep, Scores, SweepSettings};
+use eigenprune_engine::prune::{ranking, select, Method};
+use eigenprune_engine::svd::decompose;
+use eigenprune_engine::{load_model, Component, LoadOptions, LoadedModel};
 
 /// tests/fixtures/<name>: a tiny random HF checkpoint (scripts/make_fixtures.py). A test
 /// binary run away from its build tree finds them through EIGENPRUNE_FIXTURES.
@@ -81,6 +84,73 @@ pub fn sweep_all(
         &mut |_, _| true,
     )
     .unwrap()
+}
+
+/// Scores with one group per pass and with `groups` groups per pass, and the groups each
+/// pass of the second sweep held.
+pub fn sweep_both_ways(
+    m: &LoadedModel,
+    examples: &[eigenprune_engine::tasks::Example],
+    comps: &[Component],
+    groups: usize,
+    scoring_batches: Option<usize>,
+) -> (Scores, Scores, Vec<usize>) {
+    let svds = decompose(&m.model, comps).unwrap();
+    let longest = eigenprune_engine::memory::longest_example(&m.tokenizer, examples).unwrap();
+    let plain = SweepSettings {
+        pass_tokens: Some(0),
+        scoring_batches,
+        ..Default::default()
+    };
+    let batched = SweepSettings {
+        pass_tokens: Some(groups * plain.batch_size * longest),
+        ..plain.clone()
+    };
+    let run = |s: &SweepSettings, passes: &mut Vec<usize>| {
+        let mut last = 0;
+        sweep(
+            &m.model,
+            &m.tokenizer,
+            examples,
+            &svds,
+            s,
+            &mut |done, _| {
+                passes.push(done - last);
+                last = done;
+                true
+            },
+        )
+        .unwrap()
+    };
+    let mut one_each = Vec::new();
+    let a = run(&plain, &mut one_each);
+    assert!(one_each.iter().all(|&g| g == 1), "{one_each:?}");
+    let mut passes = Vec::new();
+    let b = run(&batched, &mut passes);
+    let order_a = ranking(&svds, &a, Method::Attribution, 0).unwrap();
+    let order_b = ranking(&svds, &b, Method::Attribution, 0).unwrap();
+    for portion in [0.1, 0.2] {
+        let (sa, sb) = (
+            select(&svds, &order_a, portion).unwrap(),
+            select(&svds, &order_b, portion).unwrap(),
+        );
+        assert_eq!(
+            sa.pruned, sb.pruned,
+            "portion {portion}: the pruned sets differ"
+        );
+    }
+    (a, b, passes)
+}
+
+/// The largest difference of two flat score lists relative to the largest score.
+pub fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+        / scale
 }
 
 #[path = "../../../../tests/common/skip.rs"]
