@@ -3,7 +3,8 @@
 torch + HF transformers, for the parity test (crates/engine/tests/reference.rs).
 
 For each fixture model in tests/fixtures/{llama,gpt2}, on the fixed data set below (no shuffle,
-batches of B in order, left padding), it writes tests/fixtures/<arch>/reference_scores.safetensors:
+batches of B in order, left padding; each row the prompt and the answer but its last token,
+which predicts nothing), it writes tests/fixtures/<arch>/reference_scores.safetensors:
   scores.<layer>   [heads, d_head]  signed max over examples and real tokens of
                    s_i * (U[:, i] . dx) * (Vh[i, :] . g), key components, input = normed
   input_mean.<layer> [d_model]      mean of xhat over the real tokens
@@ -87,11 +88,11 @@ def main(root):
                 pi = tok.encode(p, add_special_tokens=True).ids
                 ai = tok.encode(a, add_special_tokens=False).ids
                 seqs.append((pi, ai))
-            width = max(len(p) + len(a) for p, a in seqs)
+            width = max(len(p) + len(a) - 1 for p, a in seqs)
             ids = torch.zeros(len(seqs), width, dtype=torch.long)
             mask = torch.zeros(len(seqs), width, dtype=torch.long)
             for r, (p, a) in enumerate(seqs):
-                row = p + a
+                row = p + a[:-1]
                 ids[r, width - len(row):] = torch.tensor(row)
                 mask[r, width - len(row):] = 1
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -109,7 +110,7 @@ def main(root):
             logp = torch.log_softmax(logits.float(), -1)
             loss = 0.0
             for r, (p, a) in enumerate(seqs):
-                base = width - len(p) - len(a) + len(p) - 1
+                base = width - (len(p) + len(a) - 1) + len(p) - 1
                 ce = -sum(logp[r, base + i, t] for i, t in enumerate(a)) / len(a)
                 loss = loss + ce / len(seqs)
             loss.backward()

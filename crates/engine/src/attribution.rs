@@ -317,7 +317,8 @@ fn passes<'g>(
     examples: &[Sequence],
     budget: usize,
 ) -> Vec<Vec<&'g [usize]>> {
-    let longest = |g: &[usize]| g.iter().map(|&i| examples[i].len()).max().unwrap_or(0);
+    // A row is the example but its last token (see `answer_loss`).
+    let longest = |g: &[usize]| g.iter().map(|&i| examples[i].len() - 1).max().unwrap_or(0);
     let mut by_length = groups.to_vec();
     by_length.sort_by_key(|g| longest(g));
     let mut out: Vec<Vec<&[usize]>> = Vec::new();
@@ -338,7 +339,9 @@ fn passes<'g>(
 }
 
 /// The task loss of one batch, differentiable: the mean over examples of each one's mean
-/// cross-entropy over its answer tokens (teacher-forced). Rows are left-padded, so "the same
+/// cross-entropy over its answer tokens (teacher-forced). The input is the prompt and the
+/// answer but its last token, which predicts nothing (its gradient would be exactly zero, its
+/// score 0 in every max, its input in every mean). Rows are left-padded, so "the same
 /// position" means the same role across the batch.
 pub fn answer_loss(
     model: &Transformer,
@@ -357,7 +360,7 @@ fn answer_loss_grouped(
     trace: &mut Trace,
 ) -> Result<(Tensor, Packed)> {
     let device = model.device();
-    let rows: Vec<Vec<u32>> = seqs.iter().map(Sequence::tokens).collect();
+    let rows: Vec<Vec<u32>> = seqs.iter().map(Sequence::inputs).collect();
     let packed = pack(&rows, true, 0, device)?;
     let (b, t) = (rows.len(), packed.width);
     let hidden = model.forward(&packed.ids, &packed.valid, None, Some(trace))?;

@@ -24,6 +24,13 @@ impl Sequence {
     pub fn tokens(&self) -> Vec<u32> {
         [self.prompt.as_slice(), self.answer.as_slice()].concat()
     }
+    /// What a teacher-forced answer loss feeds: the prompt and the answer but its last token
+    /// (every answer token is then predicted from an input position).
+    pub fn inputs(&self) -> Vec<u32> {
+        let mut t = self.tokens();
+        t.pop();
+        t
+    }
 }
 
 pub fn encode(tok: &Tokenizer, prompt: &str, answer: &str) -> Result<Sequence> {

@@ -429,3 +429,32 @@ fn bf16_serving_weights_work_end_to_end() {
         );
     }
 }
+
+/// The sweep feeds each example's prompt and answer but the answer's last token, which
+/// predicts nothing: the real tokens it counts (and averages inputs over) are one fewer per
+/// example than the example's length.
+#[test]
+fn the_last_answer_token_is_not_a_sweep_input() {
+    let m = load_fixture("llama");
+    let svds = decompose(&m.model, &[Component::K]).unwrap();
+    let exs = examples();
+    let scores = sweep(
+        &m.model,
+        &m.tokenizer,
+        &exs,
+        &svds,
+        &settings(4),
+        &mut |_, _| true,
+    )
+    .unwrap();
+    let inputs: usize = exs
+        .iter()
+        .map(|e| {
+            eigenprune_engine::batch::encode_example(&m.tokenizer, e)
+                .unwrap()
+                .len()
+                - 1
+        })
+        .sum();
+    assert_eq!((scores.examples, scores.tokens), (exs.len(), inputs));
+}
