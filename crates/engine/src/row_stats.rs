@@ -25,11 +25,12 @@ pub fn row_stats(logits: &Tensor) -> Result<RowStats> {
             "row statistics of a vocabulary of {v}"
         )));
     }
-    // The GPU kernel reads f32 and bf16.
-    let logits = match logits.dtype() {
-        DType::F32 | DType::BF16 => logits.contiguous()?,
-        _ if logits.device().is_cuda() => logits.to_dtype(DType::F32)?,
-        _ => logits.contiguous()?,
+    // The GPU kernel reads f32 and bf16; the CPU loop f16 as well.
+    let logits = if logits.device().is_cuda() && !matches!(logits.dtype(), DType::F32 | DType::BF16)
+    {
+        logits.to_dtype(DType::F32)?
+    } else {
+        logits.contiguous()?
     };
     let packed = logits.apply_op1_no_bwd(&Stats)?;
     let flat = packed.to_vec2::<f32>()?;
