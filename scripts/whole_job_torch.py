@@ -7,7 +7,7 @@ plus a mean bias, and the paper's metric (argmax equals every answer token) befo
 Pruning math in f32, as eigenprune's.
 
     python3 scripts/whole_job_torch.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
-        --task int-mult|rte [--portion 0.2] [--json]
+        --task int-mult|rte [--portion 0.2] [--autocast] [--json]
 
 Needs the `gguf` package next to transformers (GGUF loading). The int-mult split is drawn with
 Python's random, so examples differ from eigenprune's (sizes and lengths are the same); rte uses
@@ -58,6 +58,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=5)
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--autocast", action="store_true",
+                    help="run the sweep's forward/backward under torch.autocast(bfloat16), as a "
+                         "PyTorch user would for speed (the pruning math stays f32)")
     a = ap.parse_args()
     seconds = {}
     t0 = now()
@@ -124,7 +127,8 @@ def main():
         rows = [encode(p, ans) for p, ans, _, _ in batch]
         ids, mask = pack(rows)
         emb = model.get_input_embeddings()(ids).detach().requires_grad_()
-        logits = model(inputs_embeds=emb, attention_mask=mask, position_ids=positions(mask)).logits
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=a.autocast):
+            logits = model(inputs_embeds=emb, attention_mask=mask, position_ids=positions(mask)).logits
         loss = 0
         for i, (r, n_ans) in enumerate(rows):
             w = ids.shape[1]
@@ -193,7 +197,7 @@ def main():
     t0 = now()
     before = evaluate()
     seconds["eval_before"] = now() - t0
-    out = {"task": a.task, "train": len(train), "test": len(test), "pruned": n,
+    out = {"task": a.task, "autocast": a.autocast, "train": len(train), "test": len(test), "pruned": n,
            "candidates": scores.numel(), "before": before, "after": after,
            "seconds": seconds, "job_seconds": sum(v for k, v in seconds.items() if k != "load")}
     print(json.dumps(out) if a.json else out)

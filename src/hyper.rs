@@ -1,7 +1,7 @@
 //! Pruning hyperparameters as users write them (CLI flags and the jobs API), validated into
 //! the engine's settings with stable error codes.
 
-use eigenprune_engine::attribution::{Aggregate, InputMode};
+use eigenprune_engine::attribution::{Aggregate, InputMode, Precision};
 use eigenprune_engine::finetune::FinetuneSettings;
 use eigenprune_engine::pipeline::{Portion, PruneSettings};
 use eigenprune_engine::prune::{BiasMode, Method};
@@ -37,6 +37,10 @@ pub struct Hyperparameters {
     /// 2048 on a GPU, one group per pass on the CPU.
     #[schema(minimum = 0, maximum = 1048576)]
     pub pass_tokens: Option<usize>,
+    /// What the sweep's forward and backward compute in: f32, tf32 (f32 with tensor-core
+    /// products; a GPU only) or bf16 (scores, norms' statistics, softmax and loss stay f32).
+    /// Default: bf16 on a GPU, f32 on the CPU.
+    pub precision: Option<String>,
     /// Matrices pruned: k, q, v, o, mlp_in, mlp_out.
     pub components: Vec<String>,
     /// attribution, random or smallest.
@@ -92,6 +96,7 @@ impl Default for Hyperparameters {
             portion,
             batch_size: d.batch_size,
             pass_tokens: d.pass_tokens,
+            precision: d.precision.map(|p| p.name().into()),
             components: d.components.iter().map(|c| c.name().to_string()).collect(),
             method: d.method.name().into(),
             input: d.input.name().into(),
@@ -218,6 +223,11 @@ impl Hyperparameters {
                 format!("pass_tokens must be at most {MAX_PASS_TOKENS}"),
             ));
         }
+        let precision = self
+            .precision
+            .as_deref()
+            .map(|p| pick("invalid_precision", p, &Precision::ALL, Precision::name))
+            .transpose()?;
         if self.scoring_batches == Some(0) {
             return Err(invalid(
                 "invalid_scoring_batches",
@@ -229,6 +239,7 @@ impl Hyperparameters {
             portions: vec![parse_portion(&self.portion)?],
             batch_size: self.batch_size,
             pass_tokens: self.pass_tokens,
+            precision,
             method,
             input,
             aggregate,

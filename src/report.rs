@@ -40,6 +40,7 @@ pub fn report_json(r: &PruneReport) -> serde_json::Value {
         "accuracy_after": eval_json(&first.accuracy_after),
         "test_size": r.test_size,
         "scored_examples": r.scored_examples,
+        "precision": r.precision.name(),
         "seconds": r.seconds,
         "portions": per_portion,
         "finetune": r.finetune.as_ref().map(|(ft, pretrained)| json!({

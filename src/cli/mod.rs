@@ -1,6 +1,7 @@
 //! The command line: one subcommand per file.
 
 pub mod bench;
+pub mod bench_precision;
 pub mod bench_serve;
 pub mod eval;
 pub mod generate;
@@ -46,6 +47,9 @@ pub enum Command {
     /// Benchmark many pruned variants served on one base through the HTTP API (an in-process
     /// server): mixed-variant throughput, cold-variant first token, the edit pool, evaluations.
     BenchServe(Box<bench_serve::BenchServeArgs>),
+    /// Compare a task's sweep in f32 and in bf16 or tf32 on a real model: time, rank
+    /// correlation of the scores, overlap of the pruned sets, test accuracy of each edit.
+    BenchPrecision(bench_precision::BenchPrecisionArgs),
     /// Print the HTTP API's OpenAPI document.
     Openapi,
 }
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchServe(args) => bench_serve::run(*args),
+        Command::BenchPrecision(args) => bench_precision::run(args),
         Command::Serve(args) => runtime()?.block_on(serve::serve(*args)),
         Command::Worker(args) => runtime()?.block_on(serve::worker(*args)),
         Command::Migrate(args) => runtime()?.block_on(serve::migrate(args)),

@@ -34,6 +34,10 @@ pub struct PruneArgs {
     /// 2048 on a GPU, one batch per pass on the CPU.
     #[arg(long)]
     pub pass_tokens: Option<usize>,
+    /// f32 | tf32 | bf16: what the sweep computes in (scores stay f32). Default: bf16 on a
+    /// GPU, f32 on the CPU.
+    #[arg(long)]
+    pub precision: Option<String>,
     /// Matrices to prune: any of k, q, v, o, mlp_in, mlp_out.
     #[arg(long, default_values_t = Hyperparameters::default().components, value_delimiter = ',')]
     pub components: Vec<String>,
@@ -90,6 +94,7 @@ pub fn settings(args: &PruneArgs) -> anyhow::Result<PruneSettings> {
         portion: PortionSpec::Fixed(0.0),
         batch_size: args.batch_size,
         pass_tokens: args.pass_tokens,
+        precision: args.precision.clone(),
         components: args.components.clone(),
         method: args.method.clone(),
         input: args.input.clone(),

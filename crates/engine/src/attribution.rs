@@ -72,6 +72,53 @@ pub fn pass_tokens_on(device: &candle_core::Device, asked: Option<usize>) -> usi
     asked.unwrap_or(if device.is_cpu() { 0 } else { GPU_PASS_TOKENS })
 }
 
+/// What the sweep's forward and backward compute in. Scores, their aggregates and the input
+/// means are f32 in every case, and so are the norms' statistics, the softmax's and the
+/// loss ([`crate::grad_ops`]); the SVD and the edit are f32 too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// IEEE f32 throughout (the CPU's default: exact, and all a CPU has).
+    F32,
+    /// f32 tensors, matrix products on tensor cores with TF32 inputs (a GPU only; elsewhere
+    /// the same as f32). cuBLAS's switch is process-wide: while a TF32 sweep runs, other f32
+    /// products in the process take TF32 too (serving runs bf16 on a GPU).
+    Tf32,
+    /// bf16 weights and activations on tensor cores, f32 accumulation.
+    Bf16,
+}
+
+impl Precision {
+    pub const ALL: [Self; 3] = [Self::F32, Self::Tf32, Self::Bf16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Tf32 => "tf32",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// The precision a sweep on `device` uses: `asked`, or the device's default.
+    pub fn on(device: &candle_core::Device, asked: Option<Self>) -> Self {
+        asked.unwrap_or(if device.is_cpu() {
+            Self::F32
+        } else {
+            GPU_PRECISION
+        })
+    }
+
+    /// The dtype the model runs in.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::Bf16 => DType::BF16,
+            Self::F32 | Self::Tf32 => DType::F32,
+        }
+    }
+}
+
+/// The GPU's default precision (BENCHMARKS.md: agreement with f32 on the real models).
+pub const GPU_PRECISION: Precision = Precision::Bf16;
+
 #[derive(Clone, Debug)]
 pub struct SweepSettings {
     pub batch_size: usize,
@@ -88,9 +135,9 @@ pub struct SweepSettings {
     pub shuffle: bool,
     /// Time the forward, backward and scoring phases (synchronising the device after each).
     pub profile: bool,
-    /// The dtype the forward and backward run in (scores are f32 either way); None = the
-    /// model's own. Pruning uses f32; bf16 trades exactness for tensor-core speed.
-    pub dtype: Option<DType>,
+    /// What the forward and backward compute in; None: the device's default
+    /// ([`Precision::on`]).
+    pub precision: Option<Precision>,
 }
 
 impl Default for SweepSettings {
@@ -106,7 +153,7 @@ impl Default for SweepSettings {
             scoring_batches: None,
             shuffle: true,
             profile: false,
-            dtype: None,
+            precision: None,
         }
     }
 }
@@ -119,6 +166,8 @@ pub struct Scores {
     pub input_means: Vec<Vec<f32>>,
     pub examples: usize,
     pub tokens: usize,
+    /// What the forward and backward computed in.
+    pub precision: Precision,
     /// Seconds in the forward pass, the backward pass and the scoring, when
     /// [`SweepSettings::profile`] asked for them (each phase then ends with a device sync).
     pub phase_seconds: Option<[f64; 3]>,
@@ -181,14 +230,15 @@ pub fn sweep_sequences(
     settings: &SweepSettings,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Scores> {
+    let precision = Precision::on(model.device(), settings.precision);
     let cast;
-    let model = match settings.dtype {
-        Some(dtype) if dtype != model.dtype() => {
-            cast = model.to_dtype(dtype)?;
-            &cast
-        }
-        _ => model,
+    let model = if precision.dtype() == model.dtype() {
+        model
+    } else {
+        cast = model.to_dtype(precision.dtype())?;
+        &cast
     };
+    let _tf32 = crate::device::Tf32::enable(model.device(), precision == Precision::Tf32);
     if settings.batch_size < 2 {
         return Err(EngineError::InvalidInput(
             "batch_size must be at least 2: the corrupted input is the previous example of the same batch, so with 1 every score is 0".into(),
@@ -305,6 +355,7 @@ pub fn sweep_sequences(
         input_means,
         examples: seen,
         tokens: acc.tokens,
+        precision,
         phase_seconds: settings.profile.then_some(acc.phase_seconds),
     })
 }

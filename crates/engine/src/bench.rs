@@ -11,7 +11,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::attribution::{sweep_sequences, Scores, SweepSettings};
+use crate::attribution::{sweep_sequences, Precision, Scores, SweepSettings};
 use crate::batch::Sequence;
 use crate::batcher::{Batcher, Event};
 use crate::edit::{Edit, MatrixEdit};
@@ -238,6 +238,7 @@ pub fn run(
     let sweep = SweepSettings {
         batch_size: settings.sweep_batch,
         shuffle: false,
+        precision: Some(Precision::F32),
         ..Default::default()
     };
     // One batch first (kernel loading, workspaces), then the timed sweep.
@@ -293,30 +294,26 @@ pub fn run(
     if device.is_cuda() {
         // The same sweep with the forward and backward in bf16 (scores in f32), as PyTorch's,
         // and with f32 matmuls on tensor cores (TF32); how far each moves the scores.
-        let bf16 = SweepSettings {
-            dtype: Some(DType::BF16),
+        let with = |precision| SweepSettings {
+            precision: Some(precision),
             ..sweep.clone()
         };
-        let (bf16_s, bf16_scores) = timed_sweep(&bf16, true)?;
-        let before = candle_core::cuda::gemm_reduced_precision_f32();
-        candle_core::cuda::set_gemm_reduced_precision_f32(true);
-        let tf32 = timed_sweep(&sweep, false);
-        candle_core::cuda::set_gemm_reduced_precision_f32(before);
-        let (tf32_s, tf32_scores) = tf32?;
+        let (bf16_s, bf16_scores) = timed_sweep(&with(Precision::Bf16), true)?;
+        let (tf32_s, tf32_scores) = timed_sweep(&with(Precision::Tf32), false)?;
         for (id, what, seconds, fast, how) in [
             (
                 "sweep_bf16",
                 "attribution sweep (bf16 forward + backward, f32 scores)",
                 bf16_s,
                 &bf16_scores,
-                "",
+                "precision bf16; ",
             ),
             (
                 "sweep_tf32",
                 "attribution sweep (TF32 matmuls)",
                 tf32_s,
                 &tf32_scores,
-                "EIGENPRUNE_TF32=1; ",
+                "precision tf32; ",
             ),
         ] {
             let gap = relative_gap(&scores, fast);

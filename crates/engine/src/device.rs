@@ -13,3 +13,55 @@ pub fn memory(device: &Device) -> Option<(u64, u64)> {
         _ => None,
     }
 }
+
+/// TF32 matrix products for f32 on a GPU while held. cuBLAS's switch is process-wide: holders
+/// are counted, and the last to finish restores what was set before the first (e.g. the
+/// CLI's `EIGENPRUNE_TF32`).
+pub struct Tf32 {
+    held: bool,
+}
+
+/// (holders, the switch before the first holder).
+static TF32_HOLDERS: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
+
+impl Tf32 {
+    /// Turns TF32 on when `wanted` on a CUDA `device`; a no-op elsewhere.
+    pub fn enable(device: &Device, wanted: bool) -> Self {
+        let held = wanted && device.is_cuda();
+        if held {
+            let mut h = TF32_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+            if h.0 == 0 {
+                h.1 = tf32();
+                set_tf32(true);
+            }
+            h.0 += 1;
+        }
+        Self { held }
+    }
+}
+
+impl Drop for Tf32 {
+    fn drop(&mut self) {
+        if self.held {
+            let mut h = TF32_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+            h.0 -= 1;
+            if h.0 == 0 {
+                set_tf32(h.1);
+            }
+        }
+    }
+}
+
+fn tf32() -> bool {
+    #[cfg(feature = "cuda")]
+    return candle_core::cuda_backend::gemm_reduced_precision_f32();
+    #[cfg(not(feature = "cuda"))]
+    false
+}
+
+fn set_tf32(on: bool) {
+    #[cfg(feature = "cuda")]
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+    #[cfg(not(feature = "cuda"))]
+    let _ = on;
+}

@@ -6,6 +6,7 @@ pub mod batch;
 mod batch_scoring;
 pub mod batcher;
 pub mod bench;
+pub mod bench_precision;
 pub mod chat;
 pub mod config;
 pub mod device;
@@ -16,6 +17,9 @@ pub mod export;
 pub mod finetune;
 pub mod generate;
 pub mod gguf;
+mod grad_ops;
+#[cfg(feature = "cuda")]
+mod grad_ops_cuda;
 pub mod loading;
 pub mod memory;
 pub mod models;

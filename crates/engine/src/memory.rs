@@ -14,6 +14,8 @@ use crate::transformer::Transformer;
 pub struct JobMemory {
     /// The f32 copy the pruning math runs on (0 when the resident model is already f32).
     pub weights_f32: u64,
+    /// The bf16 copy a bf16 sweep runs on (0 otherwise).
+    pub weights_sweep: u64,
     /// U, S and Vh of every decomposed head, f32.
     pub svd: u64,
     /// The sweep's retained activations and their gradients for a pass of the longest
@@ -37,6 +39,13 @@ pub fn estimate(model: &Transformer, settings: &PruneSettings, max_tokens: usize
     } else {
         model.weights.bytes() / model.dtype().size_in_bytes() as u64 * f32b
     };
+    let params = model.weights.bytes() / model.dtype().size_in_bytes() as u64;
+    let precision = crate::attribution::Precision::on(model.device(), settings.precision);
+    let weights_sweep = if precision == crate::attribution::Precision::Bf16 {
+        params * DType::BF16.size_in_bytes() as u64
+    } else {
+        0
+    };
     let mut svd = 0u64;
     let mut edited_maps = 0u64;
     for &component in &settings.components {
@@ -54,13 +63,20 @@ pub fn estimate(model: &Transformer, settings: &PruneSettings, max_tokens: usize
     let pass_rows = (budget as u64 / t).max(settings.batch_size as u64);
     let activations =
         sweep_activations(c, pass_rows, t).max(eval_logits(c, settings.eval_batch_size as u64, t));
-    let params_f32 = model.weights.bytes() / model.dtype().size_in_bytes() as u64 * f32b;
+    let params_f32 = params * f32b;
     let finetune = settings.finetune.as_ref().map_or(0, |ft| {
         4 * params_f32 + sweep_activations(c, ft.batch_size as u64, t)
     });
-    let total = LIBRARY_WORKSPACE + weights_f32 + svd + activations + edited_maps + finetune;
+    let total = LIBRARY_WORKSPACE
+        + weights_f32
+        + weights_sweep
+        + svd
+        + activations
+        + edited_maps
+        + finetune;
     JobMemory {
         weights_f32,
+        weights_sweep,
         svd,
         activations,
         edited_maps,

@@ -9,7 +9,7 @@ use candle_core::DType;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use tokenizers::Tokenizer;
 
-use crate::attribution::{sweep, Aggregate, InputMode, Scores, SweepSettings};
+use crate::attribution::{sweep, Aggregate, InputMode, Precision, Scores, SweepSettings};
 use crate::edit::Edit;
 use crate::eval::{evaluate, EvalResult};
 use crate::finetune::{finetune, FinetuneReport, FinetuneSettings};
@@ -38,6 +38,8 @@ pub struct PruneSettings {
     /// Padded tokens per sweep pass ([`SweepSettings::pass_tokens`]: the same scores; None:
     /// the device's default).
     pub pass_tokens: Option<usize>,
+    /// What the sweep computes in; None: the device's default ([`Precision::on`]).
+    pub precision: Option<Precision>,
     pub method: Method,
     pub input: InputMode,
     pub aggregate: Aggregate,
@@ -61,6 +63,7 @@ impl Default for PruneSettings {
             portions: vec![Portion::Fixed(0.2)],
             batch_size: sweep.batch_size,
             pass_tokens: sweep.pass_tokens,
+            precision: sweep.precision,
             method: Method::Attribution,
             input: sweep.input,
             aggregate: sweep.aggregate,
@@ -94,6 +97,8 @@ pub struct PruneReport {
     pub accuracy_before: EvalResult,
     pub test_size: usize,
     pub scored_examples: usize,
+    /// What the sweep computed in.
+    pub precision: Precision,
     pub results: Vec<PortionResult>,
     /// Seconds per phase: svd, sweep, edit, eval_before, eval_after (and finetune, auto_dev).
     pub seconds: BTreeMap<String, f64>,
@@ -175,7 +180,7 @@ pub fn run(
         scoring_batches: settings.scoring_batches,
         shuffle: true,
         profile: false,
-        dtype: None,
+        precision: settings.precision,
     };
     let scores = sweep(
         base,
@@ -247,6 +252,7 @@ pub fn run(
         accuracy_before: before,
         test_size: task.test.len(),
         scored_examples: scores.examples,
+        precision: scores.precision,
         results,
         seconds,
         finetune: finetune_outcome,

@@ -1,9 +1,9 @@
 //! The one forward pass behind every architecture, with an optional trace and KV cache.
 //!
 //! Serving uses candle's fused kernels; a traced forward (one that will be differentiated)
-//! uses composite forms, because the fused softmax, norms and rotary have no backward.
+//! uses the same kernels with a backward attached ([`crate::grad_ops`]).
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use crate::config::{Activation, ModelConfig, NormKind};
 use crate::row_edits::RowEdits;
@@ -316,8 +316,8 @@ impl Transformer {
         let up = blk.up.forward(&mlp_in)?;
         let up = step.tap(layer, Component::MlpIn, &mlp_in, Some(&mlp_resid), up)?;
         let act = match &blk.gate {
-            Some(gate) => (activate(&gate.forward(&mlp_in)?, self.config.activation)? * &up)?,
-            None => activate(&up, self.config.activation)?,
+            Some(gate) => (step.activate(&gate.forward(&mlp_in)?, self.config.activation)? * &up)?,
+            None => step.activate(&up, self.config.activation)?,
         };
         let mut down = step.tap(
             layer,
@@ -379,23 +379,24 @@ impl Transformer {
         let tk = k.dim(2)?;
         let grouped = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
         let scale = c.query_scale.unwrap_or(1.0 / (c.head_dim as f64).sqrt());
-        let mut scores = (grouped.matmul(&k.t()?)? * scale)?.reshape((b, c.n_heads, t, tk))?;
+        let raw = grouped.matmul(&k.t()?)?;
         let mask = match &step.local_mask {
             Some(m) if local => Some(m),
             _ => step.mask.as_ref(),
         };
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
         let probs = if step.differentiable {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
+            // One node from the raw products to the probabilities, in the grouped layout.
+            let mask = mask.map(|m| m.unsqueeze(2)).transpose()?;
+            let view = [b, c.n_kv_heads, rep, t, tk];
+            crate::grad_ops::masked_softmax(&raw, scale, mask.as_ref(), &view)?
         } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
+            let mut scores = (raw * scale)?.reshape((b, c.n_heads, t, tk))?;
+            if let Some(mask) = mask {
+                scores = scores.broadcast_add(mask)?;
+            }
+            candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, c.n_kv_heads, rep * t, tk))?
         };
-        let ctx = probs
-            .reshape((b, c.n_kv_heads, rep * t, tk))?
-            .matmul(&v)?
-            .reshape((b, c.n_heads, t, c.head_dim))?;
+        let ctx = probs.matmul(&v)?.reshape((b, c.n_heads, t, c.head_dim))?;
         Ok(ctx.transpose(1, 2)?.reshape((b, t, c.q_dim()))?)
     }
 
@@ -416,8 +417,8 @@ impl Transformer {
             .transpose()
     }
 
-    /// Rotary embedding (HF "rotate half" layout) on the first `rotary_dims` of each head;
-    /// when not differentiating, through candle's fused kernel (it has no backward).
+    /// Rotary embedding (HF "rotate half" layout) on the first `rotary_dims` of each head,
+    /// through candle's fused kernel (with a backward when differentiating).
     fn rotate(&self, x: &Tensor, step: &Step, local: bool) -> candle_core::Result<Tensor> {
         let (cos, sin) = match (&step.rope_local, &step.rope) {
             (Some(local_rows), _) if local => local_rows,
@@ -427,37 +428,26 @@ impl Transformer {
         let (b, _h, t, hd) = x.dims4()?;
         let rot = self.config.rotary_dims;
         let half = rot / 2;
-        if !step.differentiable {
-            let (cos, sin) = (cos.reshape((b, t, half))?, sin.reshape((b, t, half))?);
-            if rot == hd {
-                return candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin);
+        let (cos, sin) = (cos.reshape((b, t, half))?, sin.reshape((b, t, half))?);
+        let rope = |x: &Tensor| {
+            if step.differentiable {
+                crate::grad_ops::rope(x, &cos, &sin)
+            } else {
+                candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
             }
-            let rotated =
-                candle_nn::rotary_emb::rope(&x.narrow(3, 0, rot)?.contiguous()?, &cos, &sin)?;
-            return Tensor::cat(&[rotated, x.narrow(3, rot, hd - rot)?], 3)?.contiguous();
-        }
-        let cos = cos.reshape((b, 1, t, half))?;
-        let sin = sin.reshape((b, 1, t, half))?;
-        let x1 = x.narrow(3, 0, half)?;
-        let x2 = x.narrow(3, half, half)?;
-        let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-        let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        };
         if rot == hd {
-            Tensor::cat(&[r1, r2], 3)
-        } else {
-            Tensor::cat(&[r1, r2, x.narrow(3, rot, hd - rot)?], 3)
+            return rope(x);
         }
+        let rotated = rope(&x.narrow(3, 0, rot)?)?;
+        Tensor::cat(&[rotated, x.narrow(3, rot, hd - rot)?], 3)?.contiguous()
     }
 
     fn norm(&self, x: &Tensor, n: &Norm, differentiable: bool) -> candle_core::Result<Tensor> {
         let eps = self.config.norm_eps;
         match (self.config.norm, differentiable) {
             (NormKind::RmsNorm, false) => candle_nn::ops::rms_norm(x, &n.weight, eps as f32),
-            (NormKind::RmsNorm, true) => {
-                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-                x.broadcast_div(&(ms + eps)?.sqrt()?)?
-                    .broadcast_mul(&n.weight)
-            }
+            (NormKind::RmsNorm, true) => crate::grad_ops::rms_norm(x, &n.weight, eps),
             (NormKind::LayerNorm, differentiable) => {
                 let zeros;
                 let bias = match &n.bias {
@@ -467,15 +457,11 @@ impl Transformer {
                         &zeros
                     }
                 };
-                if !differentiable {
-                    return candle_nn::ops::layer_norm(x, &n.weight, bias, eps as f32);
+                if differentiable {
+                    crate::grad_ops::layer_norm(x, &n.weight, bias, eps)
+                } else {
+                    candle_nn::ops::layer_norm(x, &n.weight, bias, eps as f32)
                 }
-                let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-                let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-                centred
-                    .broadcast_div(&(var + eps)?.sqrt()?)?
-                    .broadcast_mul(&n.weight)?
-                    .broadcast_add(bias)
             }
         }
     }
@@ -583,6 +569,14 @@ struct Keys<'a> {
 }
 
 impl Step<'_> {
+    fn activate(&self, x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
+        if self.differentiable {
+            crate::grad_ops::activation(x, act)
+        } else {
+            crate::grad_ops::plain_activation(x, act)
+        }
+    }
+
     fn tap(
         &mut self,
         layer: usize,
@@ -599,14 +593,6 @@ impl Step<'_> {
             Some(e) => e.apply(layer, component, input, output),
             None => Ok(output),
         }
-    }
-}
-
-fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
-    match act {
-        Activation::GeluTanh => x.gelu(),
-        Activation::GeluErf => x.gelu_erf(),
-        Activation::Silu => x.silu(),
     }
 }
 

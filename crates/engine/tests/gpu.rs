@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::fixture_dir;
-use eigenprune_engine::attribution::SweepSettings;
+use eigenprune_engine::attribution::{Precision, SweepSettings};
 use eigenprune_engine::svd::{agreement, decompose, decompose_on, SvdBackend};
 use eigenprune_engine::{load_model, Component, LoadOptions, LoadedModel};
 
@@ -73,6 +73,7 @@ fn sweep_on_gpu_matches_cpu() {
     let examples = common::times_seven();
     let settings = SweepSettings {
         batch_size: 4,
+        precision: Some(Precision::F32),
         ..Default::default()
     };
     for arch in ARCHS {
@@ -95,6 +96,39 @@ fn sweep_on_gpu_matches_cpu() {
         eprintln!("{arch}: max |cpu - gpu| = {worst:e} of scale {scale:e}");
         assert!(worst <= 1e-4 * scale, "{arch}: {worst} vs scale {scale}");
         assert_eq!(cpu.tokens, gpu_s.tokens);
+    }
+}
+
+/// The GPU's default precision (bf16, f32 statistics and scores) ranks every singular value as
+/// the CPU's f32 sweep does (Spearman >= 0.999), with the fused ops' backward on the device.
+#[test]
+fn default_gpu_sweep_ranks_as_cpu_f32() {
+    use eigenprune_engine::bench_precision::spearman;
+    let gpu = Device::new_cuda(0).unwrap();
+    let task = eigenprune_engine::tasks::builtin("int-mult").unwrap();
+    let settings = SweepSettings {
+        scoring_batches: Some(24),
+        ..Default::default()
+    };
+    for arch in ARCHS {
+        let mut scores = Vec::new();
+        for device in [Device::Cpu, gpu.clone()] {
+            let m = load(arch, &device);
+            let svds =
+                decompose_on(&m.model, &[Component::K, Component::MlpIn], SvdBackend::Cpu).unwrap();
+            scores.push(common::sweep_all(&m, &task.train, &svds, &settings));
+        }
+        assert_eq!(scores[0].precision, Precision::F32);
+        assert_eq!(
+            scores[1].precision,
+            eigenprune_engine::attribution::GPU_PRECISION
+        );
+        let rho = spearman(&scores[0].flat(), &scores[1].flat());
+        eprintln!(
+            "{arch}: Spearman of GPU {:?} and CPU f32 scores: {rho:.5}",
+            scores[1].precision
+        );
+        assert!(rho >= 0.999, "{arch}: Spearman {rho}");
     }
 }
 

@@ -1,0 +1,378 @@
+//! Differentiable fused ops for the traced forward (the one the sweep differentiates).
+//!
+//! candle's fused softmax, norms and rotary kernels have no backward, and their composite
+//! forms cost a dozen kernels each way plus a zeroed gradient buffer per node. Here the fused
+//! kernel runs the forward on the detached input, and a node carries the result together
+//! with its backward written as one formula: the output is the fused result (one device
+//! copy), the gradient the formula's. The formulas run in f32 whatever the dtype (bf16
+//! sweeps keep f32 statistics), then return in the input's dtype.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
+
+use crate::config::Activation;
+
+/// A backward formula: the input's gradient from the input, the output and the output's
+/// gradient.
+trait Backward: Send + Sync + 'static {
+    const NAME: &'static str;
+    fn grad(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// The node: arg1 is the input, arg2 the already computed (detached) output it returns.
+struct WithBackward<B>(B);
+
+/// The output's own storage, copied (the fused op wrote it fresh and contiguous).
+fn copied<S: BackendStorage>(s: &S, l: &Layout) -> candle_core::Result<(S, Shape)> {
+    if l.start_offset() != 0 || !l.is_contiguous() {
+        candle_core::bail!("a fused result must be fresh and contiguous")
+    }
+    Ok((s.try_clone(l)?, l.shape().clone()))
+}
+
+impl<B: Backward> CustomOp2 for WithBackward<B> {
+    fn name(&self) -> &'static str {
+        B::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        y: &CpuStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        copied(y, l)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        y: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        copied(y, l)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = self.0.grad(x, y, g)?.to_dtype(x.dtype())?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// `fused(x)` as a node of x's graph with `backward`'s gradient.
+fn attach<B: Backward>(
+    x: &Tensor,
+    fused: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    backward: B,
+) -> candle_core::Result<Tensor> {
+    let y = fused(&x.detach())?.contiguous()?.detach();
+    x.apply_op2(&y, WithBackward(backward))
+}
+
+fn f32(t: &Tensor) -> candle_core::Result<Tensor> {
+    t.to_dtype(DType::F32)
+}
+
+/// softmax(x * scale + mask) over the last dimension, in one node: the mask (a constant) is
+/// added with x viewed as `view` (e.g. grouped query heads split out, so a [B, 1, 1, T, Tk]
+/// mask broadcasts over them), and the result has x's shape. dx = scale * y * (g - sum(g y)).
+pub fn masked_softmax(
+    x: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+    view: &[usize],
+) -> candle_core::Result<Tensor> {
+    struct Softmax {
+        scale: f64,
+    }
+    impl Backward for Softmax {
+        const NAME: &'static str = "masked-softmax-with-backward";
+        fn grad(&self, _: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+            #[cfg(feature = "cuda")]
+            if let Some(dx) = crate::grad_ops_cuda::softmax_bwd(y, g, self.scale)? {
+                return Ok(dx);
+            }
+            let (y, g) = (f32(y)?, f32(g)?);
+            let dot = (&g * &y)?.sum_keepdim(D::Minus1)?;
+            y.mul(&g.broadcast_sub(&dot)?)? * self.scale
+        }
+    }
+    let shape = x.shape().clone();
+    let fused = |x: &Tensor| {
+        let scaled = (x * scale)?;
+        let masked = match mask {
+            Some(m) => scaled.reshape(view)?.broadcast_add(m)?,
+            None => scaled,
+        };
+        candle_nn::ops::softmax_last_dim(&masked)?.reshape(&shape)
+    };
+    attach(&x.contiguous()?, fused, Softmax { scale })
+}
+
+/// Softmax over the last dimension.
+#[cfg(test)]
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    let view = x.dims().to_vec();
+    masked_softmax(x, 1.0, None, &view)
+}
+
+/// RMSNorm over the last dimension, scaled by `weight` (a constant: its gradient is not
+/// needed). With r = 1/sqrt(mean(x^2) + eps) and h = g * w: dx = r * (h - x r^2 mean(h x)).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    struct Rms {
+        weight: Tensor,
+        eps: f64,
+    }
+    impl Backward for Rms {
+        const NAME: &'static str = "rms-norm-with-backward";
+        fn grad(&self, x: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+            #[cfg(feature = "cuda")]
+            if let Some(dx) = crate::grad_ops_cuda::norm_bwd(x, &self.weight, g, self.eps, false)? {
+                return Ok(dx);
+            }
+            let (x, h) = (f32(x)?, f32(g)?.broadcast_mul(&f32(&self.weight)?)?);
+            let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+                .sqrt()?
+                .recip()?;
+            let xhat = x.broadcast_mul(&r)?;
+            let proj = (&h * &xhat)?.mean_keepdim(D::Minus1)?;
+            (h - xhat.broadcast_mul(&proj)?)?.broadcast_mul(&r)
+        }
+    }
+    let w = weight.detach();
+    attach(
+        &x.contiguous()?,
+        |x| candle_nn::ops::rms_norm(x, &w, eps as f32),
+        Rms {
+            weight: w.clone(),
+            eps,
+        },
+    )
+}
+
+/// LayerNorm over the last dimension with `weight` and `bias` (constants). With
+/// xhat = (x - mean) r and h = g * w: dx = r * (h - mean(h) - xhat mean(h xhat)).
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    struct Ln {
+        weight: Tensor,
+        eps: f64,
+    }
+    impl Backward for Ln {
+        const NAME: &'static str = "layer-norm-with-backward";
+        fn grad(&self, x: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+            #[cfg(feature = "cuda")]
+            if let Some(dx) = crate::grad_ops_cuda::norm_bwd(x, &self.weight, g, self.eps, true)? {
+                return Ok(dx);
+            }
+            let (x, h) = (f32(x)?, f32(g)?.broadcast_mul(&f32(&self.weight)?)?);
+            let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+            let r = (centred.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+                .sqrt()?
+                .recip()?;
+            let xhat = centred.broadcast_mul(&r)?;
+            let proj = (&h * &xhat)?.mean_keepdim(D::Minus1)?;
+            h.broadcast_sub(&h.mean_keepdim(D::Minus1)?)?
+                .sub(&xhat.broadcast_mul(&proj)?)?
+                .broadcast_mul(&r)
+        }
+    }
+    let (w, b) = (weight.detach(), bias.detach());
+    attach(
+        &x.contiguous()?,
+        |x| candle_nn::ops::layer_norm(x, &w, &b, eps as f32),
+        Ln {
+            weight: w.clone(),
+            eps,
+        },
+    )
+}
+
+/// The MLP's activation. On a GPU one node whose backward is one kernel; elsewhere candle's
+/// op, differentiated by candle.
+pub fn activation(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && crate::grad_ops_cuda::available(x.dtype()) {
+        struct Act(Activation);
+        impl Backward for Act {
+            const NAME: &'static str = "activation-with-backward";
+            fn grad(&self, x: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+                crate::grad_ops_cuda::activation_bwd(x, g, self.0)?.ok_or_else(|| {
+                    candle_core::Error::Msg("the activation kernel cannot run".into())
+                })
+            }
+        }
+        return attach(x, |x| plain_activation(x, act), Act(act));
+    }
+    plain_activation(x, act)
+}
+
+/// candle's activation ops.
+pub fn plain_activation(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
+    match act {
+        Activation::GeluTanh => x.gelu(),
+        Activation::GeluErf => x.gelu_erf(),
+        Activation::Silu => x.silu(),
+    }
+}
+
+/// Rotary embedding ("rotate half") of x [B, H, T, D] with (cos, sin) [B, T, D/2]. A rotation's
+/// transpose is the rotation by the opposite angle: dx = rope(g, cos, -sin).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    struct Rope {
+        cos: Tensor,
+        neg_sin: Tensor,
+    }
+    impl Backward for Rope {
+        const NAME: &'static str = "rope-with-backward";
+        fn grad(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+            let g = g.to_dtype(self.cos.dtype())?.contiguous()?;
+            candle_nn::rotary_emb::rope(&g, &self.cos, &self.neg_sin)
+        }
+    }
+    let (cos, sin) = (cos.detach(), sin.detach());
+    let neg_sin = sin.neg()?;
+    attach(
+        &x.contiguous()?,
+        |x| candle_nn::rotary_emb::rope(x, &cos, &sin),
+        Rope {
+            cos: cos.clone(),
+            neg_sin,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// d(sum(f(x) * probe))/dx through the fused op and through the composite, f32 and bf16.
+    fn same_gradient(
+        shape: &[usize],
+        fused: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+        composite: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) {
+        let dev = Device::Cpu;
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 997) as f32 / 61.0).sin() * 3.0)
+            .collect();
+        let probe: Vec<f32> = (0..n)
+            .map(|i| ((i * 104729 % 991) as f32 / 37.0).cos())
+            .collect();
+        let probe = Tensor::from_vec(probe, shape, &dev).unwrap();
+        for (dtype, tol) in [(DType::F32, 2e-5f32), (DType::BF16, 2e-2)] {
+            let run = |f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>| {
+                let x = Var::from_tensor(
+                    &Tensor::from_vec(data.clone(), shape, &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap(),
+                )
+                .unwrap();
+                let y = f(x.as_tensor()).unwrap();
+                let loss = (y.to_dtype(DType::F32).unwrap() * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let dx = loss.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+                let flat = |t: Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+                (
+                    flat(y).to_vec1::<f32>().unwrap(),
+                    flat(dx).to_vec1::<f32>().unwrap(),
+                )
+            };
+            let (y1, g1) = run(&fused);
+            let (y2, g2) = run(&composite);
+            let scale = g2.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            for (a, b) in y1.iter().zip(&y2) {
+                assert!(
+                    (a - b).abs() <= tol * (1.0 + b.abs()),
+                    "{dtype:?} value {a} vs {b}"
+                );
+            }
+            for (a, b) in g1.iter().zip(&g2) {
+                assert!(
+                    (a - b).abs() <= tol * scale,
+                    "{dtype:?} gradient {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_gradient_is_the_composites() {
+        same_gradient(&[2, 3, 5, 17], softmax_last_dim, |x| {
+            candle_nn::ops::softmax(&x.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(x.dtype())
+        });
+    }
+
+    #[test]
+    fn norm_gradients_are_the_composites() {
+        let dev = Device::Cpu;
+        let d = 24;
+        let w = Tensor::from_vec((0..d).map(|i| 0.5 + i as f32 / 10.0).collect(), d, &dev).unwrap();
+        let b = Tensor::from_vec((0..d).map(|i| i as f32 / 7.0 - 1.0).collect(), d, &dev).unwrap();
+        let eps = 1e-5;
+        let rms = |x: &Tensor| -> candle_core::Result<Tensor> {
+            let x = x.to_dtype(DType::F32)?;
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(&w)
+        };
+        same_gradient(
+            &[3, 7, d],
+            |x| rms_norm(x, &w.to_dtype(x.dtype())?, eps),
+            rms,
+        );
+        let ln = |x: &Tensor| -> candle_core::Result<Tensor> {
+            let x = x.to_dtype(DType::F32)?;
+            let c = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+            let var = c.sqr()?.mean_keepdim(D::Minus1)?;
+            c.broadcast_div(&(var + eps)?.sqrt()?)?
+                .broadcast_mul(&w)?
+                .broadcast_add(&b)
+        };
+        same_gradient(
+            &[3, 7, d],
+            |x| layer_norm(x, &w.to_dtype(x.dtype())?, &b.to_dtype(x.dtype())?, eps),
+            ln,
+        );
+    }
+
+    #[test]
+    fn rope_gradient_is_the_composites() {
+        let dev = Device::Cpu;
+        let (b, h, t, half) = (2, 3, 5, 4);
+        let angles: Vec<f32> = (0..b * t * half).map(|i| i as f32 * 0.37).collect();
+        let angles = Tensor::from_vec(angles, (b, t, half), &dev).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let composite = |x: &Tensor| -> candle_core::Result<Tensor> {
+            let x = x.to_dtype(DType::F32)?;
+            let c = cos.reshape((b, 1, t, half))?;
+            let s = sin.reshape((b, 1, t, half))?;
+            let (x1, x2) = (x.narrow(3, 0, half)?, x.narrow(3, half, half)?);
+            let r1 = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
+            let r2 = (x2.broadcast_mul(&c)? + x1.broadcast_mul(&s)?)?;
+            Tensor::cat(&[r1, r2], 3)
+        };
+        same_gradient(
+            &[b, h, t, 2 * half],
+            |x| rope(x, &cos.to_dtype(x.dtype())?, &sin.to_dtype(x.dtype())?),
+            composite,
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! [`crate::grad_ops`]' backward formulas on the GPU, one kernel each instead of six to ten
+//! elementwise ones: softmax (a warp per row), RMSNorm and LayerNorm (a block per row), and the
+//! activations' derivative (elementwise). f32 arithmetic whatever the storage (f32 or bf16).
+//! Compiled with NVRTC on first use; where that fails, or for other dtypes, the callers keep
+//! the composite formula.
+
+// FFI: kernel launches over contiguous inputs and fresh outputs.
+#![allow(unsafe_code)]
+
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, DType, Storage, Tensor};
+
+use crate::config::Activation;
+
+const SOURCE: &str = r#"
+__device__ __forceinline__ float ld(const float* p) { return *p; }
+__device__ __forceinline__ float ld(const unsigned short* p) {
+  return __uint_as_float(((unsigned int)(*p)) << 16);
+}
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(unsigned short* p, float v) {
+  unsigned int u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) { *p = (unsigned short)((u >> 16) | 0x40u); return; }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  *p = (unsigned short)(u >> 16);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// The sum of v over the block (blockDim.x a multiple of 32, at most 1024), on every thread.
+__device__ float block_sum(float v, float* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < warps; ++w) total += shared[w];
+  return total;
+}
+
+// dx = scale * y * (g - sum(g * y)), a warp per row of n.
+template <typename T>
+__device__ void softmax_bwd(const T* y, const T* g, T* dx, int rows, int n, float scale) {
+  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const size_t at = (size_t)row * n;
+  float dot = 0.f;
+  for (int k = lane; k < n; k += 32) dot += ld(y + at + k) * ld(g + at + k);
+  dot = warp_sum(dot);
+  for (int k = lane; k < n; k += 32) {
+    const float yk = ld(y + at + k);
+    st(dx + at + k, scale * yk * (ld(g + at + k) - dot));
+  }
+}
+
+// A block per row of d; h = g * w. rms: dx = r (h - x r^2 mean(h x)), r = 1/sqrt(mean(x^2) + eps).
+// layer: c = x - mean(x), dx = r (h - mean(h) - c r^2 mean(h c)), r = 1/sqrt(mean(c^2) + eps).
+template <typename T>
+__device__ void norm_bwd(const T* x, const T* w, const T* g, T* dx, int d, float eps, int layer) {
+  __shared__ float shared[32];
+  const size_t at = (size_t)blockIdx.x * d;
+  float mean = 0.f;
+  if (layer) {
+    float s = 0.f;
+    for (int k = threadIdx.x; k < d; k += blockDim.x) s += ld(x + at + k);
+    mean = block_sum(s, shared) / d;
+  }
+  float scc = 0.f, shc = 0.f, sh = 0.f;
+  for (int k = threadIdx.x; k < d; k += blockDim.x) {
+    const float c = ld(x + at + k) - mean, h = ld(g + at + k) * ld(w + k);
+    scc += c * c; shc += h * c; sh += h;
+  }
+  scc = block_sum(scc, shared);
+  shc = block_sum(shc, shared);
+  sh = layer ? block_sum(sh, shared) : 0.f;
+  const float r = rsqrtf(scc / d + eps);
+  const float proj = r * r * shc / d, hmean = sh / d;
+  for (int k = threadIdx.x; k < d; k += blockDim.x) {
+    const float c = ld(x + at + k) - mean, h = ld(g + at + k) * ld(w + k);
+    st(dx + at + k, r * (h - hmean - c * proj));
+  }
+}
+
+// dx = g * act'(x). act: 0 GELU (tanh), 1 GELU (erf), 2 SiLU.
+template <typename T>
+__device__ void act_bwd(const T* x, const T* g, T* dx, size_t n, int act) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    const float v = ld(x + i);
+    float d;
+    if (act == 0) {
+      const float k = 0.7978845608028654f, a = 0.044715f;
+      const float t = tanhf(k * (v + a * v * v * v));
+      d = 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * k * (1.f + 3.f * a * v * v);
+    } else if (act == 1) {
+      d = 0.5f * (1.f + erff(v * 0.7071067811865476f)) + v * 0.3989422804014327f * expf(-0.5f * v * v);
+    } else {
+      const float s = 1.f / (1.f + expf(-v));
+      d = s * (1.f + v * (1.f - s));
+    }
+    st(dx + i, ld(g + i) * d);
+  }
+}
+
+#define BOTH(name, args, call) \
+  extern "C" __global__ void name##_f32 args(float) { call; } \
+  extern "C" __global__ void name##_bf16 args(unsigned short) { call; }
+#define SOFTMAX_ARGS(T) (const T* y, const T* g, T* dx, int rows, int n, float scale)
+#define NORM_ARGS(T) (const T* x, const T* w, const T* g, T* dx, int d, float eps, int layer)
+#define ACT_ARGS(T) (const T* x, const T* g, T* dx, size_t n, int act)
+BOTH(softmax_bwd, SOFTMAX_ARGS, softmax_bwd(y, g, dx, rows, n, scale))
+BOTH(norm_bwd, NORM_ARGS, norm_bwd(x, w, g, dx, d, eps, layer))
+BOTH(act_bwd, ACT_ARGS, act_bwd(x, g, dx, n, act))
+"#;
+
+const MODULE: &str = "eigenprune_grad_ops";
+
+fn ptx() -> Option<&'static str> {
+    static PTX: OnceLock<Option<String>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        match candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE) {
+            Ok(p) => Some(p.to_src()),
+            Err(e) => {
+                eprintln!("eigenprune: the backward kernels did not compile ({e:?}); using composite formulas");
+                None
+            }
+        }
+    })
+    .as_deref()
+}
+
+/// Whether the kernels run for `dtype`.
+pub(crate) fn available(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::BF16) && ptx().is_some()
+}
+
+/// The CUDA storages of `tensors`, each made contiguous, when all are CUDA tensors of one
+/// dtype the kernels read (f32 or bf16) and the kernels compiled.
+fn inputs<const N: usize>(tensors: [&Tensor; N]) -> candle_core::Result<Option<[Tensor; N]>> {
+    let dtype = tensors[0].dtype();
+    if !available(dtype)
+        || tensors
+            .iter()
+            .any(|t| !t.device().is_cuda() || t.dtype() != dtype)
+    {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(N);
+    for t in tensors {
+        out.push(t.contiguous()?);
+    }
+    Ok(out.try_into().ok())
+}
+
+/// Runs `launch` with each input's device slice (offset applied) and a fresh output shaped
+/// like the first input, and wraps the output as a tensor.
+macro_rules! with_slices {
+    ($dtype:expr, $ins:expr, |$dev:ident, $out:ident, $s:ident| $launch:block) => {{
+        let ins = $ins;
+        let shape = ins[0].shape().clone();
+        let n = shape.elem_count();
+        macro_rules! go {
+            ($t:ty) => {{
+                let guards: Vec<_> = ins.iter().map(|t| t.storage_and_layout()).collect();
+                let mut $s = Vec::new();
+                let mut dev = None;
+                for (storage, layout) in &guards {
+                    let Storage::Cuda(c) = &**storage else {
+                        candle_core::bail!("a CUDA kernel given a non-CUDA tensor")
+                    };
+                    let (o1, o2) = layout
+                        .contiguous_offsets()
+                        .ok_or_else(|| candle_core::Error::Msg("non-contiguous input".into()))?;
+                    dev = Some(c.device().clone());
+                    $s.push(c.as_cuda_slice::<$t>()?.slice(o1..o2));
+                }
+                let $dev = dev.expect("at least one input");
+                let $out = unsafe { $dev.alloc::<$t>(n) }?;
+                $launch;
+                drop($s);
+                Storage::Cuda(CudaStorage::wrap_cuda_slice($out, $dev))
+            }};
+        }
+        let storage = match $dtype {
+            DType::F32 => go!(f32),
+            _ => go!(half::bf16),
+        };
+        Ok(Some(Tensor::from_storage(
+            storage,
+            shape,
+            BackpropOp::none(),
+            false,
+        )))
+    }};
+}
+
+fn name(kernel: &str, dtype: DType) -> String {
+    format!(
+        "{kernel}_{}",
+        if dtype == DType::F32 { "f32" } else { "bf16" }
+    )
+}
+
+/// `scale * y * (g - sum(g * y))` over the last dimension; None when the kernels cannot run.
+pub(crate) fn softmax_bwd(
+    y: &Tensor,
+    g: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    let Some(ins) = inputs([y, g])? else {
+        return Ok(None);
+    };
+    let dtype = y.dtype();
+    let n = y.dim(candle_core::D::Minus1)?;
+    let rows = y.elem_count() / n.max(1);
+    let (rows32, n32, scale32) = (rows as i32, n as i32, scale as f32);
+    with_slices!(dtype, ins, |dev, out, s| {
+        let func = dev.get_or_load_custom_func(
+            &name("softmax_bwd", dtype),
+            MODULE,
+            ptx().unwrap_or_default(),
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = func.builder();
+        b.arg(&s[0])
+            .arg(&s[1])
+            .arg(&out)
+            .arg(&rows32)
+            .arg(&n32)
+            .arg(&scale32);
+        // SAFETY: y, g and out hold rows x n contiguous values.
+        unsafe { b.launch(cfg) }.w()?;
+    })
+}
+
+/// The norms' input gradient (see [`crate::grad_ops::rms_norm`] and `layer_norm`).
+pub(crate) fn norm_bwd(
+    x: &Tensor,
+    weight: &Tensor,
+    g: &Tensor,
+    eps: f64,
+    layer: bool,
+) -> candle_core::Result<Option<Tensor>> {
+    let Some(ins) = inputs([x, weight, g])? else {
+        return Ok(None);
+    };
+    let dtype = x.dtype();
+    let d = x.dim(candle_core::D::Minus1)?;
+    let rows = x.elem_count() / d.max(1);
+    let (d32, eps32, layer32) = (d as i32, eps as f32, layer as i32);
+    with_slices!(dtype, ins, |dev, out, s| {
+        let func = dev.get_or_load_custom_func(
+            &name("norm_bwd", dtype),
+            MODULE,
+            ptx().unwrap_or_default(),
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (if d >= 512 { 256 } else { 128 }, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = func.builder();
+        b.arg(&s[0])
+            .arg(&s[1])
+            .arg(&s[2])
+            .arg(&out)
+            .arg(&d32)
+            .arg(&eps32)
+            .arg(&layer32);
+        // SAFETY: x, g and out hold rows x d contiguous values, the weight d.
+        unsafe { b.launch(cfg) }.w()?;
+    })
+}
+
+/// `g * act'(x)`, elementwise.
+pub(crate) fn activation_bwd(
+    x: &Tensor,
+    g: &Tensor,
+    act: Activation,
+) -> candle_core::Result<Option<Tensor>> {
+    let Some(ins) = inputs([x, g])? else {
+        return Ok(None);
+    };
+    let dtype = x.dtype();
+    let n = x.elem_count();
+    let act32: i32 = match act {
+        Activation::GeluTanh => 0,
+        Activation::GeluErf => 1,
+        Activation::Silu => 2,
+    };
+    with_slices!(dtype, ins, |dev, out, s| {
+        let func = dev.get_or_load_custom_func(
+            &name("act_bwd", dtype),
+            MODULE,
+            ptx().unwrap_or_default(),
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256).min(65_535) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n64 = n as u64;
+        let mut b = func.builder();
+        b.arg(&s[0]).arg(&s[1]).arg(&out).arg(&n64).arg(&act32);
+        // SAFETY: x, g and out hold n contiguous values.
+        unsafe { b.launch(cfg) }.w()?;
+    })
+}
