@@ -34,7 +34,8 @@ pub struct Hyperparameters {
     /// Padded tokens per forward/backward pass of the sweep: groups of batch_size examples
     /// share a pass up to this many, each scored as if alone (the scores do not change; 0:
     /// one group per pass). Larger passes are faster on a GPU and hold more memory. Default:
-    /// 2048 on a GPU, one group per pass on the CPU.
+    /// on a GPU the largest of 16384, 8192, 4096 and 2048 whose memory estimate takes at most
+    /// half of the free memory; one group per pass on the CPU.
     #[schema(minimum = 0, maximum = 1048576)]
     pub pass_tokens: Option<usize>,
     /// What the sweep's forward and backward compute in: f32, tf32 (f32 with tensor-core

@@ -41,6 +41,7 @@ pub fn report_json(r: &PruneReport) -> serde_json::Value {
         "test_size": r.test_size,
         "scored_examples": r.scored_examples,
         "precision": r.precision.name(),
+        "pass_tokens": r.pass_tokens,
         "seconds": r.seconds,
         "portions": per_portion,
         "finetune": r.finetune.as_ref().map(|(ft, pretrained)| json!({

@@ -31,7 +31,8 @@ pub struct PruneArgs {
     pub batch_size: usize,
     /// Padded tokens per forward/backward pass of the sweep: batches share a pass up to this
     /// many, each scored as if alone (the same scores); 0 runs one batch per pass. Default:
-    /// 2048 on a GPU, one batch per pass on the CPU.
+    /// on a GPU the largest of 16384, 8192, 4096, 2048 whose estimate takes at most half the
+    /// free memory; one batch per pass on the CPU.
     #[arg(long)]
     pub pass_tokens: Option<usize>,
     /// f32 | tf32 | bf16: what the sweep computes in (scores stay f32). Default: bf16 on a
@@ -127,7 +128,7 @@ pub fn settings(args: &PruneArgs) -> anyhow::Result<PruneSettings> {
 }
 
 pub fn run(args: PruneArgs) -> anyhow::Result<()> {
-    let settings = settings(&args)?;
+    let mut settings = settings(&args)?;
     let device = super::parse_device(&args.device)?;
     let task = load_task(&args.task, args.seed)?;
     // Pruning math is f32; the weights are loaded in f32 so nothing is rounded first.
@@ -137,7 +138,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     };
     let loaded = load_model(&args.model, &opts)
         .with_context(|| format!("loading model `{}`", args.model))?;
-    let gpu = gpu_admission(&loaded, &task, &settings)?;
+    let gpu = gpu_admission(&loaded, &task, &mut settings)?;
     let mut progress = Progress::default();
     let report = pipeline::run(
         &loaded.model,
@@ -199,20 +200,28 @@ fn gib(b: u64) -> f64 {
     b as f64 / (1u64 << 30) as f64
 }
 
-/// On a GPU: the job's memory estimate against what is free, refusing a job that cannot fit
-/// before it starts. Returns the estimate and the device's (used, total) now.
+/// On a GPU: the job's pass size (as asked, or the largest that fits: [`memory::fit_pass`]) and
+/// its memory estimate against what is free, refusing a job that cannot fit before it starts.
+/// Returns the estimate and the device's (used, total) now.
 fn gpu_admission(
     loaded: &eigenprune_engine::LoadedModel,
     task: &eigenprune_engine::tasks::Task,
-    settings: &pipeline::PruneSettings,
+    settings: &mut pipeline::PruneSettings,
 ) -> anyhow::Result<Option<(memory::JobMemory, (u64, u64))>> {
     let Some((used, total)) = device::memory(loaded.model.device()) else {
         return Ok(None);
     };
-    let need = memory::estimate_for_task(&loaded.model, &loaded.tokenizer, task, settings)?;
+    let (fitted, need) = memory::fit_pass_for_task(
+        &loaded.model,
+        &loaded.tokenizer,
+        task,
+        settings,
+        total - used,
+    )?;
     if let Decision::Refuse(why) = decide(need.total, total - used, total, used, 0) {
         anyhow::bail!("{why}");
     }
+    *settings = fitted;
     Ok(Some((need, (used, total))))
 }
 

@@ -385,13 +385,18 @@ async fn execute(
     let base = job.model.clone();
     let (model, task, settings, need) = tokio::task::spawn_blocking(move || {
         let model = host.base(&base).map_err(failed("model_not_found"))?;
-        // Only a GPU is admitted against its memory.
-        let need = host
-            .device_memory()
-            .map(|_| memory::estimate_for_task(&model.model, &model.tokenizer, &task, &settings))
-            .transpose()
-            .map_err(|e| failed("invalid_dataset")(e.into()))?;
-        Ok::<_, JobError>((model, task, settings, need))
+        // Only a GPU is admitted against its memory; there the job takes the pass that fits
+        // what is free now.
+        let Some((used, total)) = host.device_memory() else {
+            return Ok::<_, JobError>((model, task, settings, None));
+        };
+        let room = total
+            .saturating_sub(used)
+            .saturating_sub(host.reservations.reserved());
+        let (settings, need) =
+            memory::fit_pass_for_task(&model.model, &model.tokenizer, &task, &settings, room)
+                .map_err(|e| failed("invalid_dataset")(e.into()))?;
+        Ok((model, task, settings, Some(need)))
     })
     .await
     .map_err(|e| failed("worker")(e.into()))??;

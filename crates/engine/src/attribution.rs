@@ -60,9 +60,10 @@ impl InputMode {
     }
 }
 
-/// Padded tokens per sweep pass on a GPU by default: int-mult's groups of 5 (about 50 tokens)
-/// share a pass by the dozens, an rte group (up to about 1,500) runs alone or with one more.
-/// The pass's activations grow with it ([`crate::memory`] counts them). On the CPU a pass is
+/// Padded tokens per sweep pass on a GPU when nothing else decides: int-mult's groups of 5
+/// (about 50 tokens) share a pass by the dozens, an rte group (up to about 1,500) runs alone or
+/// with one more. A job takes a larger pass when its memory allows ([`crate::memory::fit_pass`]);
+/// the pass's activations grow with it ([`crate::memory`] counts them). On the CPU a pass is
 /// compute-bound already: one group per pass (int-mult on 2 cores: 33.9 s plain, 33.1 s at
 /// 2,048 tokens, with 10x the memory; BENCHMARKS.md).
 pub const GPU_PASS_TOKENS: usize = 2048;

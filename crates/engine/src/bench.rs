@@ -116,6 +116,30 @@ fn row(id: &str, what: &str, seconds: f64, rate: Option<(f64, &str)>, note: Stri
     }
 }
 
+/// FLOP of a sweep's matrix products over `rows` sequences of `t` tokens, `answer` of them
+/// scored each: 2 per weight and token forward and as many backward (activation gradients
+/// only: the weights are constants), attention's QK^T and PV dense (forward, and twice that
+/// backward), the LM head at the scored positions.
+fn sweep_matmul_flops(model: &crate::Transformer, rows: usize, t: usize, answer: usize) -> f64 {
+    let linear: usize = model
+        .weights
+        .blocks
+        .iter()
+        .map(|b| {
+            [&b.q, &b.k, &b.v, &b.o, &b.up, &b.down]
+                .into_iter()
+                .chain(&b.gate)
+                .map(|l| l.weight.elem_count())
+                .sum::<usize>()
+        })
+        .sum();
+    let c = &model.config;
+    let tokens = (rows * t) as f64;
+    let attention = 3.0 * 4.0 * (t * c.q_dim() * c.n_layers) as f64 * tokens;
+    let head = 4.0 * model.weights.lm_head.weight.elem_count() as f64 * (rows * answer) as f64;
+    4.0 * linear as f64 * tokens + attention + head
+}
+
 /// max |a - b| over every score, relative to the largest |a|.
 fn relative_gap(a: &crate::attribution::Scores, b: &crate::attribution::Scores) -> f32 {
     let (a, b) = (a.flat(), b.flat());
@@ -255,6 +279,8 @@ pub fn run(
         Ok((start.elapsed().as_secs_f64(), scores))
     };
     let (sweep_s, scores) = timed_sweep(&sweep, true)?;
+    let flops = sweep_matmul_flops(&model, seqs.len(), settings.sweep_tokens - 1, answer);
+    let tflops = |seconds: f64| format!("; matmuls {:.0} TFLOP/s", flops / seconds / 1e12);
     push(
         row(
             "sweep",
@@ -262,11 +288,12 @@ pub fn run(
             sweep_s,
             Some((scores.tokens as f64 / sweep_s, "tok/s")),
             format!(
-                "{} x {} tokens, batch {}, forward + backward + scores of {} singular values",
+                "{} x {} tokens, batch {}, forward + backward + scores of {} singular values{}",
                 settings.sweep_sequences,
                 settings.sweep_tokens,
                 settings.sweep_batch,
-                scores.flat().len()
+                scores.flat().len(),
+                tflops(sweep_s)
             ),
         ),
         &mut rows,
@@ -323,7 +350,10 @@ pub fn run(
                     what,
                     seconds,
                     Some((scores.tokens as f64 / seconds, "tok/s")),
-                    format!("{how}scores differ from f32 by at most {gap:.1e} of the largest"),
+                    format!(
+                        "{how}scores differ from f32 by at most {gap:.1e} of the largest{}",
+                        tflops(seconds)
+                    ),
                 ),
                 &mut rows,
             );

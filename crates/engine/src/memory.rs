@@ -115,6 +115,53 @@ pub fn estimate_for_task(
     Ok(estimate(model, settings, longest))
 }
 
+/// Pass sizes a GPU sweep may take when the job asks for none, largest first (larger passes
+/// are faster: BENCHMARKS.md).
+pub const GPU_PASS_CHOICES: [usize; 4] =
+    [16_384, 8_192, 4_096, crate::attribution::GPU_PASS_TOKENS];
+
+/// `settings` with the pass size the job will use, and its estimate. A pass asked for, or any
+/// on the CPU, stays; otherwise the largest of [`GPU_PASS_CHOICES`] whose estimate takes at
+/// most half of `room` (the memory free for jobs now: the other half stays for the lab's
+/// other jobs), else the smallest (admission then says whether it can wait or must be
+/// refused).
+pub fn fit_pass(
+    model: &Transformer,
+    settings: &PruneSettings,
+    max_tokens: usize,
+    room: u64,
+) -> (PruneSettings, JobMemory) {
+    if settings.pass_tokens.is_some() || model.device().is_cpu() {
+        return (settings.clone(), estimate(model, settings, max_tokens));
+    }
+    let with = |p| PruneSettings {
+        pass_tokens: Some(p),
+        ..settings.clone()
+    };
+    let mut last = None;
+    for p in GPU_PASS_CHOICES {
+        let s = with(p);
+        let need = estimate(model, &s, max_tokens);
+        if need.total <= room / 2 {
+            return (s, need);
+        }
+        last = Some((s, need));
+    }
+    last.expect("at least one pass size")
+}
+
+/// [`fit_pass`] for a job on `task`.
+pub fn fit_pass_for_task(
+    model: &Transformer,
+    tok: &tokenizers::Tokenizer,
+    task: &crate::tasks::Task,
+    settings: &PruneSettings,
+    room: u64,
+) -> crate::Result<(PruneSettings, JobMemory)> {
+    let longest = longest_example(tok, task.train.iter().chain(&task.test))?;
+    Ok(fit_pass(model, settings, longest, room))
+}
+
 /// Tokens of the longest example: its prompt with its answer or its longest choice.
 pub fn longest_example<'a>(
     tok: &tokenizers::Tokenizer,
@@ -173,5 +220,25 @@ mod tests {
         assert!(estimate(&m.model, &wide, 16).activations > 5 * small.activations);
         let bf16 = m.model.to_dtype(DType::BF16).unwrap();
         assert_eq!(estimate(&bf16, &s, 16).weights_f32, m.model.weights.bytes());
+    }
+
+    #[test]
+    fn a_cpu_job_keeps_its_pass_and_a_larger_pass_needs_more() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/llama");
+        let m = crate::load_model(dir.to_str().unwrap(), &crate::LoadOptions::default()).unwrap();
+        let s = PruneSettings::default();
+        let (kept, need) = fit_pass(&m.model, &s, 64, 1 << 40);
+        assert_eq!(kept.pass_tokens, None, "the CPU keeps one group per pass");
+        assert_eq!(need, estimate(&m.model, &s, 64));
+        let sized = |p| PruneSettings {
+            pass_tokens: Some(p),
+            ..s.clone()
+        };
+        let (small, big) = (
+            estimate(&m.model, &sized(GPU_PASS_CHOICES[3]), 64),
+            estimate(&m.model, &sized(GPU_PASS_CHOICES[0]), 64),
+        );
+        assert!(big.activations > 4 * small.activations);
     }
 }

@@ -97,8 +97,9 @@ pub struct PruneReport {
     pub accuracy_before: EvalResult,
     pub test_size: usize,
     pub scored_examples: usize,
-    /// What the sweep computed in.
+    /// What the sweep computed in, and its padded tokens per pass (0: one group per pass).
     pub precision: Precision,
+    pub pass_tokens: usize,
     pub results: Vec<PortionResult>,
     /// Seconds per phase: svd, sweep, edit, eval_before, eval_after (and finetune, auto_dev).
     pub seconds: BTreeMap<String, f64>,
@@ -253,6 +254,7 @@ pub fn run(
         test_size: task.test.len(),
         scored_examples: scores.examples,
         precision: scores.precision,
+        pass_tokens: crate::attribution::pass_tokens_on(base.device(), settings.pass_tokens),
         results,
         seconds,
         finetune: finetune_outcome,

@@ -118,3 +118,31 @@ fn smollm2_super_batched_sweep_scores_as_plain() {
     eprintln!("smollm2: scores differ by {gap:e} of the largest");
     assert!(gap <= 1e-5, "scores differ by {gap:e} of the largest");
 }
+
+/// A bf16 sweep of the real model (f32 statistics, loss and scores) against the f32 sweep,
+/// on the CPU: the ranking moves little (Spearman >= 0.99) and the pruned sets mostly agree
+/// (on these 2 cores, int-mult's first 120 examples: see BENCHMARKS.md for the GPU's figures).
+#[test]
+fn smollm2_bf16_sweep_ranks_close_to_f32() {
+    use eigenprune_engine::attribution::{Precision, SweepSettings};
+    let Some(path) = gguf() else { return };
+    let m = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let mut task = eigenprune_engine::tasks::builtin("int-mult").unwrap();
+    task.train.truncate(120);
+    let row = eigenprune_engine::bench_precision::compare(
+        &m.model,
+        &m.tokenizer,
+        &task,
+        &[eigenprune_engine::Component::K],
+        &[0.1, 0.2],
+        Precision::Bf16,
+        &SweepSettings::default(),
+    )
+    .unwrap();
+    eprintln!("{row:?}");
+    assert!(row.spearman >= 0.99, "{row:?}");
+    for p in &row.portions {
+        assert!(p.jaccard >= 0.85, "{row:?}");
+        assert!(p.correct_f32.abs_diff(p.correct_other) <= 2, "{row:?}");
+    }
+}
