@@ -40,7 +40,7 @@ pub struct Hyperparameters {
     pub pass_tokens: Option<usize>,
     /// What the sweep's forward and backward compute in: f32, tf32 (f32 with tensor-core
     /// products; a GPU only) or bf16 (scores, norms' statistics, softmax and loss stay f32).
-    /// Default: bf16 on a GPU, f32 on the CPU.
+    /// Default: tf32 on a GPU, f32 on the CPU.
     pub precision: Option<String>,
     /// Matrices pruned: k, q, v, o, mlp_in, mlp_out.
     pub components: Vec<String>,

@@ -35,7 +35,7 @@ pub struct PruneArgs {
     /// free memory; one batch per pass on the CPU.
     #[arg(long)]
     pub pass_tokens: Option<usize>,
-    /// f32 | tf32 | bf16: what the sweep computes in (scores stay f32). Default: bf16 on a
+    /// f32 | tf32 | bf16: what the sweep computes in (scores stay f32). Default: tf32 on a
     /// GPU, f32 on the CPU.
     #[arg(long)]
     pub precision: Option<String>,
