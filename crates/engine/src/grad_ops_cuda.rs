@@ -17,18 +17,9 @@ use candle_core::{CudaStorage, DType, Storage, Tensor};
 
 use crate::config::Activation;
 
-const SOURCE: &str = r#"
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ float ld(const unsigned short* p) {
-  return __uint_as_float(((unsigned int)(*p)) << 16);
-}
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(unsigned short* p, float v) {
-  unsigned int u = __float_as_uint(v);
-  if ((u & 0x7fffffffu) > 0x7f800000u) { *p = (unsigned short)((u >> 16) | 0x40u); return; }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  *p = (unsigned short)(u >> 16);
-}
+const SOURCE: &str = concat!(
+    kernel_prelude!(),
+    r#"
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
@@ -121,7 +112,8 @@ __device__ void act_bwd(const T* x, const T* g, T* dx, size_t n, int act) {
 BOTH(softmax_bwd, SOFTMAX_ARGS, softmax_bwd(y, g, dx, rows, n, scale))
 BOTH(norm_bwd, NORM_ARGS, norm_bwd(x, w, g, dx, d, eps, layer))
 BOTH(act_bwd, ACT_ARGS, act_bwd(x, g, dx, n, act))
-"#;
+"#
+);
 
 const MODULE: &str = "eigenprune_grad_ops";
 

@@ -1,6 +1,27 @@
 //! eigenprune's tensor engine: model loading, a traceable forward pass, generation,
 //! and (in later modules) SVD, attribution and edits. No HTTP, SQL or async here.
 
+/// The CUDA kernels' shared prelude: loads and stores of f32 and of bf16 (its 16 bits, rounded
+/// to nearest even, NaN kept), arithmetic in f32.
+#[cfg(feature = "cuda")]
+macro_rules! kernel_prelude {
+    () => {
+        r#"
+__device__ __forceinline__ float ld(const float* p) { return *p; }
+__device__ __forceinline__ float ld(const unsigned short* p) {
+  return __uint_as_float(((unsigned int)(*p)) << 16);
+}
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(unsigned short* p, float v) {
+  unsigned int u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) { *p = (unsigned short)((u >> 16) | 0x40u); return; }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  *p = (unsigned short)(u >> 16);
+}
+"#
+    };
+}
+
 pub mod attribution;
 pub mod batch;
 mod batch_scoring;

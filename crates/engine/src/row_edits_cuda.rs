@@ -22,18 +22,9 @@ use candle_core::{CudaStorage, DType, Device, InplaceOp2, Layout, Storage, Tenso
 use crate::edit::Edit;
 use crate::trace::Component;
 
-const SOURCE: &str = r#"
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ float ld(const unsigned short* p) {
-  return __uint_as_float(((unsigned int)(*p)) << 16);
-}
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(unsigned short* p, float v) {
-  unsigned int u = __float_as_uint(v);
-  if ((u & 0x7fffffffu) > 0x7f800000u) { *p = (unsigned short)((u >> 16) | 0x40u); return; }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  *p = (unsigned short)(u >> 16);
-}
+const SOURCE: &str = concat!(
+    kernel_prelude!(),
+    r#"
 
 // One block per token row n (row = n / t). entry[4 * row ..]: A [r, d_in], B [d_out, r],
 // bias [d_out] (0: none), r (0: the base row).
@@ -76,7 +67,8 @@ extern "C" __global__ void row_lora_bf16(const unsigned short* x, unsigned short
     const long long* table, int d_in, int d_out, int t) {
   row_lora<unsigned short>(x, y, table, d_in, d_out, t);
 }
-"#;
+"#
+);
 
 /// The kernels' PTX, compiled once (None: NVRTC failed; the unfused form is used).
 fn ptx() -> Option<&'static str> {

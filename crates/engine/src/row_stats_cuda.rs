@@ -12,13 +12,11 @@ use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, DType, Layout, Shape};
 
-const SOURCE: &str = r#"
+const SOURCE: &str = concat!(
+    kernel_prelude!(),
+    r#"
 // NVRTC has no math headers: -inf spelled out.
 #define NEG_INF __int_as_float(0xff800000)
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ float ld(const unsigned short* p) {
-  return __uint_as_float(((unsigned int)(*p)) << 16);
-}
 
 // (m, s, i) absorbs (m2, s2, i2): the larger maximum wins, the first index on a tie.
 __device__ __forceinline__ void merge(float& m, float& s, int& i, float m2, float s2, int i2) {
@@ -60,7 +58,8 @@ extern "C" __global__ void row_stats_f32(const float* x, float* out, int v) { st
 extern "C" __global__ void row_stats_bf16(const unsigned short* x, float* out, int v) {
   stats<unsigned short>(x, out, v);
 }
-"#;
+"#
+);
 
 fn ptx() -> candle_core::Result<&'static str> {
     static PTX: OnceLock<Result<String, String>> = OnceLock::new();
