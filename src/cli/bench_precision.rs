@@ -32,10 +32,14 @@ pub struct BenchPrecisionArgs {
 }
 
 pub fn run(args: BenchPrecisionArgs) -> anyhow::Result<()> {
-    let other = Precision::ALL
-        .into_iter()
-        .find(|p| p.name() == args.precision)
-        .with_context(|| format!("unknown precision `{}` (f32, tf32, bf16)", args.precision))?;
+    let other = Precision::parse(&args.precision).with_context(|| {
+        let names: Vec<_> = Precision::ALL.iter().map(|p| p.name()).collect();
+        format!(
+            "unknown precision `{}` ({})",
+            args.precision,
+            names.join(", ")
+        )
+    })?;
     let components = args
         .components
         .iter()

@@ -91,6 +91,11 @@ pub enum Precision {
 impl Precision {
     pub const ALL: [Self; 3] = [Self::F32, Self::Tf32, Self::Bf16];
 
+    /// The precision called `name` (as [`Self::name`] writes it).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
@@ -169,8 +174,10 @@ pub struct Scores {
     pub input_means: Vec<Vec<f32>>,
     pub examples: usize,
     pub tokens: usize,
-    /// What the forward and backward computed in.
+    /// What the forward and backward computed in, and the padded tokens per pass (0: one
+    /// group per pass).
     pub precision: Precision,
+    pub pass_tokens: usize,
     /// Seconds in the forward pass, the backward pass and the scoring, when
     /// [`SweepSettings::profile`] asked for them (each phase then ends with a device sync).
     pub phase_seconds: Option<[f64; 3]>,
@@ -359,6 +366,7 @@ pub fn sweep_sequences(
         examples: seen,
         tokens: acc.tokens,
         precision,
+        pass_tokens: budget,
         phase_seconds: settings.profile.then_some(acc.phase_seconds),
     })
 }

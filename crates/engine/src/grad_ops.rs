@@ -125,78 +125,69 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     masked_softmax(x, 1.0, None, &view)
 }
 
-/// RMSNorm over the last dimension, scaled by `weight` (a constant: its gradient is not
-/// needed). With r = 1/sqrt(mean(x^2) + eps) and h = g * w: dx = r * (h - x r^2 mean(h x)).
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    struct Rms {
-        weight: Tensor,
-        eps: f64,
-    }
-    impl Backward for Rms {
-        const NAME: &'static str = "rms-norm-with-backward";
-        fn grad(&self, x: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
-            #[cfg(feature = "cuda")]
-            if let Some(dx) = crate::grad_ops_cuda::norm_bwd(x, &self.weight, g, self.eps, false)? {
-                return Ok(dx);
-            }
-            let (x, h) = (f32(x)?, f32(g)?.broadcast_mul(&f32(&self.weight)?)?);
-            let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-                .sqrt()?
-                .recip()?;
-            let xhat = x.broadcast_mul(&r)?;
-            let proj = (&h * &xhat)?.mean_keepdim(D::Minus1)?;
-            (h - xhat.broadcast_mul(&proj)?)?.broadcast_mul(&r)
+/// A norm's input gradient (its weight a constant). With h = g * w, c = x (RMSNorm) or
+/// x - mean(x) (LayerNorm), r = 1/sqrt(mean(c^2) + eps) and xhat = c r:
+/// dx = r (h - [mean(h)] - xhat mean(h xhat)), the bracket LayerNorm's only.
+struct NormGrad {
+    weight: Tensor,
+    eps: f64,
+    centre: bool,
+}
+
+impl Backward for NormGrad {
+    const NAME: &'static str = "norm-with-backward";
+    fn grad(&self, x: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(dx) = crate::grad_ops_cuda::norm_bwd(x, &self.weight, g, self.eps, self.centre)?
+        {
+            return Ok(dx);
         }
+        let (x, mut h) = (f32(x)?, f32(g)?.broadcast_mul(&f32(&self.weight)?)?);
+        let c = if self.centre {
+            h = h.broadcast_sub(&h.mean_keepdim(D::Minus1)?)?;
+            x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?
+        } else {
+            x
+        };
+        let r = (c.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let xhat = c.broadcast_mul(&r)?;
+        let proj = (&h * &xhat)?.mean_keepdim(D::Minus1)?;
+        (h - xhat.broadcast_mul(&proj)?)?.broadcast_mul(&r)
     }
+}
+
+/// RMSNorm over the last dimension, scaled by `weight` (a constant: its gradient is not
+/// needed).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     let w = weight.detach();
     attach(
         &x.contiguous()?,
         |x| candle_nn::ops::rms_norm(x, &w, eps as f32),
-        Rms {
+        NormGrad {
             weight: w.clone(),
             eps,
+            centre: false,
         },
     )
 }
 
-/// LayerNorm over the last dimension with `weight` and `bias` (constants). With
-/// xhat = (x - mean) r and h = g * w: dx = r * (h - mean(h) - xhat mean(h xhat)).
+/// LayerNorm over the last dimension with `weight` and `bias` (constants).
 pub fn layer_norm(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    struct Ln {
-        weight: Tensor,
-        eps: f64,
-    }
-    impl Backward for Ln {
-        const NAME: &'static str = "layer-norm-with-backward";
-        fn grad(&self, x: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
-            #[cfg(feature = "cuda")]
-            if let Some(dx) = crate::grad_ops_cuda::norm_bwd(x, &self.weight, g, self.eps, true)? {
-                return Ok(dx);
-            }
-            let (x, h) = (f32(x)?, f32(g)?.broadcast_mul(&f32(&self.weight)?)?);
-            let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-            let r = (centred.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-                .sqrt()?
-                .recip()?;
-            let xhat = centred.broadcast_mul(&r)?;
-            let proj = (&h * &xhat)?.mean_keepdim(D::Minus1)?;
-            h.broadcast_sub(&h.mean_keepdim(D::Minus1)?)?
-                .sub(&xhat.broadcast_mul(&proj)?)?
-                .broadcast_mul(&r)
-        }
-    }
     let (w, b) = (weight.detach(), bias.detach());
     attach(
         &x.contiguous()?,
         |x| candle_nn::ops::layer_norm(x, &w, &b, eps as f32),
-        Ln {
+        NormGrad {
             weight: w.clone(),
             eps,
+            centre: true,
         },
     )
 }

@@ -154,10 +154,10 @@ fn inputs<const N: usize>(tensors: [&Tensor; N]) -> candle_core::Result<Option<[
     Ok(out.try_into().ok())
 }
 
-/// Runs `launch` with each input's device slice (offset applied) and a fresh output shaped
-/// like the first input, and wraps the output as a tensor.
+/// Runs `launch` with the kernel `$kernel` for `$dtype`, each input's device slice (offset
+/// applied) and a fresh output shaped like the first input, and wraps the output as a tensor.
 macro_rules! with_slices {
-    ($dtype:expr, $ins:expr, |$dev:ident, $out:ident, $s:ident| $launch:block) => {{
+    ($kernel:expr, $dtype:expr, $ins:expr, |$func:ident, $out:ident, $s:ident| $launch:block) => {{
         let ins = $ins;
         let shape = ins[0].shape().clone();
         let n = shape.elem_count();
@@ -176,11 +176,16 @@ macro_rules! with_slices {
                     dev = Some(c.device().clone());
                     $s.push(c.as_cuda_slice::<$t>()?.slice(o1..o2));
                 }
-                let $dev = dev.expect("at least one input");
-                let $out = unsafe { $dev.alloc::<$t>(n) }?;
+                let dev = dev.expect("at least one input");
+                let Some(ptx) = ptx() else {
+                    candle_core::bail!("the backward kernels did not compile")
+                };
+                let $func = dev.get_or_load_custom_func(&name($kernel, $dtype), MODULE, ptx)?;
+                // SAFETY: every element is written by the kernel before it is read.
+                let $out = unsafe { dev.alloc::<$t>(n) }?;
                 $launch;
                 drop($s);
-                Storage::Cuda(CudaStorage::wrap_cuda_slice($out, $dev))
+                Storage::Cuda(CudaStorage::wrap_cuda_slice($out, dev))
             }};
         }
         let storage = match $dtype {
@@ -216,12 +221,7 @@ pub(crate) fn softmax_bwd(
     let n = y.dim(candle_core::D::Minus1)?;
     let rows = y.elem_count() / n.max(1);
     let (rows32, n32, scale32) = (rows as i32, n as i32, scale as f32);
-    with_slices!(dtype, ins, |dev, out, s| {
-        let func = dev.get_or_load_custom_func(
-            &name("softmax_bwd", dtype),
-            MODULE,
-            ptx().unwrap_or_default(),
-        )?;
+    with_slices!("softmax_bwd", dtype, ins, |func, out, s| {
         let cfg = LaunchConfig {
             grid_dim: (rows.div_ceil(8) as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -254,12 +254,7 @@ pub(crate) fn norm_bwd(
     let d = x.dim(candle_core::D::Minus1)?;
     let rows = x.elem_count() / d.max(1);
     let (d32, eps32, layer32) = (d as i32, eps as f32, layer as i32);
-    with_slices!(dtype, ins, |dev, out, s| {
-        let func = dev.get_or_load_custom_func(
-            &name("norm_bwd", dtype),
-            MODULE,
-            ptx().unwrap_or_default(),
-        )?;
+    with_slices!("norm_bwd", dtype, ins, |func, out, s| {
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (if d >= 512 { 256 } else { 128 }, 1, 1),
@@ -294,12 +289,7 @@ pub(crate) fn activation_bwd(
         Activation::GeluErf => 1,
         Activation::Silu => 2,
     };
-    with_slices!(dtype, ins, |dev, out, s| {
-        let func = dev.get_or_load_custom_func(
-            &name("act_bwd", dtype),
-            MODULE,
-            ptx().unwrap_or_default(),
-        )?;
+    with_slices!("act_bwd", dtype, ins, |func, out, s| {
         let cfg = LaunchConfig {
             grid_dim: (n.div_ceil(256).min(65_535) as u32, 1, 1),
             block_dim: (256, 1, 1),

@@ -34,12 +34,12 @@ pub struct JobMemory {
 pub fn estimate(model: &Transformer, settings: &PruneSettings, max_tokens: usize) -> JobMemory {
     let c = &model.config;
     let f32b = DType::F32.size_in_bytes() as u64;
+    let params = model.weights.bytes() / model.dtype().size_in_bytes() as u64;
     let weights_f32 = if model.dtype() == DType::F32 {
         0
     } else {
-        model.weights.bytes() / model.dtype().size_in_bytes() as u64 * f32b
+        params * f32b
     };
-    let params = model.weights.bytes() / model.dtype().size_in_bytes() as u64;
     let precision = crate::attribution::Precision::on(model.device(), settings.precision);
     let weights_sweep = if precision == crate::attribution::Precision::Bf16 {
         params * DType::BF16.size_in_bytes() as u64
@@ -102,17 +102,6 @@ fn sweep_activations(c: &ModelConfig, batch: u64, t: u64) -> u64 {
 /// Logits and their log-softmax over the vocabulary at every position (f32).
 fn eval_logits(c: &ModelConfig, batch: u64, t: u64) -> u64 {
     2 * 4 * batch * t * c.vocab_size as u64
-}
-
-/// [`estimate`] for a job on `task`: its sequences are as long as its longest example.
-pub fn estimate_for_task(
-    model: &Transformer,
-    tok: &tokenizers::Tokenizer,
-    task: &crate::tasks::Task,
-    settings: &PruneSettings,
-) -> crate::Result<JobMemory> {
-    let longest = longest_example(tok, task.train.iter().chain(&task.test))?;
-    Ok(estimate(model, settings, longest))
 }
 
 /// Pass sizes a GPU sweep may take when the job asks for none, largest first (larger passes
@@ -182,11 +171,15 @@ pub fn longest_example<'a>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn grows_with_batch_and_length_and_counts_the_f32_copy() {
+    fn llama() -> crate::LoadedModel {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/llama");
-        let m = crate::load_model(dir.to_str().unwrap(), &crate::LoadOptions::default()).unwrap();
+        crate::load_model(dir.to_str().unwrap(), &crate::LoadOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn grows_with_batch_and_length_and_counts_the_f32_copy() {
+        let m = llama();
         let s = PruneSettings::default();
         let small = estimate(&m.model, &s, 16);
         assert_eq!(small.weights_f32, 0, "an f32 model needs no copy");
@@ -224,9 +217,7 @@ mod tests {
 
     #[test]
     fn a_cpu_job_keeps_its_pass_and_a_larger_pass_needs_more() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/llama");
-        let m = crate::load_model(dir.to_str().unwrap(), &crate::LoadOptions::default()).unwrap();
+        let m = llama();
         let s = PruneSettings::default();
         let (kept, need) = fit_pass(&m.model, &s, 64, 1 << 40);
         assert_eq!(kept.pass_tokens, None, "the CPU keeps one group per pass");

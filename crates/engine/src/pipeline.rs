@@ -254,7 +254,7 @@ pub fn run(
         test_size: task.test.len(),
         scored_examples: scores.examples,
         precision: scores.precision,
-        pass_tokens: crate::attribution::pass_tokens_on(base.device(), settings.pass_tokens),
+        pass_tokens: scores.pass_tokens,
         results,
         seconds,
         finetune: finetune_outcome,
