@@ -64,8 +64,8 @@ impl InputMode {
 /// (about 50 tokens) share a pass by the dozens, an rte group (up to about 1,500) runs alone or
 /// with one more. A job takes a larger pass when its memory allows ([`crate::memory::fit_pass`]);
 /// the pass's activations grow with it ([`crate::memory`] counts them). On the CPU a pass is
-/// compute-bound already: one group per pass (int-mult on 2 cores: 33.9 s plain, 33.1 s at
-/// 2,048 tokens, with 10x the memory; BENCHMARKS.md).
+/// compute-bound already: one group per pass (int-mult on 2 cores: a pass of 2,048 tokens was
+/// no faster than one group a pass, with 10x the memory; BENCHMARKS.md).
 pub const GPU_PASS_TOKENS: usize = 2048;
 
 /// The pass size a sweep on `device` uses: `asked`, or the device's default.
@@ -81,10 +81,11 @@ pub enum Precision {
     /// IEEE f32 throughout (the CPU's default: exact, and all a CPU has).
     F32,
     /// f32 tensors, matrix products on tensor cores with TF32 inputs (a GPU only; elsewhere
-    /// the same as f32). cuBLAS's switch is process-wide: while a TF32 sweep runs, other f32
-    /// products in the process take TF32 too (serving runs bf16 on a GPU).
+    /// the same as f32). cuBLAS's switch is process-wide: while a TF32 (or bf16) sweep runs,
+    /// other f32 products in the process take TF32 too (serving runs bf16 on a GPU).
     Tf32,
-    /// bf16 weights and activations on tensor cores, f32 accumulation.
+    /// bf16 weights and activations on tensor cores, f32 accumulation. The scores' f32
+    /// projections of the (bf16-exact) inputs and gradients take TF32 inputs.
     Bf16,
 }
 
@@ -248,7 +249,7 @@ pub fn sweep_sequences(
         cast = model.to_dtype(precision.dtype())?;
         &cast
     };
-    let _tf32 = crate::device::Tf32::enable(model.device(), precision == Precision::Tf32);
+    let _tf32 = crate::device::Tf32::enable(model.device(), precision != Precision::F32);
     if settings.batch_size < 2 {
         return Err(EngineError::InvalidInput(
             "batch_size must be at least 2: the corrupted input is the previous example of the same batch, so with 1 every score is 0".into(),
@@ -576,42 +577,32 @@ fn score_batch(
         previous.extend((0..n).map(|k| first + (k + n - 1) % n));
         first += n;
     }
-    let previous_flat: Vec<u32> = (0..b * t)
-        .map(|i| (previous[i / t] * t + i % t) as u32)
-        .collect();
-    let previous_flat = Tensor::new(previous_flat.as_slice(), device)?;
-    // Pairs (b, t) where both this example and the previous one have a real token.
-    let pair_ok: Vec<bool> = (0..b * t)
-        .map(|i| {
-            let (row, pos) = (i / t, i % t);
-            packed.valid[row][pos] && packed.valid[previous[row]][pos]
-        })
-        .collect();
-    let pair_mask = Tensor::from_vec(
-        pair_ok
-            .iter()
-            .map(|&ok| if ok { 0f32 } else { f32::NEG_INFINITY })
-            .collect::<Vec<_>>(),
-        (b * t, 1),
-        device,
-    )?;
-    let pair_weight = Tensor::from_vec(
-        pair_ok
-            .iter()
-            .map(|&ok| ok as u8 as f32)
-            .collect::<Vec<_>>(),
-        (b * t, 1),
-        device,
-    )?;
-    let real: Vec<f32> = packed
-        .valid
-        .iter()
-        .flatten()
-        .map(|&ok| ok as u8 as f32)
-        .collect();
-    let real = Tensor::from_vec(real, (b * t, 1), device)?;
-    acc.count += pair_ok.iter().filter(|&&ok| ok).count() as f64;
-    acc.tokens += packed.valid.iter().flatten().filter(|&&ok| ok).count();
+    // The scored positions (flat b*t indices): this row and its corrupting row both have a
+    // real token there; `there` is the corrupting row's same position.
+    let (mut here, mut there, mut real) = (Vec::new(), Vec::new(), Vec::new());
+    for (row, valid) in packed.valid.iter().enumerate() {
+        for (pos, &ok) in valid.iter().enumerate() {
+            if !ok {
+                continue;
+            }
+            real.push((row * t + pos) as u32);
+            if packed.valid[previous[row]][pos] {
+                here.push((row * t + pos) as u32);
+                there.push((previous[row] * t + pos) as u32);
+            }
+        }
+    }
+    if here.is_empty() {
+        return Err(EngineError::InvalidInput(
+            "a sweep pass has no position where an example and its corruption both have a token"
+                .into(),
+        ));
+    }
+    acc.count += here.len() as f64;
+    acc.tokens += real.len();
+    let here = Tensor::new(here.as_slice(), device)?;
+    let there = Tensor::new(there.as_slice(), device)?;
+    let real = Tensor::new(real.as_slice(), device)?;
 
     // Per-head aggregates and per-site input sums stay on the device until the batch is done:
     // one copy to the host each, not one per head (a sync each on a GPU).
@@ -625,7 +616,10 @@ fn score_batch(
             .output_grad(&grads, site.layer, site.component)
             .ok_or_else(|| EngineError::InvalidInput("no gradient at a traced site".into()))?;
         // Scores are f32 whatever dtype the forward ran in.
-        let g = g.to_dtype(DType::F32)?;
+        let g = g
+            .reshape((b * t, g.dim(D::Minus1)?))?
+            .index_select(&here, 0)?
+            .to_dtype(DType::F32)?;
         let resid = rec
             .resid_pre
             .as_ref()
@@ -642,18 +636,20 @@ fn score_batch(
         };
         let d_in = x.dim(D::Minus1)?;
         let x = x.reshape((b * t, d_in))?;
-        let dx = (x.index_select(&previous_flat, 0)? - &x)?;
-        let g = g.reshape((b * t, g.dim(D::Minus1)?))?;
-        // Every head of the site at once: [b*t, heads * r] scores.
+        let dx = (x.index_select(&there, 0)? - x.index_select(&here, 0)?)?;
+        // Every head of the site at once: [n, heads * r] products; the singular values (>= 0)
+        // scale each column after the max or the sum, which leaves the max exact.
         let a = plan.project_in(&dx)?;
         let gv = plan.project_out(&g)?;
-        let sc = (a * gv)?.broadcast_mul(&plan.s)?;
-        head_aggs.push(match acc.agg {
-            Aggregate::Max => sc.broadcast_add(&pair_mask)?.max(0)?,
-            Aggregate::Mean => sc.broadcast_mul(&pair_weight)?.sum(0)?,
-            Aggregate::MeanAbs => sc.abs()?.broadcast_mul(&pair_weight)?.sum(0)?,
-        });
-        input_sums.push(xhat.reshape((b * t, d_in))?.broadcast_mul(&real)?.sum(0)?);
+        let products = (a * gv)?;
+        let agg = match acc.agg {
+            Aggregate::Max => products.max(0)?,
+            Aggregate::Mean => products.sum(0)?,
+            Aggregate::MeanAbs => products.abs()?.sum(0)?,
+        };
+        head_aggs.push((agg * &plan.s)?);
+        let xhat = xhat.reshape((b * t, d_in))?;
+        input_sums.push(xhat.index_select(&real, 0)?.sum(0)?);
     }
     let mut batch_agg = Tensor::cat(&head_aggs, 0)?
         .to_dtype(DType::F32)?
@@ -677,12 +673,15 @@ fn score_batch(
     Ok(())
 }
 
-/// The norm without its affine part: LayerNorm's (x - mean)/std, RMSNorm's x/rms.
+/// The norm without its affine part: LayerNorm's (x - mean)/std, RMSNorm's x/rms (the fused
+/// kernels with a unit scale: one kernel, not a composite of six).
 pub fn normalise(x: &Tensor, kind: NormKind, eps: f64) -> candle_core::Result<Tensor> {
-    let x = match kind {
-        NormKind::LayerNorm => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
-        NormKind::RmsNorm => x.clone(),
-    };
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)
+    let ones = Tensor::ones(x.dim(D::Minus1)?, x.dtype(), x.device())?;
+    let x = x.contiguous()?;
+    match kind {
+        NormKind::LayerNorm => {
+            candle_nn::ops::layer_norm(&x, &ones, &ones.zeros_like()?, eps as f32)
+        }
+        NormKind::RmsNorm => candle_nn::ops::rms_norm(&x, &ones, eps as f32),
+    }
 }

@@ -220,28 +220,46 @@ pub fn plain_activation(x: &Tensor, act: Activation) -> candle_core::Result<Tens
     }
 }
 
-/// Rotary embedding ("rotate half") of x [B, H, T, D] with (cos, sin) [B, T, D/2]. A rotation's
-/// transpose is the rotation by the opposite angle: dx = rope(g, cos, -sin).
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+/// Rotary embedding ("rotate half") of the first `rot` dims of each head of x [B, H, T, D]
+/// with (cos, sin) [B, T, rot/2]; the other dims pass through (Phi's partial rotary).
+pub fn rotate_first(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    rot: usize,
+) -> candle_core::Result<Tensor> {
+    let hd = x.dim(3)?;
+    if rot == hd {
+        return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
+    }
+    let rotated = candle_nn::rotary_emb::rope(&x.narrow(3, 0, rot)?.contiguous()?, cos, sin)?;
+    Tensor::cat(&[rotated, x.narrow(3, rot, hd - rot)?], 3)?.contiguous()
+}
+
+/// [`rotate_first`] as one node. A rotation's transpose is the rotation by the opposite
+/// angle: dx = rotate_first(g, cos, -sin) (and the pass-through dims take g as it is).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize) -> candle_core::Result<Tensor> {
     struct Rope {
         cos: Tensor,
         neg_sin: Tensor,
+        rot: usize,
     }
     impl Backward for Rope {
         const NAME: &'static str = "rope-with-backward";
         fn grad(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
-            let g = g.to_dtype(self.cos.dtype())?.contiguous()?;
-            candle_nn::rotary_emb::rope(&g, &self.cos, &self.neg_sin)
+            let g = g.to_dtype(self.cos.dtype())?;
+            rotate_first(&g, &self.cos, &self.neg_sin, self.rot)
         }
     }
     let (cos, sin) = (cos.detach(), sin.detach());
     let neg_sin = sin.neg()?;
     attach(
         &x.contiguous()?,
-        |x| candle_nn::rotary_emb::rope(x, &cos, &sin),
+        |x| rotate_first(x, &cos, &sin, rot),
         Rope {
             cos: cos.clone(),
             neg_sin,
+            rot,
         },
     )
 }
@@ -344,6 +362,7 @@ mod tests {
         );
     }
 
+    /// Whole-head rotary and Phi's partial one (the last dims passed through).
     #[test]
     fn rope_gradient_is_the_composites() {
         let dev = Device::Cpu;
@@ -351,19 +370,26 @@ mod tests {
         let angles: Vec<f32> = (0..b * t * half).map(|i| i as f32 * 0.37).collect();
         let angles = Tensor::from_vec(angles, (b, t, half), &dev).unwrap();
         let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-        let composite = |x: &Tensor| -> candle_core::Result<Tensor> {
-            let x = x.to_dtype(DType::F32)?;
-            let c = cos.reshape((b, 1, t, half))?;
-            let s = sin.reshape((b, 1, t, half))?;
-            let (x1, x2) = (x.narrow(3, 0, half)?, x.narrow(3, half, half)?);
-            let r1 = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
-            let r2 = (x2.broadcast_mul(&c)? + x1.broadcast_mul(&s)?)?;
-            Tensor::cat(&[r1, r2], 3)
-        };
-        same_gradient(
-            &[b, h, t, 2 * half],
-            |x| rope(x, &cos.to_dtype(x.dtype())?, &sin.to_dtype(x.dtype())?),
-            composite,
-        );
+        for pass_through in [0, 3] {
+            let rot = 2 * half;
+            let composite = |x: &Tensor| -> candle_core::Result<Tensor> {
+                let x = x.to_dtype(DType::F32)?;
+                let c = cos.reshape((b, 1, t, half))?;
+                let s = sin.reshape((b, 1, t, half))?;
+                let (x1, x2) = (x.narrow(3, 0, half)?, x.narrow(3, half, half)?);
+                let r1 = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
+                let r2 = (x2.broadcast_mul(&c)? + x1.broadcast_mul(&s)?)?;
+                let mut parts = vec![r1, r2];
+                if pass_through > 0 {
+                    parts.push(x.narrow(3, rot, pass_through)?);
+                }
+                Tensor::cat(&parts, 3)
+            };
+            same_gradient(
+                &[b, h, t, rot + pass_through],
+                |x| rope(x, &cos.to_dtype(x.dtype())?, &sin.to_dtype(x.dtype())?, rot),
+                composite,
+            );
+        }
     }
 }

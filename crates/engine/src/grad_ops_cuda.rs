@@ -1,6 +1,7 @@
 //! [`crate::grad_ops`]' backward formulas on the GPU, one kernel each instead of six to ten
 //! elementwise ones: softmax (a warp per row), RMSNorm and LayerNorm (a block per row), and the
-//! activations' derivative (elementwise). f32 arithmetic whatever the storage (f32 or bf16).
+//! activations' derivative (elementwise); and a linear map's bias add ([`BiasAdd`]). f32
+//! arithmetic whatever the storage (f32 or bf16).
 //! Compiled with NVRTC on first use; where that fails, or for other dtypes, the callers keep
 //! the composite formula.
 
@@ -13,7 +14,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
-use candle_core::{CudaStorage, DType, Storage, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 
 use crate::config::Activation;
 
@@ -103,6 +104,18 @@ __device__ void act_bwd(const T* x, const T* g, T* dx, size_t n, int act) {
   }
 }
 
+// out = y + b per row of n: a thread per column, the rows strided over blockIdx.y.
+template <typename T>
+__device__ void bias_add(const T* y, const T* b, T* out, int rows, int n) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= n) return;
+  const float bc = ld(b + c);
+  for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+    const size_t at = (size_t)r * n + c;
+    st(out + at, ld(y + at) + bc);
+  }
+}
+
 #define BOTH(name, args, call) \
   extern "C" __global__ void name##_f32 args(float) { call; } \
   extern "C" __global__ void name##_bf16 args(unsigned short) { call; }
@@ -112,6 +125,8 @@ __device__ void act_bwd(const T* x, const T* g, T* dx, size_t n, int act) {
 BOTH(softmax_bwd, SOFTMAX_ARGS, softmax_bwd(y, g, dx, rows, n, scale))
 BOTH(norm_bwd, NORM_ARGS, norm_bwd(x, w, g, dx, d, eps, layer))
 BOTH(act_bwd, ACT_ARGS, act_bwd(x, g, dx, n, act))
+#define BIAS_ARGS(T) (const T* y, const T* b, T* out, int rows, int n)
+BOTH(bias_add, BIAS_ARGS, bias_add(y, b, out, rows, n))
 "#
 );
 
@@ -301,4 +316,98 @@ pub(crate) fn activation_bwd(
         // SAFETY: x, g and out hold n contiguous values.
         unsafe { b.launch(cfg) }.w()?;
     })
+}
+
+/// y [rows, n] + bias [n] in one kernel (candle's broadcast add indexes every element through
+/// its strides, at a third of the bandwidth); as a node, y's gradient is the output's and a
+/// tracked bias gets the column sums.
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("bias-add runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        y: &CudaStorage,
+        ly: &Layout,
+        b: &CudaStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (Some((y0, y1)), Some((b0, b1))) = (ly.contiguous_offsets(), lb.contiguous_offsets())
+        else {
+            candle_core::bail!("bias-add needs contiguous operands")
+        };
+        let Some(ptx) = ptx() else {
+            candle_core::bail!("the kernels did not compile")
+        };
+        let (n, total) = (b1 - b0, y1 - y0);
+        let rows = total / n.max(1);
+        let dev = y.device().clone();
+        let func = dev.get_or_load_custom_func(&name("bias_add", y.dtype()), MODULE, ptx)?;
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256) as u32, rows.clamp(1, 1024) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (rows32, n32) = (rows as i32, n as i32);
+        macro_rules! go {
+            ($t:ty) => {{
+                let ys = y.as_cuda_slice::<$t>()?.slice(y0..y1);
+                let bs = b.as_cuda_slice::<$t>()?.slice(b0..b1);
+                // SAFETY: every element is written by the kernel before it is read.
+                let out = unsafe { dev.alloc::<$t>(total) }?;
+                let mut bld = func.builder();
+                bld.arg(&ys).arg(&bs).arg(&out).arg(&rows32).arg(&n32);
+                // SAFETY: y and out hold rows x n contiguous values, the bias n.
+                unsafe { bld.launch(cfg) }.w()?;
+                drop(bld);
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let storage = match y.dtype() {
+            DType::F32 => go!(f32),
+            DType::BF16 => go!(half::bf16),
+            other => candle_core::bail!("bias-add does not read {other:?}"),
+        };
+        Ok((storage, ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        bias: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let bias_grad = bias.track_op().then(|| grad.sum(0)).transpose()?;
+        Ok((Some(grad.clone()), bias_grad))
+    }
+}
+
+/// y [rows, n] + bias [n] through [`BiasAdd`]; None unless both are contiguous CUDA tensors of
+/// one dtype the kernels read.
+pub(crate) fn bias_add(y: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let fits = y.device().is_cuda()
+        && available(y.dtype())
+        && bias.dtype() == y.dtype()
+        && y.rank() == 2
+        && bias.dims() == [y.dim(1)?]
+        && y.is_contiguous()
+        && bias.is_contiguous();
+    if !fits {
+        return Ok(None);
+    }
+    y.apply_op2(bias, BiasAdd).map(Some)
 }

@@ -425,22 +425,15 @@ impl Transformer {
             (_, Some(rows)) => rows,
             _ => return Ok(x.clone()),
         };
-        let (b, _h, t, hd) = x.dims4()?;
+        let (b, _h, t, _) = x.dims4()?;
         let rot = self.config.rotary_dims;
         let half = rot / 2;
         let (cos, sin) = (cos.reshape((b, t, half))?, sin.reshape((b, t, half))?);
-        let rope = |x: &Tensor| {
-            if step.differentiable {
-                crate::grad_ops::rope(x, &cos, &sin)
-            } else {
-                candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
-            }
-        };
-        if rot == hd {
-            return rope(x);
+        if step.differentiable {
+            crate::grad_ops::rope(x, &cos, &sin, rot)
+        } else {
+            crate::grad_ops::rotate_first(x, &cos, &sin, rot)
         }
-        let rotated = rope(&x.narrow(3, 0, rot)?)?;
-        Tensor::cat(&[rotated, x.narrow(3, rot, hd - rot)?], 3)?.contiguous()
     }
 
     fn norm(&self, x: &Tensor, n: &Norm, differentiable: bool) -> candle_core::Result<Tensor> {

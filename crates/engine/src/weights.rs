@@ -31,13 +31,22 @@ impl Linear {
             x2.matmul(&self.weight.t()?)?
         };
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => bias_add(&y, b)?,
             None => y,
         };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
         y.reshape(out_dims)
     }
+}
+
+/// y [rows, n] + b [n]: one kernel on a GPU, a broadcast add elsewhere.
+fn bias_add(y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(sum) = crate::grad_ops_cuda::bias_add(y, b)? {
+        return Ok(sum);
+    }
+    y.broadcast_add(b)
 }
 
 /// x [m, k] times W^T for a weight W [n, k] that is a constant of the graph: its backward
