@@ -362,6 +362,40 @@ mod tests {
         );
     }
 
+    /// The vendored candle-core's backprop (vendor/README.md): a constant gets no gradient
+    /// (candle's own stored a zeroed buffer plus a sum for it), a tensor used twice gets both
+    /// uses' sum, and a first gradient that arrives as a view is stored contiguous.
+    #[test]
+    fn backprop_skips_constants_and_sums_repeated_uses() {
+        let dev = Device::Cpu;
+        let x = Var::new(&[[1f32, 2., 3.], [4., 5., 6.]], &dev).unwrap();
+        let w = Tensor::new(&[[1f32, 2., 0.], [0., 1., 3.]], &dev).unwrap();
+        // loss = sum(2 * x * w + x): x's gradient is 2 w + 1, w's none.
+        let h = x.as_tensor().mul(&w).unwrap();
+        let loss = ((&h + x.as_tensor()).unwrap() + &h)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        assert!(grads.get(&w).is_none(), "a constant got a gradient");
+        let gx = grads.get(x.as_tensor()).unwrap();
+        assert_eq!(
+            gx.to_vec2::<f32>().unwrap(),
+            vec![vec![3f32, 5., 1.], vec![1., 3., 7.]]
+        );
+        // Through a transpose alone, x's only gradient is a transposed view: stored contiguous.
+        let y = x
+            .as_tensor()
+            .t()
+            .unwrap()
+            .mul(&w.t().unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let gy = y.backward().unwrap();
+        assert!(gy.get(x.as_tensor()).unwrap().is_contiguous());
+    }
+
     /// Whole-head rotary and Phi's partial one (the last dims passed through).
     #[test]
     fn rope_gradient_is_the_composites() {
