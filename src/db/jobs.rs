@@ -76,11 +76,12 @@ pub(super) fn visible(admin: usize, user: usize) -> String {
 }
 
 impl Db {
+    /// The row as inserted (RETURNING: a worker may claim it before a second read).
     pub async fn insert_job(&self, j: &NewJob<'_>) -> sqlx::Result<JobRow> {
-        sqlx::query(
+        sqlx::query_as(&format!(
             "INSERT INTO jobs (id, kind, model, task, dataset, params, suffix, status, created_at, owner, visibility, created_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11)",
-        )
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11) RETURNING {COLUMNS}"
+        ))
         .bind(j.id)
         .bind(j.kind)
         .bind(j.model)
@@ -92,9 +93,8 @@ impl Db {
         .bind(j.owner)
         .bind(j.visibility)
         .bind(now_us())
-        .execute(&self.pool)
-        .await?;
-        Ok(self.job(j.id).await?.expect("the job was just inserted"))
+        .fetch_one(&self.pool)
+        .await
     }
 
     pub async fn job(&self, id: &str) -> sqlx::Result<Option<JobRow>> {
