@@ -9,6 +9,9 @@ Pruning math in f32, as eigenprune's.
     python3 scripts/whole_job_torch.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
         --task int-mult|rte [--portion 0.2] [--autocast] [--json]
 
+--model may also be an HF checkpoint directory with a tokenizer.json (scripts/random_checkpoint.py:
+Phi-2's shape with random weights; LayerNorm's shift is folded as eigenprune folds it).
+
 Needs the `gguf` package next to transformers (GGUF loading). The int-mult split is drawn with
 Python's random, so examples differ from eigenprune's (sizes and lengths are the same); rte uses
 the same prompts and data (data/superglue/rte, train for scoring, validation for testing).
@@ -57,6 +60,9 @@ def main():
     ap.add_argument("--portion", type=float, default=0.2)
     ap.add_argument("--batch-size", type=int, default=5)
     ap.add_argument("--eval-batch-size", type=int, default=16)
+    ap.add_argument("--scoring-batches", type=int, default=None,
+                    help="score only the first N batches of the shuffled order (eigenprune's "
+                         "--scoring-batches)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--autocast", action="store_true",
                     help="run the sweep's forward/backward under torch.autocast(bfloat16), as a "
@@ -64,9 +70,13 @@ def main():
     a = ap.parse_args()
     seconds = {}
     t0 = now()
-    d, f = os.path.split(a.model)
-    tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
-    model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).cuda()
+    if os.path.isdir(a.model):  # an HF checkpoint with a tokenizer.json (random_checkpoint.py)
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(a.model, "tokenizer.json"))
+        model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).cuda()
+    else:
+        d, f = os.path.split(a.model)
+        tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
+        model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).cuda()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -93,15 +103,18 @@ def main():
     def positions(mask):
         return (mask.cumsum(-1) - 1).clamp(min=0)
 
-    # SVD of every key head's effective matrix E = diag(gamma) W_h^T.
+    # SVD of every key head's effective matrix E = diag(gamma) W_h^T; the norm's input xhat =
+    # (x - beta) / gamma (beta: LayerNorm's shift, 0 for RMSNorm).
     t0 = now()
     svds = []
     for layer in layers:
-        gamma = layer.input_layernorm.weight.float()
+        norm = layer.input_layernorm
+        gamma = norm.weight.float()
+        beta = norm.bias.float() if getattr(norm, "bias", None) is not None else torch.zeros_like(gamma)
         w = layer.self_attn.k_proj.weight.float().reshape(kv, hd, -1)  # [H, hd, d]
         e = (w * gamma).transpose(1, 2)  # [H, d, hd]
         u, s, vh = torch.linalg.svd(e, full_matrices=False)
-        svds.append((u, s, vh, gamma))
+        svds.append((u, s, vh, gamma, beta))
     seconds["svd"] = now() - t0
 
     # The sweep.
@@ -120,7 +133,8 @@ def main():
         return fwd
 
     hooks = [layer.self_attn.k_proj.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    for start in range(0, len(order), a.batch_size):
+    starts = list(range(0, len(order), a.batch_size))[:a.scoring_batches]
+    for start in starts:
         batch = [train[i] for i in order[start:start + a.batch_size]]
         if len(batch) < 2:
             continue
@@ -138,9 +152,9 @@ def main():
         valid = mask.bool()
         pair = (valid & torch.roll(valid, 1, 0)).reshape(-1)
         count += int(valid.sum())
-        for li, (u, s, vh, gamma) in enumerate(svds):
+        for li, (u, s, vh, gamma, beta) in enumerate(svds):
             x, g = captured[li]
-            xhat = (x / gamma).reshape(-1, x.shape[-1])
+            xhat = ((x - beta) / gamma).reshape(-1, x.shape[-1])
             dx = (torch.roll(xhat.reshape(x.shape), 1, 0).reshape_as(xhat) - xhat)
             gh = g.float().reshape(-1, kv, hd).transpose(0, 1)  # [H, N, hd]
             sc = torch.einsum("nd,hdr->hnr", dx, u) * torch.bmm(gh, vh.transpose(1, 2)) * s[:, None, :]
@@ -159,14 +173,16 @@ def main():
     pruned[scores.reshape(-1).argsort()[:n]] = True
     pruned = pruned.reshape(scores.shape)
     originals = []
-    for li, (layer, (u, s, vh, gamma)) in enumerate(zip(layers, svds)):
+    for li, (layer, (u, s, vh, gamma, beta)) in enumerate(zip(layers, svds)):
         keep = pruned[li].reshape(kv, hd).float()
         removed = torch.einsum("hdr,hr,hro->hdo", u, s * keep, vh)  # [H, d, hd] of E
         delta_w = -(removed / gamma[None, :, None]).transpose(1, 2).reshape(kv * hd, -1)
         k = layer.self_attn.k_proj
         originals.append((k.weight.data.clone(), None if k.bias is None else k.bias.data.clone()))
         k.weight.data += delta_w
-        mean = sums[li] / max(count, 1)
+        # x delta_w^T = -(xhat + beta / gamma) removed: the mean's share and beta's constant
+        # go to the bias.
+        mean = sums[li] / max(count, 1) + beta / gamma
         bias = torch.einsum("d,hdo->ho", mean, removed).reshape(-1)
         if k.bias is None:
             k.bias = torch.nn.Parameter(bias, requires_grad=False)

@@ -17,6 +17,7 @@ use tokenizers::Tokenizer;
 
 use crate::batch::{answer_targets, encode_example, pack, Packed, Sequence};
 use crate::config::NormKind;
+use crate::score_terms::{gather_f32, product_aggregate, RowNorm, Rows};
 use crate::svd::SiteSvd;
 use crate::tasks::Example;
 use crate::trace::{Component, Trace};
@@ -567,7 +568,7 @@ fn score_batch(
     let (loss, packed) = answer_loss_grouped(model, seqs, sizes, &mut trace)?;
     let (b, t) = (seqs.len(), packed.width);
     acc.lap(device, 0, &mut mark)?;
-    let grads = loss.backward()?;
+    let grads = trace.backward(&loss)?;
     acc.lap(device, 1, &mut mark)?;
 
     // Each row's corrupting row: the previous one of its group, the first taking the last.
@@ -616,40 +617,26 @@ fn score_batch(
             .output_grad(&grads, site.layer, site.component)
             .ok_or_else(|| EngineError::InvalidInput("no gradient at a traced site".into()))?;
         // Scores are f32 whatever dtype the forward ran in.
-        let g = g
-            .reshape((b * t, g.dim(D::Minus1)?))?
-            .index_select(&here, 0)?
-            .to_dtype(DType::F32)?;
-        let resid = rec
-            .resid_pre
-            .as_ref()
-            .map(|r| r.to_dtype(DType::F32))
-            .transpose()?;
-        let resid = resid.as_ref();
-        let xhat = match (site.folded, resid) {
-            (true, Some(r)) => normalise(r, model.config.norm, model.config.norm_eps)?,
-            _ => rec.input.to_dtype(DType::F32)?,
+        let g = gather_f32(&g.reshape((b * t, g.dim(D::Minus1)?))?, &here)?;
+        // `means`: the rows the bias mean sums (a folded site's normalised residual, else the
+        // map's input); `inputs`: the rows whose corrupted differences are projected.
+        let (means, inputs) = match (&rec.resid_pre, site.folded) {
+            (Some(r), true) => {
+                let norm = RowNorm::Normalised(model.config.norm, model.config.norm_eps);
+                let raw = matches!(input, InputMode::ResidPre)
+                    .then(|| Rows::new(r, RowNorm::Plain))
+                    .transpose()?;
+                (Rows::new(r, norm)?, raw)
+            }
+            _ => (Rows::new(&rec.input, RowNorm::Plain)?, None),
         };
-        let x = match (input, site.folded, resid) {
-            (InputMode::ResidPre, true, Some(r)) => r.clone(),
-            _ => xhat.clone(),
-        };
-        let d_in = x.dim(D::Minus1)?;
-        let x = x.reshape((b * t, d_in))?;
-        let dx = (x.index_select(&there, 0)? - x.index_select(&here, 0)?)?;
+        let dx = inputs.as_ref().unwrap_or(&means).diff(&there, &here)?;
         // Every head of the site at once: [n, heads * r] products; the singular values (>= 0)
         // scale each column after the max or the sum, which leaves the max exact.
         let a = plan.project_in(&dx)?;
         let gv = plan.project_out(&g)?;
-        let products = (a * gv)?;
-        let agg = match acc.agg {
-            Aggregate::Max => products.max(0)?,
-            Aggregate::Mean => products.sum(0)?,
-            Aggregate::MeanAbs => products.abs()?.sum(0)?,
-        };
-        head_aggs.push((agg * &plan.s)?);
-        let xhat = xhat.reshape((b * t, d_in))?;
-        input_sums.push(xhat.index_select(&real, 0)?.sum(0)?);
+        head_aggs.push((product_aggregate(&a, &gv, acc.agg)? * &plan.s)?);
+        input_sums.push(means.sum(&real)?);
     }
     let mut batch_agg = Tensor::cat(&head_aggs, 0)?
         .to_dtype(DType::F32)?

@@ -65,3 +65,10 @@ fn set_tf32(on: bool) {
     #[cfg(not(feature = "cuda"))]
     let _ = on;
 }
+
+/// Whether eigenprune's own CUDA kernels (the traced forward's backward ops, the score terms)
+/// compiled with NVRTC on this machine; where they did not, the composites run, slower.
+#[cfg(feature = "cuda")]
+pub fn own_kernels_compile() -> bool {
+    crate::grad_ops_cuda::compiled() && crate::score_terms_cuda::compiled()
+}

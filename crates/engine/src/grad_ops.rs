@@ -3,11 +3,12 @@
 //! candle's fused softmax, norms and rotary kernels have no backward, and their composite
 //! forms cost a dozen kernels each way plus a zeroed gradient buffer per node. Here the fused
 //! kernel runs the forward on the detached input, and a node carries the result together
-//! with its backward written as one formula: the output is the fused result (one device
-//! copy), the gradient the formula's. The formulas run in f32 whatever the dtype (bf16
+//! with its backward written as one formula: the output is the fused result (its storage
+//! shared, no copy), the gradient the formula's. The formulas run in f32 whatever the dtype (bf16
 //! sweeps keep f32 statistics), then return in the input's dtype.
 
-use candle_core::backend::BackendStorage;
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 
 use crate::config::Activation;
@@ -19,16 +20,9 @@ trait Backward: Send + Sync + 'static {
     fn grad(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor>;
 }
 
-/// The node: arg1 is the input, arg2 the already computed (detached) output it returns.
+/// The node: arg1 is the input, arg2 the already computed (detached) output, whose storage
+/// the node shares (`Tensor::attach_op2_arc`, vendored): only its backward ever runs.
 struct WithBackward<B>(B);
-
-/// The output's own storage, copied (the fused op wrote it fresh and contiguous).
-fn copied<S: BackendStorage>(s: &S, l: &Layout) -> candle_core::Result<(S, Shape)> {
-    if l.start_offset() != 0 || !l.is_contiguous() {
-        candle_core::bail!("a fused result must be fresh and contiguous")
-    }
-    Ok((s.try_clone(l)?, l.shape().clone()))
-}
 
 impl<B: Backward> CustomOp2 for WithBackward<B> {
     fn name(&self) -> &'static str {
@@ -39,21 +33,10 @@ impl<B: Backward> CustomOp2 for WithBackward<B> {
         &self,
         _: &CpuStorage,
         _: &Layout,
-        y: &CpuStorage,
-        l: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        copied(y, l)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
+        _: &CpuStorage,
         _: &Layout,
-        y: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        copied(y, l)
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("{}: an attached node has no forward of its own", B::NAME)
     }
 
     fn bwd(
@@ -68,14 +51,14 @@ impl<B: Backward> CustomOp2 for WithBackward<B> {
     }
 }
 
-/// `fused(x)` as a node of x's graph with `backward`'s gradient.
+/// `fused(x)` as a node of x's graph with `backward`'s gradient (no copy of the result).
 fn attach<B: Backward>(
     x: &Tensor,
     fused: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
     backward: B,
 ) -> candle_core::Result<Tensor> {
     let y = fused(&x.detach())?.contiguous()?.detach();
-    x.apply_op2(&y, WithBackward(backward))
+    Ok(x.attach_op2_arc(&y, &y, Arc::new(Box::new(WithBackward(backward)))))
 }
 
 fn f32(t: &Tensor) -> candle_core::Result<Tensor> {
@@ -264,12 +247,28 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize) -> candle_core::
     )
 }
 
+/// x [B, A, C, D] -> [B, C, A, D], contiguous (the attention heads' split and merge). A
+/// swap with a size-1 axis is a reshape; on a GPU one kernel (in a traced forward one node,
+/// its backward the same swap); elsewhere candle's transpose and copy.
+pub fn swap_axes12(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, a, c, d) = x.dims4()?;
+    if a == 1 || c == 1 {
+        return x.contiguous()?.reshape((b, c, a, d));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(y) = crate::grad_ops_cuda::swap_axes12(x)? {
+        return Ok(y);
+    }
+    x.transpose(1, 2)?.contiguous()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// d(sum(f(x) * probe))/dx through the fused op and through the composite, f32 and bf16.
+    /// d(sum(f(x) * probe))/dx through the fused op and through the composite, f32 and bf16
+    /// (the probe shaped as f(x), which may permute x's axes).
     fn same_gradient(
         shape: &[usize],
         fused: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
@@ -294,6 +293,7 @@ mod tests {
                 )
                 .unwrap();
                 let y = f(x.as_tensor()).unwrap();
+                let probe = probe.reshape(y.shape()).unwrap();
                 let loss = (y.to_dtype(DType::F32).unwrap() * &probe)
                     .unwrap()
                     .sum_all()
@@ -364,7 +364,8 @@ mod tests {
 
     /// The vendored candle-core's backprop (vendor/README.md): a constant gets no gradient
     /// (candle's own stored a zeroed buffer plus a sum for it), a tensor used twice gets both
-    /// uses' sum, and a first gradient that arrives as a view is stored contiguous.
+    /// uses' sum, a first gradient that arrives as a view is stored contiguous, and
+    /// `backward_keeping` keeps a chosen intermediate's gradient.
     #[test]
     fn backprop_skips_constants_and_sums_repeated_uses() {
         let dev = Device::Cpu;
@@ -383,6 +384,20 @@ mod tests {
             gx.to_vec2::<f32>().unwrap(),
             vec![vec![3f32, 5., 1.], vec![1., 3., 7.]]
         );
+        // `backward_keeping` also keeps an intermediate's gradient (d loss / dh = 2); plain
+        // backward keeps none.
+        assert!(grads.get(&h).is_none());
+        let kept = loss
+            .backward_keeping(&std::collections::HashSet::from([h.id()]))
+            .unwrap();
+        assert_eq!(
+            kept.get(&h).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![2f32; 3]; 2]
+        );
+        assert_eq!(
+            kept.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+            gx.to_vec2::<f32>().unwrap()
+        );
         // Through a transpose alone, x's only gradient is a transposed view: stored contiguous.
         let y = x
             .as_tensor()
@@ -394,6 +409,15 @@ mod tests {
             .unwrap();
         let gy = y.backward().unwrap();
         assert!(gy.get(x.as_tensor()).unwrap().is_contiguous());
+    }
+
+    /// The swap equals candle's transpose + copy, with and without a size-1 axis, values and
+    /// gradients.
+    #[test]
+    fn swap_axes12_is_transpose_then_copy() {
+        for shape in [[2, 3, 5, 4], [2, 1, 5, 4], [2, 3, 1, 4]] {
+            same_gradient(&shape, swap_axes12, |x| x.transpose(1, 2)?.contiguous());
+        }
     }
 
     /// Whole-head rotary and Phi's partial one (the last dims passed through).

@@ -1,6 +1,7 @@
 //! [`crate::grad_ops`]' backward formulas on the GPU, one kernel each instead of six to ten
 //! elementwise ones: softmax (a warp per row), RMSNorm and LayerNorm (a block per row), and the
-//! activations' derivative (elementwise); and a linear map's bias add ([`BiasAdd`]). f32
+//! activations' derivative (elementwise); a linear map's bias add ([`BiasAdd`]) and the
+//! attention heads' split and merge ([`SwapAxes12`]). f32
 //! arithmetic whatever the storage (f32 or bf16).
 //! Compiled with NVRTC on first use; where that fails, or for other dtypes, the callers keep
 //! the composite formula.
@@ -14,7 +15,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor,
+};
 
 use crate::config::Activation;
 
@@ -127,6 +130,20 @@ BOTH(norm_bwd, NORM_ARGS, norm_bwd(x, w, g, dx, d, eps, layer))
 BOTH(act_bwd, ACT_ARGS, act_bwd(x, g, dx, n, act))
 #define BIAS_ARGS(T) (const T* y, const T* b, T* out, int rows, int n)
 BOTH(bias_add, BIAS_ARGS, bias_add(y, b, out, rows, n))
+
+// y [B, C, A, Dw] = x [B, A, C, Dw] in words W (a row of D values cut into Dw words): a thread
+// per word of y, 32-bit index arithmetic (candle's strided copy divides in 64 bits).
+template <typename W>
+__device__ void swap12(const W* x, W* y, unsigned a, unsigned c, unsigned dw, unsigned n) {
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const unsigned d = i % dw, r = i / dw, ai = r % a, r2 = r / a, ci = r2 % c, bi = r2 / c;
+    y[i] = x[((bi * a + ai) * c + ci) * dw + d];
+  }
+}
+#define SWAP_ARGS(W) (const W* x, W* y, unsigned a, unsigned c, unsigned dw, unsigned n)
+extern "C" __global__ void swap12_w16 SWAP_ARGS(uint4) { swap12(x, y, a, c, dw, n); }
+extern "C" __global__ void swap12_w4 SWAP_ARGS(unsigned int) { swap12(x, y, a, c, dw, n); }
+extern "C" __global__ void swap12_w2 SWAP_ARGS(unsigned short) { swap12(x, y, a, c, dw, n); }
 "#
 );
 
@@ -144,6 +161,11 @@ fn ptx() -> Option<&'static str> {
         }
     })
     .as_deref()
+}
+
+/// Whether the kernels compiled.
+pub(crate) fn compiled() -> bool {
+    ptx().is_some()
 }
 
 /// Whether the kernels run for `dtype`.
@@ -410,4 +432,87 @@ pub(crate) fn bias_add(y: &Tensor, bias: &Tensor) -> candle_core::Result<Option<
         return Ok(None);
     }
     y.apply_op2(bias, BiasAdd).map(Some)
+}
+
+/// x [B, A, C, D] -> [B, C, A, D], contiguous, in one kernel that moves 16-, 4- or 2-byte words
+/// (the widest that divides a row of D and the start); as a node, its backward is the same
+/// swap of the gradient.
+struct SwapAxes12;
+
+impl CustomOp1 for SwapAxes12 {
+    fn name(&self) -> &'static str {
+        "swap-axes-1-2"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("swap-axes-1-2 runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("swap-axes-1-2 needs a contiguous input")
+        };
+        let Some(ptx) = ptx() else {
+            candle_core::bail!("the kernels did not compile")
+        };
+        let (b, a, c, d) = l.shape().dims4()?;
+        let size = x.dtype().size_in_bytes();
+        let word = [16, 4, 2]
+            .into_iter()
+            .find(|w| (d * size) % w == 0 && (o0 * size) % w == 0)
+            .ok_or_else(|| candle_core::Error::Msg("swap-axes-1-2: odd row size".into()))?;
+        let dw = d * size / word;
+        let words = (o1 - o0) * size / word;
+        let dev = x.device().clone();
+        let func = dev.get_or_load_custom_func(&format!("swap12_w{word}"), MODULE, ptx)?;
+        let cfg = LaunchConfig {
+            grid_dim: (words.div_ceil(256).min(1 << 20) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (a32, c32, dw32, n32) = (a as u32, c as u32, dw as u32, words as u32);
+        macro_rules! go {
+            ($t:ty) => {{
+                let xs = x.as_cuda_slice::<$t>()?.slice(o0..o1);
+                // SAFETY: every element is written by the kernel before it is read.
+                let out = unsafe { dev.alloc::<$t>(o1 - o0) }?;
+                let mut bld = func.builder();
+                bld.arg(&xs)
+                    .arg(&out)
+                    .arg(&a32)
+                    .arg(&c32)
+                    .arg(&dw32)
+                    .arg(&n32);
+                // SAFETY: x and out hold B x A x C x D contiguous values, `words` words each,
+                // aligned to the word (checked above; allocations are 256-byte aligned).
+                unsafe { bld.launch(cfg) }.w()?;
+                drop(bld);
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let storage = match x.dtype() {
+            DType::F32 => go!(f32),
+            DType::BF16 => go!(half::bf16),
+            DType::F16 => go!(half::f16),
+            other => candle_core::bail!("swap-axes-1-2 does not move {other:?}"),
+        };
+        Ok((storage, Shape::from((b, c, a, d))))
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        crate::grad_ops::swap_axes12(grad).map(Some)
+    }
+}
+
+/// [`SwapAxes12`] of a rank-4 CUDA tensor (made contiguous first); None where it cannot run.
+pub(crate) fn swap_axes12(x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let fits = x.device().is_cuda()
+        && ptx().is_some()
+        && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && x.rank() == 4
+        && x.elem_count() * x.dtype().size_in_bytes() / 2 < u32::MAX as usize;
+    if !fits {
+        return Ok(None);
+    }
+    x.contiguous()?.apply_op1(SwapAxes12).map(Some)
 }

@@ -52,6 +52,9 @@ mod row_edits_cuda;
 pub mod row_stats;
 #[cfg(feature = "cuda")]
 mod row_stats_cuda;
+mod score_terms;
+#[cfg(feature = "cuda")]
+mod score_terms_cuda;
 pub mod svd;
 #[cfg(feature = "cuda")]
 mod svd_cuda;

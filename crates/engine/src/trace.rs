@@ -1,9 +1,9 @@
 //! Recording the inputs of chosen linear maps during a forward pass, and the gradients
 //! at their outputs after backward: exactly what eigenpruning's attribution needs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{backprop::GradStore, Tensor, TensorId, Var};
 
 /// The linear maps of a block that can be traced (and pruned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,9 +53,8 @@ pub struct Record {
     /// The residual stream before the block's norm, [B, T, d_model] (detached);
     /// only for maps that read a normed residual (q, k, v, mlp_in).
     pub resid_pre: Option<Tensor>,
-    /// A zero variable added to the map's output: candle keeps gradients of variables
-    /// only, and d(loss)/d(probe) is d(loss)/d(output).
-    pub probe: Var,
+    /// The map's output as the forward used it: [`Trace::backward`] keeps its gradient.
+    pub output: Tensor,
 }
 
 /// Ask the forward to record some components; read the records and their gradients after.
@@ -77,8 +76,10 @@ impl Trace {
         self.components.contains(&component)
     }
 
-    /// Records a map's input and returns its output with a gradient probe attached
-    /// (unchanged when the component is not traced).
+    /// Records a map's input and output. An output that depends on no variable (the first
+    /// traced maps: the weights are constants) becomes one, a copy; the later outputs depend
+    /// on it and are tracked as they are, with no probe added: [`Trace::backward`] keeps their
+    /// gradients.
     pub(crate) fn tap(
         &mut self,
         layer: usize,
@@ -90,22 +91,32 @@ impl Trace {
         if !self.wants(component) {
             return Ok(output);
         }
-        let probe = Var::zeros(output.shape(), output.dtype(), output.device())?;
-        let tapped = (output + probe.as_tensor())?;
+        let output = if output.track_op() {
+            output
+        } else {
+            Var::from_tensor(&output)?.into_inner()
+        };
         let record = Record {
             input: input.detach(),
             resid_pre: resid_pre.map(Tensor::detach),
-            probe,
+            output: output.clone(),
         };
         self.records.insert((layer, component), record);
-        Ok(tapped)
+        Ok(output)
+    }
+
+    /// Backprop from `loss`, keeping the gradient at every recorded output.
+    pub fn backward(&self, loss: &Tensor) -> candle_core::Result<GradStore> {
+        let keep: HashSet<TensorId> = self.records.values().map(|r| r.output.id()).collect();
+        loss.backward_keeping(&keep)
     }
 
     pub fn get(&self, layer: usize, component: Component) -> Option<&Record> {
         self.records.get(&(layer, component))
     }
 
-    /// The gradient of the loss at the map's output, [B, T, d_out].
+    /// The gradient of the loss at the map's output, [B, T, d_out], from the store
+    /// [`Trace::backward`] returned (a plain `backward` keeps only the first layer's).
     pub fn output_grad<'g>(
         &self,
         grads: &'g GradStore,
@@ -113,6 +124,6 @@ impl Trace {
         component: Component,
     ) -> Option<&'g Tensor> {
         self.get(layer, component)
-            .and_then(|r| grads.get(r.probe.as_tensor()))
+            .and_then(|r| grads.get(&r.output))
     }
 }

@@ -348,9 +348,7 @@ impl Transformer {
         let c = &self.config;
         let (b, t, _) = q.dims3()?;
         let heads = |x: &Tensor, n: usize| -> candle_core::Result<Tensor> {
-            x.reshape((b, t, n, c.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+            crate::grad_ops::swap_axes12(&x.reshape((b, t, n, c.head_dim))?)
         };
         let blk = &self.weights.blocks[layer];
         let local = c.is_local(layer);
@@ -397,7 +395,7 @@ impl Transformer {
             candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, c.n_kv_heads, rep * t, tk))?
         };
         let ctx = probs.matmul(&v)?.reshape((b, c.n_heads, t, c.head_dim))?;
-        Ok(ctx.transpose(1, 2)?.reshape((b, t, c.q_dim()))?)
+        Ok(crate::grad_ops::swap_axes12(&ctx)?.reshape((b, t, c.q_dim()))?)
     }
 
     /// The rows of rotary `tables` at `positions`.

@@ -21,6 +21,13 @@ fn load(name: &str, device: &Device) -> LoadedModel {
     load_model(fixture_dir(name).to_str().unwrap(), &opts).unwrap()
 }
 
+/// The kernels compile (NVRTC): where they do not, the composites run and every other test
+/// here would pass without them.
+#[test]
+fn own_kernels_compile() {
+    assert!(eigenprune_engine::device::own_kernels_compile());
+}
+
 #[test]
 fn cusolver_svd_matches_cpu_svd() {
     let gpu = Device::new_cuda(0).unwrap();
@@ -67,35 +74,61 @@ fn cusolver_svd_matches_cpu_svd() {
     }
 }
 
+/// The GPU's f32 sweep (its fused backward ops and score kernels) against the CPU's: every
+/// score and input mean, for each aggregate and input mode, at a folded site (k: the
+/// normalised residual) and a plain one (o).
 #[test]
 fn sweep_on_gpu_matches_cpu() {
+    use eigenprune_engine::attribution::{Aggregate, InputMode};
     let gpu = Device::new_cuda(0).unwrap();
     let examples = common::times_seven();
-    let settings = SweepSettings {
-        batch_size: 4,
-        precision: Some(Precision::F32),
-        ..Default::default()
-    };
+    let variants = [
+        (Aggregate::Max, InputMode::Normed),
+        (Aggregate::Mean, InputMode::ResidPre),
+        (Aggregate::MeanAbs, InputMode::Normed),
+    ];
     for arch in ARCHS {
-        let mut scores = Vec::new();
-        for device in [Device::Cpu, gpu.clone()] {
-            let m = load(arch, &device);
-            let svds =
-                decompose_on(&m.model, &[Component::K, Component::O], SvdBackend::Cpu).unwrap();
-            let s = common::sweep_all(&m, &examples, &svds, &settings);
-            scores.push(s);
-        }
-        let (cpu, gpu_s) = (&scores[0], &scores[1]);
-        let (a, b) = (cpu.flat(), gpu_s.flat());
-        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = a
+        let models = [load(arch, &Device::Cpu), load(arch, &gpu)];
+        let comps = [Component::K, Component::O];
+        let svds: Vec<_> = models
             .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        eprintln!("{arch}: max |cpu - gpu| = {worst:e} of scale {scale:e}");
-        assert!(worst <= 1e-4 * scale, "{arch}: {worst} vs scale {scale}");
-        assert_eq!(cpu.tokens, gpu_s.tokens);
+            .map(|m| decompose_on(&m.model, &comps, SvdBackend::Cpu).unwrap())
+            .collect();
+        for (aggregate, input) in variants {
+            let settings = SweepSettings {
+                batch_size: 4,
+                precision: Some(Precision::F32),
+                aggregate,
+                input,
+                ..Default::default()
+            };
+            let [cpu, gpu_s] =
+                [0, 1].map(|i| common::sweep_all(&models[i], &examples, &svds[i], &settings));
+            let worst_of = |a: &[f32], b: &[f32]| {
+                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let worst = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                (worst, scale)
+            };
+            let (worst, scale) = worst_of(&cpu.flat(), &gpu_s.flat());
+            eprintln!(
+                "{arch} {aggregate:?} {input:?}: max |cpu - gpu| = {worst:e} of scale {scale:e}"
+            );
+            assert!(
+                worst <= 1e-4 * scale,
+                "{arch} {aggregate:?} {input:?}: {worst} vs scale {scale}"
+            );
+            let means = |s: &eigenprune_engine::attribution::Scores| s.input_means.concat();
+            let (worst, scale) = worst_of(&means(&cpu), &means(&gpu_s));
+            assert!(
+                worst <= 1e-4 * scale,
+                "{arch}: input means differ by {worst} of {scale}"
+            );
+            assert_eq!(cpu.tokens, gpu_s.tokens);
+        }
     }
 }
 

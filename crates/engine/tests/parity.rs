@@ -83,7 +83,7 @@ fn check(name: &str) {
         "{name}: loss {got_loss} vs {want_loss}"
     );
 
-    let grads = loss.backward().unwrap();
+    let grads = trace.backward(&loss).unwrap();
     for layer in 0..model.config.n_layers {
         let g = trace
             .output_grad(&grads, layer, Component::K)

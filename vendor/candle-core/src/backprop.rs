@@ -163,6 +163,12 @@ impl Tensor {
     }
 
     pub fn backward(&self) -> Result<GradStore> {
+        self.backward_keeping(&HashSet::new())
+    }
+
+    /// eigenprune: `backward`, also keeping the gradients of the tensors in `keep` that are
+    /// not variables (PyTorch's `retain_grad`): a tensor's gradient without a probe added to it.
+    pub fn backward_keeping(&self, keep: &HashSet<TensorId>) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
         // eigenprune: the tensors that get a gradient (the others are constants).
         let graph: HashSet<TensorId> = sorted_nodes.iter().map(|n| n.id()).collect();
@@ -183,6 +189,9 @@ impl Tensor {
             // derivatives but these are out of scope at the moment.
             let do_not_detach = CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
             let grad = if do_not_detach { grad } else { grad.detach() };
+            if keep.contains(&node.id()) {
+                grads.insert(node, grad.clone());
+            }
             if let Some(op) = node.op() {
                 match op {
                     Op::Binary(lhs, rhs, BinaryOp::Add) => {

@@ -2392,6 +2392,28 @@ impl Tensor {
         }
     }
 
+    /// eigenprune: `result`, already computed from `self` and `rhs`, as the node of `c` over
+    /// them, sharing `result`'s storage (no copy): backprop calls `c.bwd(self, rhs, result,
+    /// grad)`; `c`'s forward is never run. For a fused kernel's output with a backward.
+    pub fn attach_op2_arc(
+        &self,
+        rhs: &Self,
+        result: &Self,
+        c: Arc<Box<dyn crate::CustomOp2 + Send + Sync>>,
+    ) -> Tensor {
+        let op = BackpropOp::new2(self, rhs, |t1, t2| Op::CustomOp2(t1, t2, c.clone()));
+        let tensor_ = Tensor_ {
+            id: TensorId::new(),
+            storage: result.storage.clone(),
+            layout: result.layout.clone(),
+            op,
+            is_variable: false,
+            dtype: result.dtype,
+            device: result.device.clone(),
+        };
+        Tensor(Arc::new(tensor_))
+    }
+
     /// If the target device is the same as the tensor device, only a shallow copy is performed.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         if self.device().same_device(device) {

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""A seeded random-weights HF checkpoint at a model's shape, for whole-job timings at a size no
+real checkpoint here has (Phi-2's): config.json + model.safetensors (bf16) + tokenizer.json.
+
+    python3 scripts/random_checkpoint.py --shape bench/shapes/phi2.json \
+        --tokenizer tests/fixtures/phi/tokenizer.json --out /tmp/phi2-random
+
+The tokenizer is the fixtures' small byte-level BPE (both eigenprune and the PyTorch script read
+the same one, so prompts tokenise alike in both); the weights follow transformers' own init.
+"""
+import argparse
+import json
+import os
+import shutil
+
+import torch
+import transformers
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", required=True)
+    ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    cfg = json.load(open(a.shape))
+    cfg.update({"bos_token_id": 0, "eos_token_id": 0})
+    config = transformers.AutoConfig.for_model(**cfg)
+    torch.manual_seed(a.seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    os.makedirs(a.out, exist_ok=True)
+    model.save_pretrained(a.out, safe_serialization=True, max_shard_size="100GB")
+    shutil.copy(a.tokenizer, os.path.join(a.out, "tokenizer.json"))
+    n = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"out": a.out, "parameters": n, "files": sorted(os.listdir(a.out))}))
+
+
+if __name__ == "__main__":
+    main()
