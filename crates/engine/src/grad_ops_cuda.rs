@@ -459,7 +459,7 @@ impl CustomOp1 for SwapAxes12 {
         let size = x.dtype().size_in_bytes();
         let word = [16, 4, 2]
             .into_iter()
-            .find(|w| (d * size) % w == 0 && (o0 * size) % w == 0)
+            .find(|&w| (d * size).is_multiple_of(w) && (o0 * size).is_multiple_of(w))
             .ok_or_else(|| candle_core::Error::Msg("swap-axes-1-2: odd row size".into()))?;
         let dw = d * size / word;
         let words = (o1 - o0) * size / word;
