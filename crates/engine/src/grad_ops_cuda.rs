@@ -23,25 +23,8 @@ use crate::config::Activation;
 
 const SOURCE: &str = concat!(
     kernel_prelude!(),
+    reduction_prelude!(),
     r#"
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-
-// The sum of v over the block (blockDim.x a multiple of 32, at most 1024), on every thread.
-__device__ float block_sum(float v, float* shared) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < warps; ++w) total += shared[w];
-  return total;
-}
-
 // dx = scale * y * (g - sum(g * y)), a warp per row of n.
 template <typename T>
 __device__ void softmax_bwd(const T* y, const T* g, T* dx, int rows, int n, float scale) {

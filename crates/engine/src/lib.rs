@@ -22,6 +22,30 @@ __device__ __forceinline__ void st(unsigned short* p, float v) {
     };
 }
 
+/// The block reductions of the kernels that reduce a row per block: a warp's sum, and the
+/// block's sum on every thread (blockDim.x a multiple of 32, at most 1024).
+#[cfg(feature = "cuda")]
+macro_rules! reduction_prelude {
+    () => {
+        r#"
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+__device__ float block_sum(float v, float* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < warps; ++w) total += shared[w];
+  return total;
+}
+"#
+    };
+}
+
 pub mod attribution;
 pub mod batch;
 mod batch_scoring;

@@ -17,15 +17,16 @@ pub(crate) enum RowNorm {
     Normalised(NormKind, f64),
 }
 
-/// A site's input rows, [N, d] in the forward's dtype, read through `norm`.
-pub(crate) struct Rows {
-    // Read by the GPU path only.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    x: Tensor,
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    norm: RowNorm,
-    /// The CPU path's f32 (normalised) rows, computed once for both terms.
-    dense: Option<Tensor>,
+/// A site's input rows [N, d], read through a norm: on a GPU the rows in the forward's dtype
+/// with each row's statistics (computed once, for both terms); elsewhere the f32 (normalised)
+/// rows.
+pub(crate) enum Rows {
+    Dense(Tensor),
+    #[cfg(feature = "cuda")]
+    Device {
+        x: Tensor,
+        stats: Tensor,
+    },
 }
 
 impl Rows {
@@ -34,43 +35,31 @@ impl Rows {
         let x = x.reshape((x.elem_count() / d.max(1), d))?;
         #[cfg(feature = "cuda")]
         if crate::score_terms_cuda::fits(&x) {
-            return Ok(Self {
-                x,
-                norm,
-                dense: None,
-            });
+            let stats = crate::score_terms_cuda::row_stats(&x, norm)?;
+            return Ok(Self::Device { x, stats });
         }
         let f = x.to_dtype(DType::F32)?;
-        let dense = match norm {
+        Ok(Self::Dense(match norm {
             RowNorm::Plain => f,
             RowNorm::Normalised(kind, eps) => normalise(&f, kind, eps)?,
-        };
-        Ok(Self {
-            x,
-            norm,
-            dense: Some(dense),
-        })
+        }))
     }
 
     /// rows[there] - rows[here], [n, d].
     pub(crate) fn diff(&self, there: &Tensor, here: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.dense {
-            Some(x) => x.index_select(there, 0)? - x.index_select(here, 0)?,
+        match self {
+            Self::Dense(x) => x.index_select(there, 0)? - x.index_select(here, 0)?,
             #[cfg(feature = "cuda")]
-            None => crate::score_terms_cuda::row_diff(&self.x, self.norm, there, here),
-            #[cfg(not(feature = "cuda"))]
-            None => unreachable!("rows are dense without CUDA"),
+            Self::Device { x, stats } => crate::score_terms_cuda::row_diff(x, stats, there, here),
         }
     }
 
     /// The sum of rows[r] over `rows`, [d].
     pub(crate) fn sum(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.dense {
-            Some(x) => x.index_select(rows, 0)?.sum(0),
+        match self {
+            Self::Dense(x) => x.index_select(rows, 0)?.sum(0),
             #[cfg(feature = "cuda")]
-            None => crate::score_terms_cuda::row_sum(&self.x, self.norm, rows),
-            #[cfg(not(feature = "cuda"))]
-            None => unreachable!("rows are dense without CUDA"),
+            Self::Device { x, stats } => crate::score_terms_cuda::row_sum(x, stats, rows),
         }
     }
 }

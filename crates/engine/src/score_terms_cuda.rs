@@ -1,6 +1,6 @@
-//! [`crate::score_terms`] on the GPU: each term one kernel (two for the normalised ones: the
-//! rows' statistics first) reading the forward's tensors in their dtype (f32 or bf16), f32
-//! out. Reductions over rows run in chunks of rows (a thread per column), the chunks' partial
+//! [`crate::score_terms`] on the GPU: each term one kernel reading the forward's tensors in
+//! their dtype (f32 or bf16), f32 out; a site's rows get their statistics once ([`row_stats`]),
+//! which the difference and the sum both read. Reductions over rows run in chunks of rows (a thread per column), the chunks' partial
 //! results then reduced by candle: deterministic, no atomics. NVRTC on first use; where it
 //! fails, the callers keep the composite.
 
@@ -21,18 +21,8 @@ use crate::score_terms::RowNorm;
 
 const SOURCE: &str = concat!(
     kernel_prelude!(),
+    reduction_prelude!(),
     r#"
-__device__ float block_sum(float v, float* shared) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < warps; ++w) total += shared[w];
-  return total;
-}
-
 // (mean, r) per row of d, a block per row. kind 0: (0, 1); 1 (RMS): (0, 1/sqrt(mean(x^2) + eps));
 // 2 (LayerNorm): (mean, 1/sqrt(mean((x - mean)^2) + eps)).
 template <typename T>
@@ -215,7 +205,7 @@ macro_rules! with_views {
 }
 
 /// Each row's (mean, r) under `norm`, f32 [N, 2].
-fn stats(x: &Tensor, norm: RowNorm) -> candle_core::Result<Tensor> {
+pub(crate) fn row_stats(x: &Tensor, norm: RowNorm) -> candle_core::Result<Tensor> {
     let (rows, d) = x.dims2()?;
     let (eps, kind) = match norm {
         RowNorm::Plain => (0f32, 0i32),
@@ -243,14 +233,13 @@ fn stats(x: &Tensor, norm: RowNorm) -> candle_core::Result<Tensor> {
     })
 }
 
-/// rows[there] - rows[here] of x [N, d] read through `norm`, f32 [n, d].
+/// rows[there] - rows[here] of x [N, d] normalised with its [`row_stats`], f32 [n, d].
 pub(crate) fn row_diff(
     x: &Tensor,
-    norm: RowNorm,
+    st: &Tensor,
     there: &Tensor,
     here: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let st = stats(x, norm)?;
     let d = x.dim(1)?;
     let n = here.dim(0)?;
     let (n32, d32) = (n as u32, d as u32);
@@ -270,9 +259,8 @@ pub(crate) fn row_diff(
     })
 }
 
-/// The sum of x's rows at `rows`, read through `norm`, f32 [d].
-pub(crate) fn row_sum(x: &Tensor, norm: RowNorm, rows: &Tensor) -> candle_core::Result<Tensor> {
-    let st = stats(x, norm)?;
+/// The sum of x's rows at `rows`, normalised with its [`row_stats`], f32 [d].
+pub(crate) fn row_sum(x: &Tensor, st: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor> {
     let d = x.dim(1)?;
     let n = rows.dim(0)?;
     let chunks = n.div_ceil(CHUNK).max(1);
