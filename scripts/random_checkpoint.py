@@ -5,8 +5,11 @@ real checkpoint here has (Phi-2's): config.json + model.safetensors (bf16) + tok
     python3 scripts/random_checkpoint.py --shape bench/shapes/phi2.json \
         --tokenizer tests/fixtures/phi/tokenizer.json --out /tmp/phi2-random
 
-The tokenizer is the fixtures' small byte-level BPE (both eigenprune and the PyTorch script read
-the same one, so prompts tokenise alike in both); the weights follow transformers' own init.
+--tokenizer is a tokenizer.json (the fixtures' small byte-level BPE) or a .gguf whose tokenizer
+is written out as tokenizer.json (`models/SmolLM2-135M-Instruct.Q4_1.gguf`: a real BPE, with
+which rte's prompts are SmolLM2's length; needs the `gguf` package). Both eigenprune and the
+PyTorch script read that one file, so prompts tokenise alike; the weights follow transformers'
+own init.
 """
 import argparse
 import json
@@ -32,7 +35,12 @@ def main():
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     os.makedirs(a.out, exist_ok=True)
     model.save_pretrained(a.out, safe_serialization=True, max_shard_size="100GB")
-    shutil.copy(a.tokenizer, os.path.join(a.out, "tokenizer.json"))
+    if a.tokenizer.endswith(".gguf"):
+        d, f = os.path.split(a.tokenizer)
+        tok = transformers.AutoTokenizer.from_pretrained(d or ".", gguf_file=f)
+        tok.backend_tokenizer.save(os.path.join(a.out, "tokenizer.json"))
+    else:
+        shutil.copy(a.tokenizer, os.path.join(a.out, "tokenizer.json"))
     n = sum(p.numel() for p in model.parameters())
     print(json.dumps({"out": a.out, "parameters": n, "files": sorted(os.listdir(a.out))}))
 
