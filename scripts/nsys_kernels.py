@@ -32,3 +32,25 @@ for table in ("CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET"):
         print(table, r)
     except Exception as ex:
         print(table, ex)
+# memcpy by direction (1: host to device, 2: device to host, 8: device to device)
+try:
+    for kind, n, t, b in db.execute("select copyKind, count(*), sum(end-start), sum(bytes) from CUPTI_ACTIVITY_KIND_MEMCPY "
+                                    "where start >= ? and end <= ? group by copyKind", (w[0][0], w[-1][1])):
+        print(f"memcpy kind {kind}: {n} copies, {t / 1e9:.4f} s, {b} bytes")
+except Exception as ex:
+    print("memcpy kinds:", ex)
+# host-side CUDA API calls in the window: what the host spent its time on between kernels
+try:
+    api = db.execute("select nameId, count(*), sum(end-start) from CUPTI_ACTIVITY_KIND_RUNTIME "
+                     "where start >= ? and end <= ? group by nameId order by sum(end-start) desc limit 15",
+                     (w[0][0], w[-1][1])).fetchall()
+    for name, n, t in api:
+        print(f"api {t / 1e9:8.4f} s {n:7d} x {t / n / 1e3:8.1f} us  {names.get(name, name)}")
+except Exception as ex:
+    print("api:", ex)
+# the longest idle gaps between consecutive kernels, and the kernel after each
+gaps = sorted(((w[i + 1][0] - w[i][1], i) for i in range(len(w) - 1)), reverse=True)[:10]
+idle_over_100us = sum(g for g, _ in ((w[i + 1][0] - w[i][1], i) for i in range(len(w) - 1)) if g > 100_000)
+print(f"idle in gaps over 100 us: {idle_over_100us / 1e9:.4f} s")
+for g, i in gaps:
+    print(f"gap {g / 1e3:9.1f} us before {w[i + 1][3][:60]} (after {w[i][3][:40]})")

@@ -7,7 +7,7 @@ plus a mean bias, and the paper's metric (argmax equals every answer token) befo
 Pruning math in f32, as eigenprune's.
 
     python3 scripts/whole_job_torch.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
-        --task int-mult|rte [--portion 0.2] [--autocast] [--json]
+        --task int-mult|rte [--portion 0.2] [--autocast] [--tf32] [--json]
 
 --model may also be an HF checkpoint directory with a tokenizer.json (scripts/random_checkpoint.py:
 Phi-2's shape with random weights; LayerNorm's shift is folded as eigenprune folds it).
@@ -67,7 +67,12 @@ def main():
     ap.add_argument("--autocast", action="store_true",
                     help="run the sweep's forward/backward under torch.autocast(bfloat16), as a "
                          "PyTorch user would for speed (the pruning math stays f32)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="f32 matmuls on tensor cores (torch.set_float32_matmul_precision('high')), "
+                         "as eigenprune's default GPU precision; sweep and evaluations")
     a = ap.parse_args()
+    if a.tf32:
+        torch.set_float32_matmul_precision("high")
     seconds = {}
     t0 = now()
     if os.path.isdir(a.model):  # an HF checkpoint with a tokenizer.json (random_checkpoint.py)
@@ -213,7 +218,7 @@ def main():
     t0 = now()
     before = evaluate()
     seconds["eval_before"] = now() - t0
-    out = {"task": a.task, "autocast": a.autocast, "train": len(train), "test": len(test), "pruned": n,
+    out = {"task": a.task, "autocast": a.autocast, "tf32": a.tf32, "train": len(train), "test": len(test), "pruned": n,
            "candidates": scores.numel(), "before": before, "after": after,
            "seconds": seconds, "job_seconds": sum(v for k, v in seconds.items() if k != "load")}
     print(json.dumps(out) if a.json else out)

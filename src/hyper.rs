@@ -40,7 +40,8 @@ pub struct Hyperparameters {
     pub pass_tokens: Option<usize>,
     /// What the sweep's forward and backward compute in: f32, tf32 (f32 with tensor-core
     /// products; a GPU only) or bf16 (scores, norms' statistics, softmax and loss stay f32).
-    /// Default: tf32 on a GPU, f32 on the CPU.
+    /// Unless f32, the job's evaluations take TF32 products on a GPU. Default: tf32 on a GPU,
+    /// f32 on the CPU.
     pub precision: Option<String>,
     /// Matrices pruned: k, q, v, o, mlp_in, mlp_out.
     pub components: Vec<String>,

@@ -103,7 +103,7 @@ pub fn parse_device(spec: &str) -> anyhow::Result<candle_core::Device> {
             // EIGENPRUNE_TF32=1: f32 matmuls on tensor cores (10-bit mantissa products).
             let tf32 = std::env::var("EIGENPRUNE_TF32").is_ok_and(|v| v == "1");
             candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
-            Ok(candle_core::Device::new_cuda(n)?)
+            Ok(eigenprune_engine::device::open_cuda(n)?)
         }
         other => anyhow::bail!("unknown device `{other}` (use cpu or cuda:N)"),
     }

@@ -35,8 +35,8 @@ pub struct PruneArgs {
     /// free memory; one batch per pass on the CPU.
     #[arg(long)]
     pub pass_tokens: Option<usize>,
-    /// f32 | tf32 | bf16: what the sweep computes in (scores stay f32). Default: tf32 on a
-    /// GPU, f32 on the CPU.
+    /// f32 | tf32 | bf16: what the sweep computes in (scores stay f32); unless f32, the
+    /// job's evaluations take TF32 products on a GPU. Default: tf32 on a GPU, f32 on the CPU.
     #[arg(long)]
     pub precision: Option<String>,
     /// Matrices to prune: any of k, q, v, o, mlp_in, mlp_out.

@@ -251,6 +251,7 @@ pub fn sweep_sequences(
         &cast
     };
     let _tf32 = crate::device::Tf32::enable(model.device(), precision != Precision::F32);
+    crate::grad_ops::install_gradient_sum();
     if settings.batch_size < 2 {
         return Err(EngineError::InvalidInput(
             "batch_size must be at least 2: the corrupted input is the previous example of the same batch, so with 1 every score is 0".into(),

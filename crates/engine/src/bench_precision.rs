@@ -23,9 +23,12 @@ pub struct PortionAgreement {
     pub pruned: usize,
     /// |f32 set ∩ other set| / |f32 set ∪ other set|.
     pub jaccard: f64,
-    /// Test examples right after the f32 edit and after the other's.
+    /// Test examples right after the f32 edit and after the other's (evaluated in f32).
     pub correct_f32: usize,
     pub correct_other: usize,
+    /// The other's edit evaluated with TF32 products, as a job in that precision evaluates
+    /// on a GPU (on the CPU the same as `correct_other`).
+    pub correct_other_tf32_eval: usize,
     pub test_size: usize,
 }
 
@@ -37,6 +40,9 @@ pub struct PrecisionAgreement {
     pub sweep_seconds_other: f64,
     /// Spearman's rank correlation of every score.
     pub spearman: f64,
+    /// The unedited model's test accuracy evaluated in f32 and with TF32 products.
+    pub correct_before_f32: usize,
+    pub correct_before_tf32_eval: usize,
     pub portions: Vec<PortionAgreement>,
 }
 
@@ -78,25 +84,32 @@ pub fn compare(
             select(&svds, &o32, portion)?,
             select(&svds, &oother, portion)?,
         );
+        let (correct_other, correct_other_tf32_eval) =
+            accuracy_after(model, tok, task, &svds, &b, &sother)?;
         rows.push(PortionAgreement {
             portion,
             pruned: a.count,
             jaccard: jaccard(&a, &b),
-            correct_f32: accuracy_after(model, tok, task, &svds, &a, &s32)?,
-            correct_other: accuracy_after(model, tok, task, &svds, &b, &sother)?,
+            correct_f32: accuracy_after(model, tok, task, &svds, &a, &s32)?.0,
+            correct_other,
+            correct_other_tf32_eval,
             test_size: task.test.len(),
         });
     }
+    let (correct_before_f32, correct_before_tf32_eval) = correct_f32_and_tf32(model, tok, task)?;
     Ok(PrecisionAgreement {
         task: task.name.clone(),
         precision: other.name(),
         sweep_seconds_f32: t32,
         sweep_seconds_other: tother,
         spearman: spearman(&s32.flat(), &sother.flat()),
+        correct_before_f32,
+        correct_before_tf32_eval,
         portions: rows,
     })
 }
 
+/// Test examples right after the edit of `selection`, evaluated in f32 and with TF32 products.
 fn accuracy_after(
     model: &Transformer,
     tok: &Tokenizer,
@@ -104,11 +117,23 @@ fn accuracy_after(
     svds: &[SiteSvd],
     selection: &Selection,
     scores: &Scores,
-) -> Result<usize> {
+) -> Result<(usize, usize)> {
     let edit = build_edit(model, svds, selection, &scores.input_means, BiasMode::Mean)?;
     let mut edited = model.clone();
     edit.apply(&mut edited)?;
-    Ok(evaluate(&edited, tok, &task.test, 16, &mut |_, _| true)?.correct)
+    correct_f32_and_tf32(&edited, tok, task)
+}
+
+fn correct_f32_and_tf32(
+    model: &Transformer,
+    tok: &Tokenizer,
+    task: &Task,
+) -> Result<(usize, usize)> {
+    let correct =
+        || -> Result<usize> { Ok(evaluate(model, tok, &task.test, 16, &mut |_, _| true)?.correct) };
+    let f32 = correct()?;
+    let _tf32 = crate::device::Tf32::enable(model.device(), true);
+    Ok((f32, correct()?))
 }
 
 /// The Jaccard overlap of two selections over the same candidates (1 when both are empty).

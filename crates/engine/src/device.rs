@@ -14,6 +14,24 @@ pub fn memory(device: &Device) -> Option<(u64, u64)> {
     }
 }
 
+/// CUDA device `ordinal` without cudarc's event pair per allocation. cudarc creates a read and
+/// a write event with every buffer and records them only once a context has a second stream;
+/// candle runs on the per-thread default stream, which is no second stream, so the events are
+/// never used, and creating and destroying them took some 5,800 driver calls per sweep batch at
+/// Phi-2's shape (BENCHMARKS.md). A process that makes its own streams must not use this.
+// FFI: cudarc's switch is unsafe (the caller vouches for its streams).
+#[allow(unsafe_code)]
+pub fn open_cuda(ordinal: usize) -> crate::Result<Device> {
+    let device = Device::new_cuda(ordinal)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &device {
+        // SAFETY: cudarc only synchronises through these events in multi-stream mode, which
+        // nothing in this process enters (it creates no stream): no use of them is lost.
+        unsafe { d.cuda_stream().context().disable_event_tracking() };
+    }
+    Ok(device)
+}
+
 /// TF32 matrix products for f32 on a GPU while held. cuBLAS's switch is process-wide: holders
 /// are counted, and the last to finish restores what was set before the first (e.g. the
 /// CLI's `EIGENPRUNE_TF32`).

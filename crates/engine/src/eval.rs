@@ -64,6 +64,46 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// How many rows one evaluation pass takes: `rows` examples (times the variants), and more
+/// while the pass's padded tokens stay within `tokens` (0: exactly `rows`). A GPU takes
+/// passes of thousands of tokens; the CPU gains nothing from them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvalBatch {
+    pub rows: usize,
+    pub tokens: usize,
+}
+
+impl From<usize> for EvalBatch {
+    fn from(rows: usize) -> Self {
+        Self { rows, tokens: 0 }
+    }
+}
+
+impl EvalBatch {
+    /// Consecutive ranges over items of lengths `lens` (ascending), whole units of `unit`
+    /// items each (an example's variant rows stay in one pass).
+    fn passes(self, lens: &[usize], unit: usize) -> Vec<std::ops::Range<usize>> {
+        let unit = unit.max(1);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < lens.len() {
+            let mut end = (start + unit).min(lens.len());
+            while end < lens.len() {
+                let units = (end - start) / unit;
+                let next = (end + unit).min(lens.len());
+                let padded = (next - start) * lens[next - 1];
+                if units >= self.rows.max(1) && (self.tokens == 0 || padded > self.tokens) {
+                    break;
+                }
+                end = next;
+            }
+            out.push(start..end);
+            start = end;
+        }
+        out
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EvalResult {
     /// Examples right by the paper's metric.
@@ -123,9 +163,9 @@ pub fn choice_scores(
     model: &Transformer,
     tok: &Tokenizer,
     examples: &[Example],
-    batch_size: usize,
+    batch: impl Into<EvalBatch>,
 ) -> Result<Vec<ChoiceScore>> {
-    let mut all = variant_choice_scores(model, tok, examples, batch_size, &[None])?;
+    let mut all = variant_choice_scores(model, tok, examples, batch, &[None])?;
     Ok(all.remove(0))
 }
 
@@ -134,12 +174,12 @@ pub fn variant_choice_scores(
     model: &Transformer,
     tok: &Tokenizer,
     examples: &[Example],
-    batch_size: usize,
+    batch: impl Into<EvalBatch>,
     variants: &[Option<Arc<Edit>>],
 ) -> Result<Vec<Vec<ChoiceScore>>> {
     let mut runner = Runner::new(model, variants)?;
     let v = runner.width();
-    let (seqs, scores) = score_all(&mut runner, tok, examples, batch_size, &mut |_, _| true)?;
+    let (seqs, scores) = score_all(&mut runner, tok, examples, batch.into(), &mut |_, _| true)?;
     let mut out = vec![Vec::new(); v];
     for ((key, choice, s), sc) in seqs.into_iter().zip(scores) {
         out[key % v].push(ChoiceScore {
@@ -157,12 +197,12 @@ type ScoredSeqs = (Vec<(usize, Option<usize>, Sequence)>, Vec<Scored>);
 
 /// Every (example, choice) sequence scored under every variant of `runner`: entry
 /// (e * V + v, choice, sequence) is example e under variant v, a variant's copies adjacent
-/// so that a batch of `batch_size` examples holds all their variants' rows.
+/// so that a pass holds all the variants' rows of its examples.
 fn score_all(
     runner: &mut Runner,
     tok: &Tokenizer,
     examples: &[Example],
-    batch_size: usize,
+    batch: EvalBatch,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<ScoredSeqs> {
     // One sequence per (example, choice); the gold continuation for free-answer tasks.
@@ -182,14 +222,13 @@ fn score_all(
         }
     }
     let has_choices = examples.iter().all(|e| e.choices.is_some());
-    let rows = batch_size.max(1) * v;
     let scores = if has_choices {
-        score_choices(runner, &seqs, rows, progress)?
+        score_choices(runner, &seqs, batch, progress)?
     } else {
         score_sequences(
             runner,
             &seqs.iter().map(|s| &s.2).collect::<Vec<_>>(),
-            rows,
+            batch,
             progress,
         )?
     };
@@ -200,21 +239,21 @@ pub fn evaluate(
     model: &Transformer,
     tok: &Tokenizer,
     examples: &[Example],
-    batch_size: usize,
+    batch: impl Into<EvalBatch>,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<EvalResult> {
-    let mut all = evaluate_variants(model, tok, examples, batch_size, &[None], progress)?;
+    let mut all = evaluate_variants(model, tok, examples, batch, &[None], progress)?;
     Ok(all.remove(0))
 }
 
 /// [`evaluate`] of several variants of `model` (None: the model itself) in one batched pass
-/// over `examples`: each batch holds `batch_size` examples under every variant, their rows
-/// sharing the base's kernels. One result per variant, in order.
+/// over `examples`: each pass holds its examples under every variant, their rows sharing the
+/// base's kernels. One result per variant, in order.
 pub fn evaluate_variants(
     model: &Transformer,
     tok: &Tokenizer,
     examples: &[Example],
-    batch_size: usize,
+    batch: impl Into<EvalBatch>,
     variants: &[Option<Arc<Edit>>],
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Vec<EvalResult>> {
@@ -223,7 +262,7 @@ pub fn evaluate_variants(
     }
     let mut runner = Runner::new(model, variants)?;
     let v = runner.width();
-    let (seqs, scores) = score_all(&mut runner, tok, examples, batch_size, progress)?;
+    let (seqs, scores) = score_all(&mut runner, tok, examples, batch.into(), progress)?;
     let has_choices = examples.iter().all(|e| e.choices.is_some());
     let mut results = vec![
         EvalResult {
@@ -262,13 +301,15 @@ pub fn evaluate_variants(
 }
 
 /// Fixed-choice examples: each prompt runs once, then every choice continues it from the
-/// prompt's KV cache (cb's three label words cost one prompt, not three). The scores equal
-/// [`score_sequences`]'s up to float rounding. `seqs` lists (example, choice, sequence) with an
-/// example's choices together, as [`evaluate`] builds it.
+/// prompt's KV cache (cb's three label words cost one prompt, not three); a choice's last
+/// token is only predicted, never fed, so one-token choices (rte's, copa's) need no
+/// continuation and no cache at all. The scores equal [`score_sequences`]'s up to float
+/// rounding. `seqs` lists (example, choice, sequence) with an example's choices together, as
+/// [`evaluate`] builds it.
 fn score_choices(
     runner: &mut Runner,
     seqs: &[(usize, Option<usize>, Sequence)],
-    batch_size: usize,
+    batch: EvalBatch,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Vec<Scored>> {
     // Per example: the indices of its sequences in `seqs`.
@@ -280,52 +321,29 @@ fn score_choices(
         }
     }
     groups.sort_by_key(|g| seqs[g[0]].2.prompt.len());
+    let lens: Vec<usize> = groups.iter().map(|g| seqs[g[0]].2.prompt.len()).collect();
     let mut out = vec![Scored::default(); seqs.len()];
     let model = runner.model;
     let device = model.device();
     let mut done = 0;
-    for chunk in groups.chunks(batch_size.max(1)) {
+    for range in batch.passes(&lens, runner.width()) {
+        let chunk = &groups[range];
         // The prompts, left-padded so that every row's last prompt token is the last column.
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|g| seqs[g[0]].2.prompt.clone()).collect();
         let packed = pack(&prompts, true, 0, device)?;
+        let continues = chunk.iter().flatten().any(|&i| seqs[i].2.answer.len() > 1);
         let mut cache = KvCache::default();
-        let hidden = runner.forward(&packed.ids, &packed.valid, Some(&mut cache))?;
+        let hidden = runner.forward(&packed.ids, &packed.valid, continues.then_some(&mut cache))?;
         let last = hidden.narrow(1, packed.width - 1, 1)?.squeeze(1)?;
         let first = log_probs(model, &last)?;
         let most = chunk.iter().map(Vec::len).max().unwrap_or(0);
         for c in 0..most {
-            // Choice c of every example that has one (a one-token stand-in for those that do
-            // not, ignored), right-padded after the prompt.
+            // Choice c of every example that has one.
             let answers: Vec<Option<&Sequence>> = chunk
                 .iter()
                 .map(|g| g.get(c).map(|&i| &seqs[i].2))
                 .collect();
-            let rows: Vec<Vec<u32>> = answers
-                .iter()
-                .map(|a| a.map_or(vec![0], |s| s.answer.clone()))
-                .collect();
-            let cont = pack(&rows, false, 0, device)?;
-            let mut cc = cache.clone();
-            let h = runner.forward(&cont.ids, &cont.valid, Some(&mut cc))?;
-            let (b, t, d) = h.dims3()?;
-            // Answer token j > 0 is predicted at continuation position j - 1.
-            let positions: Vec<u32> = answers
-                .iter()
-                .enumerate()
-                .flat_map(|(r, a)| {
-                    let n = a.map_or(0, |s| s.answer.len());
-                    (1..n).map(move |j| (r * t + j - 1) as u32)
-                })
-                .collect();
-            let rest = if positions.is_empty() {
-                None
-            } else {
-                let idx = Tensor::new(positions.as_slice(), device)?;
-                Some(log_probs(
-                    model,
-                    &h.reshape((b * t, d))?.index_select(&idx, 0)?,
-                )?)
-            };
+            let rest = continuation(runner, &cache, &answers)?;
             let present: Vec<(usize, &Sequence)> = answers
                 .iter()
                 .enumerate()
@@ -358,6 +376,43 @@ fn score_choices(
         }
     }
     Ok(out)
+}
+
+/// The log-probabilities that predict answer tokens 1.. of each present row, from a
+/// continuation of the prompts' `cache` fed every answer token but the last (right-padded; a
+/// one-token stand-in for absent rows, ignored); None when no answer has a second token.
+fn continuation(
+    runner: &mut Runner,
+    cache: &KvCache,
+    answers: &[Option<&Sequence>],
+) -> Result<Option<LogProbs>> {
+    let fed = |a: &Option<&Sequence>| a.map_or(0, |s| s.answer.len() - 1);
+    if answers.iter().all(|a| fed(a) == 0) {
+        return Ok(None);
+    }
+    let rows: Vec<Vec<u32>> = answers
+        .iter()
+        .map(|a| match a {
+            Some(s) if s.answer.len() > 1 => s.answer[..s.answer.len() - 1].to_vec(),
+            _ => vec![0],
+        })
+        .collect();
+    let model = runner.model;
+    let cont = pack(&rows, false, 0, model.device())?;
+    let mut cc = cache.clone();
+    let h = runner.forward(&cont.ids, &cont.valid, Some(&mut cc))?;
+    let (b, t, d) = h.dims3()?;
+    // Answer token j > 0 is predicted at continuation position j - 1.
+    let positions: Vec<u32> = answers
+        .iter()
+        .enumerate()
+        .flat_map(|(r, a)| (0..fed(a)).map(move |j| (r * t + j) as u32))
+        .collect();
+    let idx = Tensor::new(positions.as_slice(), model.device())?;
+    Ok(Some(log_probs(
+        model,
+        &h.reshape((b * t, d))?.index_select(&idx, 0)?,
+    )?))
 }
 
 /// The logits [N, vocab] of N hidden states (on the device) with each row's log-sum-exp and
@@ -393,21 +448,25 @@ fn log_probs(model: &Transformer, hidden: &Tensor) -> Result<LogProbs> {
     })
 }
 
-/// Log-likelihood of each continuation and whether greedy decoding reproduces it.
+/// Log-likelihood of each continuation and whether greedy decoding reproduces it (each row
+/// fed its prompt and all but the last answer token).
 fn score_sequences(
     runner: &mut Runner,
     seqs: &[&Sequence],
-    batch_size: usize,
+    batch: EvalBatch,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Vec<Scored>> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| seqs[i].len());
+    let lens: Vec<usize> = order.iter().map(|&i| seqs[i].len() - 1).collect();
     let mut out = vec![Scored::default(); seqs.len()];
     let model = runner.model;
     let device = model.device();
-    for (done, chunk) in order.chunks(batch_size.max(1)).enumerate() {
+    for range in batch.passes(&lens, runner.width()) {
+        let done = range.end;
+        let chunk = &order[range];
         let batch: Vec<&Sequence> = chunk.iter().map(|&i| seqs[i]).collect();
-        let rows: Vec<Vec<u32>> = batch.iter().map(|s| s.tokens()).collect();
+        let rows: Vec<Vec<u32>> = batch.iter().map(|s| s.inputs()).collect();
         let packed = pack(&rows, false, 0, device)?;
         let hidden = runner.forward(&packed.ids, &packed.valid, None)?;
         let (b, t, d) = hidden.dims3()?;
@@ -420,7 +479,7 @@ fn score_sequences(
         for (&i, s) in chunk.iter().zip(&batch) {
             out[i] = Scored::sum(tokens.by_ref().take(s.answer.len()));
         }
-        if !progress(((done + 1) * batch_size).min(seqs.len()), seqs.len()) {
+        if !progress(done, seqs.len()) {
             return Err(crate::EngineError::Cancelled);
         }
     }
@@ -482,17 +541,40 @@ mod tests {
             }
             let refs: Vec<&Sequence> = seqs.iter().map(|s| &s.2).collect();
             let mut runner = Runner::new(&m.model, &[None]).unwrap();
-            for bs in [1, 2, 16] {
+            let batches = [
+                EvalBatch::from(1),
+                2.into(),
+                16.into(),
+                EvalBatch {
+                    rows: 1,
+                    tokens: 64,
+                },
+            ];
+            for bs in batches {
                 let shared = score_choices(&mut runner, &seqs, bs, &mut |_, _| true).unwrap();
                 let separate = score_sequences(&mut runner, &refs, bs, &mut |_, _| true).unwrap();
                 for (a, b) in shared.iter().zip(&separate) {
                     assert!(
                         (a.logprob - b.logprob).abs() < 1e-4,
-                        "{arch} bs {bs}: {a:?} {b:?}"
+                        "{arch} {bs:?}: {a:?} {b:?}"
                     );
-                    assert_eq!(a.all_argmax, b.all_argmax, "{arch} bs {bs}");
+                    assert_eq!(a.all_argmax, b.all_argmax, "{arch} {bs:?}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn passes_take_rows_then_fill_the_token_budget() {
+        let passes =
+            |rows, tokens, lens: &[usize], unit| EvalBatch { rows, tokens }.passes(lens, unit);
+        let lens = [2, 2, 3, 5, 9];
+        assert_eq!(passes(2, 0, &lens, 1), vec![0..2, 2..4, 4..5]);
+        assert_eq!(passes(1, 12, &lens, 1), vec![0..3, 3..4, 4..5]);
+        // The row floor holds even past the budget.
+        assert_eq!(passes(3, 4, &lens, 1), vec![0..3, 3..5]);
+        // Whole units (an example's variant rows) only.
+        assert_eq!(passes(1, 8, &[1, 1, 2, 2, 3, 3], 2), vec![0..4, 4..6]);
+        assert!(passes(4, 0, &[], 1).is_empty());
     }
 }

@@ -247,6 +247,59 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize) -> candle_core::
     )
 }
 
+/// a + b of one shape: on a GPU one kernel moving 16-byte words (in a traced forward one node
+/// whose backward passes the gradient to both); elsewhere candle's add. Also the backward's
+/// sum of a tensor's gradients ([`install_gradient_sum`]).
+pub fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(sum) = crate::grad_ops_cuda::add(a, b)? {
+        if !a.track_op() && !b.track_op() {
+            return Ok(sum);
+        }
+        return Ok(a.attach_op2_arc(b, &sum, Arc::new(Box::new(SumNode))));
+    }
+    a + b
+}
+
+/// The node of [`add`]'s kernel: both operands get the output's gradient.
+#[cfg(feature = "cuda")]
+struct SumNode;
+
+#[cfg(feature = "cuda")]
+impl CustomOp2 for SumNode {
+    fn name(&self) -> &'static str {
+        "sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("sum: an attached node has no forward of its own")
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.clone()), Some(g.clone())))
+    }
+}
+
+/// Makes candle's backward sum repeated gradients with [`add`] (once per process).
+pub fn install_gradient_sum() {
+    fn sum(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        add(&a.detach(), &b.detach())
+    }
+    let _ = candle_core::backprop::GRADIENT_SUM.set(sum);
+}
+
 /// x [B, A, C, D] -> [B, C, A, D], contiguous (the attention heads' split and merge). A
 /// swap with a size-1 axis is a reshape; on a GPU one kernel (in a traced forward one node,
 /// its backward the same swap); elsewhere candle's transpose and copy.

@@ -62,7 +62,7 @@ pub mod export;
 pub mod finetune;
 pub mod generate;
 pub mod gguf;
-mod grad_ops;
+pub mod grad_ops;
 #[cfg(feature = "cuda")]
 mod grad_ops_cuda;
 pub mod loading;

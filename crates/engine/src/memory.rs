@@ -20,7 +20,8 @@ pub struct JobMemory {
     pub svd: u64,
     /// The sweep's retained activations and their gradients for a pass of the longest
     /// example (`pass_tokens` of them, or one group of `batch_size`), and the evaluation's
-    /// logits at `eval_batch_size`.
+    /// logits at `eval_batch_size` (its passes of up to `pass_tokens` hold a forward's
+    /// activations only, and logits at the answer positions: less than a sweep pass).
     pub activations: u64,
     /// An edited copy of the decomposed maps for evaluation.
     pub edited_maps: u64,

@@ -11,7 +11,7 @@ use tokenizers::Tokenizer;
 
 use crate::attribution::{sweep, Aggregate, InputMode, Precision, Scores, SweepSettings};
 use crate::edit::Edit;
-use crate::eval::{evaluate, EvalResult};
+use crate::eval::{evaluate, EvalBatch, EvalResult};
 use crate::finetune::{finetune, FinetuneReport, FinetuneSettings};
 use crate::prune::{build_edit, ranking, select, BiasMode, Method};
 use crate::svd::{decompose, decompose_cached, SiteSvd};
@@ -38,7 +38,8 @@ pub struct PruneSettings {
     /// Padded tokens per sweep pass ([`SweepSettings::pass_tokens`]: the same scores; None:
     /// the device's default).
     pub pass_tokens: Option<usize>,
-    /// What the sweep computes in; None: the device's default ([`Precision::on`]).
+    /// What the sweep computes in (the evaluations' products take TF32 unless it is f32);
+    /// None: the device's default ([`Precision::on`]).
     pub precision: Option<Precision>,
     pub method: Method,
     pub input: InputMode,
@@ -143,12 +144,12 @@ pub fn run(
         (Cow::Borrowed(&task.train), Vec::new())
     };
 
-    let eval_bs = settings.eval_batch_size;
+    let evals = Evals::of(base, settings);
     let tuned;
     let (base, finetune_outcome) = match &settings.finetune {
         None => (base, None),
         Some(ft) => {
-            let pretrained = evaluate(base, tok, &task.test, eval_bs, &mut |d, t| {
+            let pretrained = evals.run(base, tok, &task.test, &mut |d, t| {
                 progress("eval_pretrained", d, t)
             })?;
             lap("eval_pretrained", &mut seconds);
@@ -194,7 +195,7 @@ pub fn run(
     lap("sweep", &mut seconds);
     let order = ranking(&svds, &scores, settings.method, settings.seed)?;
 
-    let before = evaluate(base, tok, &task.test, eval_bs, &mut |d, t| {
+    let before = evals.run(base, tok, &task.test, &mut |d, t| {
         progress("eval_before", d, t)
     })?;
     lap("eval_before", &mut seconds);
@@ -207,9 +208,7 @@ pub fn run(
                 let mut grid = Vec::new();
                 for &p in AUTO_GRID {
                     let (model, _) = edited(base, &svds, &order, &scores, p, settings.bias)?;
-                    let r = evaluate(&model, tok, &dev, eval_bs, &mut |d, t| {
-                        progress("auto_dev", d, t)
-                    })?;
+                    let r = evals.run(&model, tok, &dev, &mut |d, t| progress("auto_dev", d, t))?;
                     grid.push((p, r));
                 }
                 lap("auto_dev", &mut seconds);
@@ -230,7 +229,7 @@ pub fn run(
             edit.finetuned = base.weights.parameters();
         }
         lap("edit", &mut seconds);
-        let after = evaluate(&model, tok, &task.test, eval_bs, &mut |d, t| {
+        let after = evals.run(&model, tok, &task.test, &mut |d, t| {
             progress("eval_after", d, t)
         })?;
         lap("eval_after", &mut seconds);
@@ -259,6 +258,38 @@ pub fn run(
         seconds,
         finetune: finetune_outcome,
     })
+}
+
+/// How a job evaluates: passes up to the sweep's padded tokens (at least `eval_batch_size`
+/// examples), and the matrix products in TF32 on a GPU unless the job's precision is f32 (a
+/// bf16 job's evaluations run the f32 model with TF32 products too).
+struct Evals {
+    batch: EvalBatch,
+    tf32: bool,
+}
+
+impl Evals {
+    fn of(base: &Transformer, settings: &PruneSettings) -> Self {
+        let device = base.device();
+        Self {
+            batch: EvalBatch {
+                rows: settings.eval_batch_size,
+                tokens: crate::attribution::pass_tokens_on(device, settings.pass_tokens),
+            },
+            tf32: Precision::on(device, settings.precision) != Precision::F32,
+        }
+    }
+
+    fn run(
+        &self,
+        model: &Transformer,
+        tok: &Tokenizer,
+        examples: &[Example],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<EvalResult> {
+        let _tf32 = crate::device::Tf32::enable(model.device(), self.tf32);
+        evaluate(model, tok, examples, self.batch, progress)
+    }
 }
 
 /// The base model with the first floor(N * portion) of `order` removed, and that edit.

@@ -309,7 +309,7 @@ impl Transformer {
         let (mlp_in, mlp_resid) = match &blk.ln2 {
             None => (x, h.clone()),
             Some(ln2) => {
-                let mid = (h + &attn_out)?;
+                let mid = crate::grad_ops::add(h, &attn_out)?;
                 (self.norm(&mid, ln2, step.differentiable)?, mid)
             }
         };
@@ -329,10 +329,11 @@ impl Transformer {
         if let Some(n) = &blk.post_mlp_norm {
             down = self.norm(&down, n, step.differentiable)?;
         }
+        let add = crate::grad_ops::add;
         Ok(if blk.ln2.is_none() {
-            ((h + attn_out)? + down)?
+            add(&add(h, &attn_out)?, &down)?
         } else {
-            (mlp_resid + down)?
+            add(&mlp_resid, &down)?
         })
     }
 

@@ -202,3 +202,87 @@ fn row_stats_on_gpu_match_cpu() {
         }
     }
 }
+
+/// A job's evaluation on the GPU (f32, passes of up to 512 padded tokens, not 16 examples)
+/// scores every sequence as the CPU does in batches of 16: free answers (int-mult) and
+/// choices of one and several tokens.
+#[test]
+fn evaluation_passes_on_gpu_match_cpu() {
+    use eigenprune_engine::eval::{choice_scores, EvalBatch};
+    use eigenprune_engine::tasks::Example;
+    let gpu = Device::new_cuda(0).unwrap();
+    let free = eigenprune_engine::tasks::builtin("int-mult").unwrap().test;
+    let choices: Vec<Example> = free
+        .iter()
+        .map(|e| Example {
+            choices: Some(vec![e.answer.clone(), " 1".into(), " 12 x 12".into()]),
+            label: Some(0),
+            ..e.clone()
+        })
+        .collect();
+    let passes = EvalBatch {
+        rows: 1,
+        tokens: 512,
+    };
+    for arch in ARCHS {
+        let (cpu, on_gpu) = (load(arch, &Device::Cpu), load(arch, &gpu));
+        for (name, examples) in [("free", &free), ("choices", &choices)] {
+            let want = choice_scores(&cpu.model, &cpu.tokenizer, examples, 16).unwrap();
+            let got = choice_scores(&on_gpu.model, &on_gpu.tokenizer, examples, passes).unwrap();
+            assert_eq!(want.len(), got.len(), "{arch} {name}");
+            let worst = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| {
+                    assert_eq!((a.example, a.choice), (b.example, b.choice));
+                    (a.logprob - b.logprob).abs()
+                })
+                .fold(0f64, f64::max);
+            eprintln!(
+                "{arch} {name}: {} sequences, worst |dlogprob| {worst:.2e}",
+                got.len()
+            );
+            assert!(worst < 1e-3, "{arch} {name}: {worst}");
+        }
+    }
+}
+
+/// The word-per-thread add equals candle's add bit for bit (f32 and bf16; shapes that fill whole
+/// 16-byte words, and ones that fall back), and a traced sum passes its gradient to both sides.
+#[test]
+fn word_add_matches_candle_add() {
+    use candle_core::{Tensor, Var};
+    use eigenprune_engine::grad_ops::add;
+    let gpu = Device::new_cuda(0).unwrap();
+    for shape in [(64usize, 2560usize), (3, 7), (1, 8)] {
+        let a = Tensor::randn(0f32, 3., shape, &gpu).unwrap();
+        let b = Tensor::randn(0f32, 1e-2, shape, &gpu).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let (a, b) = (a.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap());
+            let want = (&a + &b).unwrap().to_dtype(DType::F32).unwrap();
+            let got = add(&a, &b).unwrap().to_dtype(DType::F32).unwrap();
+            let differ = want
+                .ne(&got)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(differ, 0.0, "{shape:?} {dtype:?}");
+        }
+    }
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 256), &gpu).unwrap()).unwrap();
+    let y = (x.as_tensor() * 3.).unwrap();
+    let loss = add(x.as_tensor(), &y).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    let gx = g
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(gx.iter().all(|v| (v - 4.0).abs() < 1e-6), "{:?}", &gx[..4]);
+}

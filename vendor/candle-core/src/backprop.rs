@@ -706,6 +706,11 @@ impl Tensor {
 #[derive(Default, Debug)]
 pub struct GradStore(HashMap<TensorId, Tensor>);
 
+/// eigenprune: the addition that sums a tensor's second and later gradients (a faster kernel
+/// for contiguous operands, say); `Tensor::add` until one is set. Set once per process.
+pub static GRADIENT_SUM: std::sync::OnceLock<fn(&Tensor, &Tensor) -> Result<Tensor>> =
+    std::sync::OnceLock::new();
+
 impl GradStore {
     /// Create a new gradient store
     fn new() -> Self {
@@ -748,7 +753,10 @@ impl GradStore {
         }
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
-                let sum = entry.get().add(grad)?;
+                let sum = match GRADIENT_SUM.get() {
+                    Some(sum) => sum(entry.get(), grad)?,
+                    None => entry.get().add(grad)?,
+                };
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
