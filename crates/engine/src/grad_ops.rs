@@ -18,6 +18,18 @@ use crate::config::Activation;
 trait Backward: Send + Sync + 'static {
     const NAME: &'static str;
     fn grad(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// Both operands' gradients from (x, the node's second operand, y, g): a fused op's second
+    /// operand is its own output, which gets none.
+    fn grads(
+        &self,
+        x: &Tensor,
+        _: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(self.grad(x, y, g)?.to_dtype(x.dtype())?), None))
+    }
 }
 
 /// The node: arg1 is the input, arg2 the already computed (detached) output, whose storage
@@ -42,12 +54,11 @@ impl<B: Backward> CustomOp2 for WithBackward<B> {
     fn bwd(
         &self,
         x: &Tensor,
-        _: &Tensor,
+        rhs: &Tensor,
         y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = self.0.grad(x, y, g)?.to_dtype(x.dtype())?;
-        Ok((Some(dx), None))
+        self.0.grads(x, rhs, y, g)
     }
 }
 
@@ -256,7 +267,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         if !a.track_op() && !b.track_op() {
             return Ok(sum);
         }
-        return Ok(a.attach_op2_arc(b, &sum, Arc::new(Box::new(SumNode))));
+        return Ok(a.attach_op2_arc(b, &sum, Arc::new(Box::new(WithBackward(SumNode)))));
     }
     a + b
 }
@@ -266,22 +277,14 @@ pub fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 struct SumNode;
 
 #[cfg(feature = "cuda")]
-impl CustomOp2 for SumNode {
-    fn name(&self) -> &'static str {
-        "sum"
+impl Backward for SumNode {
+    const NAME: &'static str = "sum";
+
+    fn grad(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(g.clone())
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("sum: an attached node has no forward of its own")
-    }
-
-    fn bwd(
+    fn grads(
         &self,
         _: &Tensor,
         _: &Tensor,
