@@ -57,7 +57,8 @@ pub struct Hyperparameters {
     /// Score on this many batches only (default: all of train).
     #[schema(minimum = 1)]
     pub scoring_batches: Option<usize>,
-    /// Sequences per evaluation batch (clamped to 1..=256).
+    /// Examples per evaluation pass, at least (clamped to 1..=256); on a GPU a pass takes more
+    /// while its padded tokens stay within the sweep's `pass_tokens`.
     pub eval_batch_size: usize,
     /// Full fine-tuning before pruning; None (the default) prunes the base model as is.
     pub finetune: Option<Finetune>,

@@ -59,6 +59,8 @@ pub struct PruneArgs {
     /// Score only the first N batches.
     #[arg(long)]
     pub scoring_batches: Option<usize>,
+    /// Examples per evaluation pass, at least; on a GPU a pass takes more while its padded
+    /// tokens stay within the sweep's pass.
     #[arg(long, default_value_t = Hyperparameters::default().eval_batch_size)]
     pub eval_batch_size: usize,
     /// Cache SVDs in this directory (they depend only on the weights).
