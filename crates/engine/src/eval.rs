@@ -392,8 +392,8 @@ fn continuation(
     }
     let rows: Vec<Vec<u32>> = answers
         .iter()
-        .map(|a| match a {
-            Some(s) if s.answer.len() > 1 => s.answer[..s.answer.len() - 1].to_vec(),
+        .map(|a| match (a, fed(a)) {
+            (Some(s), n) if n > 0 => s.answer[..n].to_vec(),
             _ => vec![0],
         })
         .collect();

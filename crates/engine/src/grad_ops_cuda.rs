@@ -384,7 +384,7 @@ impl CustomOp2 for BiasAdd {
         let dev = y.device().clone();
         // Whole 16-byte words per row (and word-aligned starts): a word per thread.
         let per_word = 16 / y.dtype().size_in_bytes();
-        let words = [n, y0, b0].iter().all(|v| v % per_word == 0);
+        let words = whole_words(y.dtype(), &[n, y0, b0]);
         let kernel = if words { "add_w16" } else { "bias_add" };
         let func = dev.get_or_load_custom_func(&name(kernel, y.dtype()), MODULE, ptx)?;
         let cfg = if words {
@@ -438,6 +438,12 @@ impl CustomOp2 for BiasAdd {
     }
 }
 
+/// Whether element counts and offsets of `dtype` all fall on 16-byte words.
+fn whole_words(dtype: DType, counts: &[usize]) -> bool {
+    let per_word = 16 / dtype.size_in_bytes();
+    counts.iter().all(|v| v % per_word == 0)
+}
+
 /// A grid of 256-thread blocks over `words` 16-byte words (grid-stride beyond 65,535 blocks).
 fn words_launch(words: usize) -> LaunchConfig {
     LaunchConfig {
@@ -462,18 +468,15 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>>
     {
         return Ok(None);
     }
-    let per_word = 16 / dtype.size_in_bytes();
-    let aligned = [
+    let (n, a0, b0) = (
         a.elem_count(),
         a.layout().start_offset(),
         b.layout().start_offset(),
-    ]
-    .iter()
-    .all(|v| v % per_word == 0);
-    if !aligned {
+    );
+    if !whole_words(dtype, &[n, a0, b0]) {
         return Ok(None);
     }
-    let words = (a.elem_count() / per_word) as u32;
+    let words = (n * dtype.size_in_bytes() / 16) as u32;
     with_slices!("add_w16", dtype, [a.clone(), b.clone()], |func, out, s| {
         let mut bld = func.builder();
         bld.arg(&s[0]).arg(&s[1]).arg(&out).arg(&words).arg(&words);
