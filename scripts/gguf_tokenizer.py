@@ -3,6 +3,7 @@
 `tokenizers` packages only (no torch), for `scripts/random_checkpoint.py --tokenizer`: prompts then
 tokenise to a real BPE's lengths on both sides of a whole-job timing.
 
+    python3 -m pip install gguf tokenizers   # the two packages it needs
     python3 scripts/gguf_tokenizer.py models/SmolLM2-135M-Instruct.Q4_1.gguf /tmp/tokenizer.json
 """
 import sys
