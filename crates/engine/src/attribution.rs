@@ -197,6 +197,11 @@ struct Accumulator {
     values: Vec<Vec<Vec<f64>>>,
     count: f64,
     input_sums: Vec<Vec<f64>>,
+    /// The passes' aggregates (every singular value, flat; f32 for the max, f64 for sums) and
+    /// input sums (f64), folded on the device: read back once, after the last pass, so the
+    /// host prepares the next pass while the device still runs this one (no sync per pass).
+    device_values: Option<Tensor>,
+    device_sums: Option<Tensor>,
     tokens: usize,
     profile: bool,
     phase_seconds: [f64; 3],
@@ -214,6 +219,39 @@ impl Accumulator {
             device.synchronize()?;
             self.phase_seconds[phase] += mark.elapsed().as_secs_f64();
             *mark = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Folds one pass's aggregates [n_values] (f32) and input sums [n_inputs] (f64) into the
+    /// device totals.
+    fn fold(&mut self, aggs: Tensor, sums: Tensor) -> Result<()> {
+        self.device_values = Some(match (self.device_values.take(), self.agg) {
+            (None, Aggregate::Max) => aggs,
+            (None, _) => aggs.to_dtype(DType::F64)?,
+            (Some(v), Aggregate::Max) => v.maximum(&aggs)?,
+            (Some(v), _) => (v + aggs.to_dtype(DType::F64)?)?,
+        });
+        self.device_sums = Some(match self.device_sums.take() {
+            None => sums,
+            Some(s) => (s + sums)?,
+        });
+        Ok(())
+    }
+
+    /// Reads the device totals into `values` and `input_sums`.
+    fn finish(&mut self) -> Result<()> {
+        if let Some(v) = self.device_values.take() {
+            let mut all = v.to_dtype(DType::F64)?.to_vec1::<f64>()?.into_iter();
+            for v in self.values.iter_mut().flatten().flatten() {
+                *v = all.next().expect("one aggregate per singular value");
+            }
+        }
+        if let Some(s) = self.device_sums.take() {
+            let mut all = s.to_vec1::<f64>()?.into_iter();
+            for s in self.input_sums.iter_mut().flatten() {
+                *s = all.next().expect("one input sum per input dimension");
+            }
         }
         Ok(())
     }
@@ -300,6 +338,8 @@ pub fn sweep_sequences(
                 ]
             })
             .collect(),
+        device_values: None,
+        device_sums: None,
         tokens: 0,
         profile: settings.profile,
         phase_seconds: [0.0; 3],
@@ -338,6 +378,7 @@ pub fn sweep_sequences(
             return Err(EngineError::Cancelled);
         }
     }
+    acc.finish()?;
     let scores = acc
         .values
         .iter()
@@ -495,12 +536,11 @@ impl Side {
         }
         let (heads, len, r) = self.stacked.dims3()?;
         let n = x.dim(0)?;
-        Ok(x.reshape((n, heads, len))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .matmul(&self.stacked)?
-            .transpose(0, 1)?
-            .reshape((n, heads * r))?)
+        // [n, heads, len] -> [heads, n, len], times each head's factor, and back.
+        let swap = crate::grad_ops::swap_axes12;
+        let per_head = swap(&x.reshape((1, n, heads, len))?)?.reshape((heads, n, len))?;
+        let y = per_head.matmul(&self.stacked)?.unsqueeze(0)?;
+        Ok(swap(&y)?.reshape((n, heads * r))?)
     }
 }
 
@@ -606,8 +646,8 @@ fn score_batch(
     let there = Tensor::new(there.as_slice(), device)?;
     let real = Tensor::new(real.as_slice(), device)?;
 
-    // Per-head aggregates and per-site input sums stay on the device until the batch is done:
-    // one copy to the host each, not one per head (a sync each on a GPU).
+    // Per-head aggregates and per-site input sums stay on the device, folded into the sweep's
+    // totals ([`Accumulator::fold`]): no copy to the host (a sync on a GPU) per head or pass.
     let mut head_aggs: Vec<Tensor> = Vec::new();
     let mut input_sums: Vec<Tensor> = Vec::new();
     for (site, plan) in svds.iter().zip(plans) {
@@ -639,24 +679,10 @@ fn score_batch(
         head_aggs.push((product_aggregate(&a, &gv, acc.agg)? * &plan.s)?);
         input_sums.push(means.sum(&real)?);
     }
-    let mut batch_agg = Tensor::cat(&head_aggs, 0)?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?
-        .into_iter();
-    for v in acc.values.iter_mut().flatten().flatten() {
-        let new = batch_agg.next().expect("one aggregate per singular value") as f64;
-        match acc.agg {
-            Aggregate::Max => *v = v.max(new),
-            _ => *v += new,
-        }
-    }
-    let mut sums = Tensor::cat(&input_sums, 0)?
-        .to_dtype(DType::F64)?
-        .to_vec1::<f64>()?
-        .into_iter();
-    for s in acc.input_sums.iter_mut().flatten() {
-        *s += sums.next().expect("one input sum per input dimension");
-    }
+    acc.fold(
+        Tensor::cat(&head_aggs, 0)?.to_dtype(DType::F32)?,
+        Tensor::cat(&input_sums, 0)?.to_dtype(DType::F64)?,
+    )?;
     acc.lap(device, 2, &mut mark)?;
     Ok(())
 }

@@ -205,8 +205,13 @@ pub fn activation(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
     plain_activation(x, act)
 }
 
-/// candle's activation ops.
+/// The activation without a backward of its own: on a GPU a kernel moving 16-byte words,
+/// elsewhere candle's ops.
 pub fn plain_activation(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(y) = crate::grad_ops_cuda::activation(x, act)? {
+        return Ok(y);
+    }
     match act {
         Activation::GeluTanh => x.gelu(),
         Activation::GeluErf => x.gelu_erf(),
@@ -225,6 +230,10 @@ pub fn rotate_first(
     let hd = x.dim(3)?;
     if rot == hd {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(y) = crate::grad_ops_cuda::rotate_first(x, cos, sin, rot)? {
+        return Ok(y);
     }
     let rotated = candle_nn::rotary_emb::rope(&x.narrow(3, 0, rot)?.contiguous()?, cos, sin)?;
     Tensor::cat(&[rotated, x.narrow(3, rot, hd - rot)?], 3)?.contiguous()
@@ -256,6 +265,38 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize) -> candle_core::
             rot,
         },
     )
+}
+
+/// a [.., m, k] times b [.., n, k] transposed. Traced, one node whose backward gives each
+/// tracked operand's gradient contiguous in its own layout (through candle's transpose node,
+/// b's came back as a strided view that the backward then copied).
+pub fn matmul_nt(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    struct MatmulNt;
+    impl Backward for MatmulNt {
+        const NAME: &'static str = "matmul-nt";
+        fn grad(&self, _: &Tensor, _: &Tensor, _: &Tensor) -> candle_core::Result<Tensor> {
+            candle_core::bail!("matmul-nt has two operands' gradients")
+        }
+        fn grads(
+            &self,
+            a: &Tensor,
+            b: &Tensor,
+            _: &Tensor,
+            g: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+            let da = a.track_op().then(|| g.matmul(&b.detach())).transpose()?;
+            let db = b
+                .track_op()
+                .then(|| g.t()?.matmul(&a.detach()))
+                .transpose()?;
+            Ok((da, db))
+        }
+    }
+    let y = a.detach().matmul(&b.detach().t()?)?;
+    if !a.track_op() && !b.track_op() {
+        return Ok(y);
+    }
+    Ok(a.attach_op2_arc(b, &y, Arc::new(Box::new(WithBackward(MatmulNt)))))
 }
 
 /// a + b of one shape: on a GPU one kernel moving 16-byte words (in a traced forward one node
@@ -474,6 +515,33 @@ mod tests {
         for shape in [[2, 3, 5, 4], [2, 1, 5, 4], [2, 3, 1, 4]] {
             same_gradient(&shape, swap_axes12, |x| x.transpose(1, 2)?.contiguous());
         }
+    }
+
+    /// Both operands' gradients of a b^T equal candle's matmul-with-transpose ones, stored
+    /// contiguous; an untracked operand gets none.
+    #[test]
+    fn matmul_nt_gradients_are_candles() {
+        let dev = Device::Cpu;
+        let values = |n: usize, k: usize| -> Vec<f32> {
+            (0..n).map(|i| ((i * k % 97) as f32 / 13.0).sin()).collect()
+        };
+        let a = Var::from_vec(values(2 * 3 * 5 * 4, 7), (2, 3, 5, 4), &dev).unwrap();
+        let b = Var::from_vec(values(2 * 3 * 6 * 4, 11), (2, 3, 6, 4), &dev).unwrap();
+        let probe = Tensor::from_vec(values(2 * 3 * 5 * 6, 5), (2, 3, 5, 6), &dev).unwrap();
+        let grads = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let ours = grads(matmul_nt(a.as_tensor(), b.as_tensor()).unwrap());
+        let candles = grads(a.as_tensor().matmul(&b.as_tensor().t().unwrap()).unwrap());
+        for v in [&a, &b] {
+            let (g1, g2) = (ours.get(v).unwrap(), candles.get(v).unwrap());
+            assert!(g1.is_contiguous());
+            let gap = (g1 - g2).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(gap.to_scalar::<f32>().unwrap() < 1e-6);
+        }
+        let constant = b.as_tensor().detach();
+        let y = matmul_nt(a.as_tensor(), &constant).unwrap();
+        let only_a = grads(y);
+        assert!(only_a.get(&constant).is_none());
+        assert!(only_a.get(a.as_tensor()).is_some());
     }
 
     /// Whole-head rotary and Phi's partial one (the last dims passed through).

@@ -1,7 +1,8 @@
 //! [`crate::grad_ops`]' backward formulas on the GPU, one kernel each instead of six to ten
 //! elementwise ones: softmax (a warp per row), RMSNorm and LayerNorm (a block per row), and the
-//! activations' derivative (elementwise); a linear map's bias add ([`BiasAdd`]) and the
-//! attention heads' split and merge ([`SwapAxes12`]). f32
+//! activations and their derivative (a 16-byte word per thread); Phi's partial rotary
+//! embedding; a linear map's bias add ([`BiasAdd`]) and the attention heads' split and merge
+//! ([`SwapAxes12`]). f32
 //! arithmetic whatever the storage (f32 or bf16).
 //! Compiled with NVRTC on first use; where that fails, or for other dtypes, the callers keep
 //! the composite formula.
@@ -69,26 +70,84 @@ __device__ void norm_bwd(const T* x, const T* w, const T* g, T* dx, int d, float
   }
 }
 
-// dx = g * act'(x). act: 0 GELU (tanh), 1 GELU (erf), 2 SiLU.
+// act(x) and act'(x). act: 0 GELU (tanh), 1 GELU (erf), 2 SiLU.
+__device__ __forceinline__ float act_value(float v, int act) {
+  if (act == 0) {
+    const float k = 0.7978845608028654f, a = 0.044715f;
+    return 0.5f * v * (1.f + tanhf(k * (v + a * v * v * v)));
+  }
+  if (act == 1) return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
+  return v / (1.f + expf(-v));
+}
+__device__ __forceinline__ float act_slope(float v, int act) {
+  if (act == 0) {
+    const float k = 0.7978845608028654f, a = 0.044715f;
+    const float t = tanhf(k * (v + a * v * v * v));
+    return 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * k * (1.f + 3.f * a * v * v);
+  }
+  if (act == 1) {
+    return 0.5f * (1.f + erff(v * 0.7071067811865476f)) + v * 0.3989422804014327f * expf(-0.5f * v * v);
+  }
+  const float s = 1.f / (1.f + expf(-v));
+  return s * (1.f + v * (1.f - s));
+}
+
+// dx = g * act'(x), a value per thread.
 template <typename T>
 __device__ void act_bwd(const T* x, const T* g, T* dx, size_t n, int act) {
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
-    const float v = ld(x + i);
-    float d;
-    if (act == 0) {
-      const float k = 0.7978845608028654f, a = 0.044715f;
-      const float t = tanhf(k * (v + a * v * v * v));
-      d = 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * k * (1.f + 3.f * a * v * v);
-    } else if (act == 1) {
-      d = 0.5f * (1.f + erff(v * 0.7071067811865476f)) + v * 0.3989422804014327f * expf(-0.5f * v * v);
-    } else {
-      const float s = 1.f / (1.f + expf(-v));
-      d = s * (1.f + v * (1.f - s));
-    }
-    st(dx + i, ld(g + i) * d);
+    st(dx + i, ld(g + i) * act_slope(ld(x + i), act));
   }
 }
+
+// out = act(x), or with `backward` out = g * act'(x): P values of T in each 16-byte word, a
+// word per thread (candle's GELU kernel reads and writes a value per thread).
+template <typename T, int P>
+__device__ void act_words(const uint4* x, const uint4* g, uint4* out, unsigned words, int act,
+                          int backward) {
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < words; i += gridDim.x * blockDim.x) {
+    const uint4 a = x[i];
+    const uint4 b = backward ? g[i] : a;
+    uint4 o;
+    const T* pa = reinterpret_cast<const T*>(&a);
+    const T* pb = reinterpret_cast<const T*>(&b);
+    T* po = reinterpret_cast<T*>(&o);
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      const float v = ld(pa + k);
+      st(po + k, backward ? ld(pb + k) * act_slope(v, act) : act_value(v, act));
+    }
+    out[i] = o;
+  }
+}
+#define ACTW_ARGS (const uint4* x, const uint4* g, uint4* out, unsigned words, int act, int backward)
+extern "C" __global__ void act_w16_f32 ACTW_ARGS { act_words<float, 4>(x, g, out, words, act, backward); }
+extern "C" __global__ void act_w16_bf16 ACTW_ARGS {
+  act_words<unsigned short, 8>(x, g, out, words, act, backward);
+}
+
+// Rotary embedding ("rotate half") of the first `rot` values of each row of d in x [B, H, T, d]
+// with cos, sin [B, T, rot/2]; the other values copied (Phi's partial rotary in one kernel,
+// not a narrow, a copy, candle's rope and a cat). A thread per value.
+template <typename T>
+__device__ void rope_first(const T* x, const T* cos, const T* sin, T* y, unsigned h, unsigned t,
+                           unsigned d, unsigned rot, unsigned n) {
+  const unsigned half = rot / 2;
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const unsigned j = i % d;
+    if (j >= rot) {
+      y[i] = x[i];
+      continue;
+    }
+    const unsigned r = i / d, ti = r % t, bi = r / (t * h);
+    const unsigned at = (bi * t + ti) * half + (j < half ? j : j - half);
+    const float c = ld(cos + at), s = ld(sin + at), v = ld(x + i);
+    st(y + i, j < half ? v * c - ld(x + i + half) * s : v * c + ld(x + i - half) * s);
+  }
+}
+#define ROPE_ARGS(T) (const T* x, const T* cos, const T* sin, T* y, unsigned h, unsigned t, \
+                      unsigned d, unsigned rot, unsigned n)
 
 // out = y + b per row of n: a thread per column, the rows strided over blockIdx.y.
 template <typename T>
@@ -111,6 +170,7 @@ __device__ void bias_add(const T* y, const T* b, T* out, int rows, int n) {
 BOTH(softmax_bwd, SOFTMAX_ARGS, softmax_bwd(y, g, dx, rows, n, scale))
 BOTH(norm_bwd, NORM_ARGS, norm_bwd(x, w, g, dx, d, eps, layer))
 BOTH(act_bwd, ACT_ARGS, act_bwd(x, g, dx, n, act))
+BOTH(rope_first, ROPE_ARGS, rope_first(x, cos, sin, y, h, t, d, rot, n))
 #define BIAS_ARGS(T) (const T* y, const T* b, T* out, int rows, int n)
 BOTH(bias_add, BIAS_ARGS, bias_add(y, b, out, rows, n))
 
@@ -315,7 +375,48 @@ pub(crate) fn norm_bwd(
     })
 }
 
-/// `g * act'(x)`, elementwise.
+fn act_code(act: Activation) -> i32 {
+    match act {
+        Activation::GeluTanh => 0,
+        Activation::GeluErf => 1,
+        Activation::Silu => 2,
+    }
+}
+
+/// Whether contiguous `ins` (one dtype) start on 16-byte words and hold whole words.
+fn in_words(ins: &[Tensor]) -> bool {
+    let dtype = ins[0].dtype();
+    ins.iter()
+        .all(|t| whole_words(dtype, &[t.elem_count(), t.layout().start_offset()]))
+        && ins[0].elem_count() * dtype.size_in_bytes() / 16 < u32::MAX as usize
+}
+
+/// `act(x)`, a 16-byte word per thread; None where it cannot run
+/// (another dtype or device, or not whole words).
+pub(crate) fn activation(x: &Tensor, act: Activation) -> candle_core::Result<Option<Tensor>> {
+    let Some(ins) = inputs([x])? else {
+        return Ok(None);
+    };
+    if !in_words(&ins) {
+        return Ok(None);
+    }
+    let dtype = x.dtype();
+    let words = (x.elem_count() * dtype.size_in_bytes() / 16) as u32;
+    let (act32, backward) = (act_code(act), 0i32);
+    with_slices!("act_w16", dtype, ins, |func, out, s| {
+        let mut b = func.builder();
+        b.arg(&s[0])
+            .arg(&s[0])
+            .arg(&out)
+            .arg(&words)
+            .arg(&act32)
+            .arg(&backward);
+        // SAFETY: x and out hold `words` contiguous 16-byte words at aligned starts.
+        unsafe { b.launch(words_launch(words as usize)) }.w()?;
+    })
+}
+
+/// `g * act'(x)`, elementwise (a 16-byte word per thread where the values fill words).
 pub(crate) fn activation_bwd(
     x: &Tensor,
     g: &Tensor,
@@ -326,11 +427,22 @@ pub(crate) fn activation_bwd(
     };
     let dtype = x.dtype();
     let n = x.elem_count();
-    let act32: i32 = match act {
-        Activation::GeluTanh => 0,
-        Activation::GeluErf => 1,
-        Activation::Silu => 2,
-    };
+    let act32 = act_code(act);
+    if in_words(&ins) {
+        let words = (n * dtype.size_in_bytes() / 16) as u32;
+        let backward = 1i32;
+        return with_slices!("act_w16", dtype, ins, |func, out, s| {
+            let mut b = func.builder();
+            b.arg(&s[0])
+                .arg(&s[1])
+                .arg(&out)
+                .arg(&words)
+                .arg(&act32)
+                .arg(&backward);
+            // SAFETY: x, g and out hold `words` contiguous 16-byte words at aligned starts.
+            unsafe { b.launch(words_launch(words as usize)) }.w()?;
+        });
+    }
     with_slices!("act_bwd", dtype, ins, |func, out, s| {
         let cfg = LaunchConfig {
             grid_dim: (n.div_ceil(256).min(65_535) as u32, 1, 1),
@@ -342,6 +454,50 @@ pub(crate) fn activation_bwd(
         b.arg(&s[0]).arg(&s[1]).arg(&out).arg(&n64).arg(&act32);
         // SAFETY: x, g and out hold n contiguous values.
         unsafe { b.launch(cfg) }.w()?;
+    })
+}
+
+/// Rotary embedding of the first `rot` values of each head of x [B, H, T, D] with (cos, sin)
+/// [B, T, rot/2], the rest copied, in one kernel; None where it cannot run.
+pub(crate) fn rotate_first(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    rot: usize,
+) -> candle_core::Result<Option<Tensor>> {
+    let Some(ins) = inputs([x, cos, sin])? else {
+        return Ok(None);
+    };
+    let (b, h, t, d) = ins[0].dims4()?;
+    let fits = rot.is_multiple_of(2)
+        && rot <= d
+        && ins[1].dims() == [b, t, rot / 2]
+        && ins[2].dims() == [b, t, rot / 2]
+        && x.elem_count() < u32::MAX as usize;
+    if !fits {
+        return Ok(None);
+    }
+    let dtype = x.dtype();
+    let n = x.elem_count() as u32;
+    let (h32, t32, d32, rot32) = (h as u32, t as u32, d as u32, rot as u32);
+    with_slices!("rope_first", dtype, ins, |func, out, s| {
+        let cfg = LaunchConfig {
+            grid_dim: ((n as usize).div_ceil(256).min(1 << 20) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut bld = func.builder();
+        bld.arg(&s[0])
+            .arg(&s[1])
+            .arg(&s[2])
+            .arg(&out)
+            .arg(&h32)
+            .arg(&t32)
+            .arg(&d32)
+            .arg(&rot32)
+            .arg(&n);
+        // SAFETY: x and out hold B x H x T x D contiguous values, cos and sin B x T x rot/2.
+        unsafe { bld.launch(cfg) }.w()?;
     })
 }
 

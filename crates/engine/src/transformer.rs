@@ -378,7 +378,7 @@ impl Transformer {
         let tk = k.dim(2)?;
         let grouped = q.reshape((b, c.n_kv_heads, rep * t, c.head_dim))?;
         let scale = c.query_scale.unwrap_or(1.0 / (c.head_dim as f64).sqrt());
-        let raw = grouped.matmul(&k.t()?)?;
+        let raw = crate::grad_ops::matmul_nt(&grouped, &k)?;
         let mask = match &step.local_mask {
             Some(m) if local => Some(m),
             _ => step.mask.as_ref(),

@@ -286,3 +286,100 @@ fn word_add_matches_candle_add() {
         .unwrap();
     assert!(gx.iter().all(|v| (v - 4.0).abs() < 1e-6), "{:?}", &gx[..4]);
 }
+
+/// Values and input gradients (where it has them) of an op on the GPU (its kernels), in f32 and
+/// bf16, against the CPU (candle's composites) in f32 on the same (rounded) input: the
+/// kernels compute in f32 and round once, where a bf16 composite rounds at every step.
+fn gpu_op_matches_cpu(
+    what: &str,
+    shape: &[usize],
+    f: &dyn Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
+) {
+    use candle_core::{Tensor, Var};
+    let gpu = Device::new_cuda(0).unwrap();
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919 % 997) as f32 / 61.0).sin() * 3.0)
+        .collect();
+    let probe: Vec<f32> = (0..n)
+        .map(|i| ((i * 104729 % 991) as f32 / 37.0).cos())
+        .collect();
+    for (dtype, tol) in [(DType::F32, 2e-5f32), (DType::BF16, 1e-2)] {
+        let run = |dev: &Device, compute: DType| {
+            let x = Tensor::from_vec(data.clone(), shape, dev).unwrap();
+            let x = x.to_dtype(dtype).unwrap().to_dtype(compute).unwrap();
+            let x = Var::from_tensor(&x).unwrap();
+            let y = f(x.as_tensor()).unwrap();
+            let probe = Tensor::from_vec(probe.clone(), y.shape(), dev).unwrap();
+            let loss = (y.to_dtype(DType::F32).unwrap() * probe)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let dx = loss.backward().unwrap().get(x.as_tensor()).cloned();
+            let flat = |t: Tensor| {
+                t.to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            (flat(y), dx.map(flat))
+        };
+        let ((y1, g1), (y2, g2)) = (run(&gpu, dtype), run(&Device::Cpu, DType::F32));
+        assert_eq!(
+            g1.is_some(),
+            g2.is_some(),
+            "{what}: a gradient on one device only"
+        );
+        let (g1, g2) = (g1.unwrap_or_default(), g2.unwrap_or_default());
+        let scale = g2.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in y1.iter().zip(&y2).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * (1.0 + b.abs()),
+                "{what} {dtype:?} value {i}: {a} vs {b}"
+            );
+        }
+        for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * scale,
+                "{what} {dtype:?} gradient {i}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+/// The activations' word kernels (forward and backward) and Phi's partial rotary kernel
+/// against candle's ops on the CPU; shapes with and without whole 16-byte words.
+#[test]
+fn activation_and_partial_rotary_kernels_match_cpu() {
+    use candle_core::Tensor;
+    use eigenprune_engine::config::Activation;
+    use eigenprune_engine::grad_ops::{activation, plain_activation, rope};
+    for act in [Activation::GeluTanh, Activation::GeluErf, Activation::Silu] {
+        for shape in [[4usize, 64, 256], [3, 5, 7]] {
+            let what = format!("{act:?} {shape:?}");
+            gpu_op_matches_cpu(&what, &shape, &|x| activation(x, act));
+            gpu_op_matches_cpu(&what, &shape, &|x| plain_activation(&x.detach(), act));
+        }
+    }
+    let (b, h, t, half) = (2, 3, 5, 16);
+    for pass_through in [48, 3] {
+        let rot = 2 * half;
+        let f = |x: &Tensor| {
+            let dev = x.device();
+            let angles: Vec<f32> = (0..b * t * half).map(|i| i as f32 * 0.37).collect();
+            let angles = Tensor::from_vec(angles, (b, t, half), dev)?;
+            let (cos, sin) = (
+                angles.cos()?.to_dtype(DType::BF16)?.to_dtype(x.dtype())?,
+                angles.sin()?.to_dtype(DType::BF16)?.to_dtype(x.dtype())?,
+            );
+            rope(x, &cos, &sin, rot)
+        };
+        gpu_op_matches_cpu(
+            &format!("rope +{pass_through}"),
+            &[b, h, t, rot + pass_through],
+            &f,
+        );
+    }
+}
