@@ -215,6 +215,7 @@ impl ModelHost {
             &LoadOptions {
                 device: self.device.clone(),
                 dtype: self.dtype,
+                quantized: false,
             },
         )?);
         tracing::info!(model = %name, %spec, seconds = t.elapsed().as_secs_f64(), "loaded");

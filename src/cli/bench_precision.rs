@@ -48,6 +48,7 @@ pub fn run(args: BenchPrecisionArgs) -> anyhow::Result<()> {
     let opts = LoadOptions {
         device: super::parse_device(&args.device)?,
         dtype: candle_core::DType::F32,
+        quantized: false,
     };
     let loaded = load_model(&args.model, &opts)
         .with_context(|| format!("loading model `{}`", args.model))?;

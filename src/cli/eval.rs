@@ -44,6 +44,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let task = load_task(&args.task, args.seed)?;
     let mut loaded = load_model(&args.model, &opts)
         .with_context(|| format!("loading model `{}`", args.model))?;
+    // Evaluations score the dense weights, as a pruning job's do.
+    loaded.model = loaded.model.dense();
     if let Some(path) = &args.edit {
         let edit = Edit::load(path, &opts.device)?;
         edit.apply(&mut loaded.model)

@@ -32,17 +32,28 @@ pub struct GenerateArgs {
     /// Weights' dtype: auto (bf16 on a GPU, f32 on the CPU), f32, bf16 or f16.
     #[arg(long, env = "EIGENPRUNE_DTYPE", default_value = "auto")]
     pub dtype: String,
+    /// On the CPU, decode from a GGUF's own quantised blocks (its linear maps and tied output
+    /// projection) instead of the dense f32 weights dequantised from them; the prompt's
+    /// forward stays dense.
+    #[arg(long)]
+    pub quantized: bool,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let opts = super::load_options(&args.device, &args.dtype)?;
+    let opts = eigenprune_engine::LoadOptions {
+        quantized: args.quantized,
+        ..super::load_options(&args.device, &args.dtype)?
+    };
     let t0 = std::time::Instant::now();
     let loaded = load_model(&args.model, &opts)
         .with_context(|| format!("loading model `{}`", args.model))?;
+    let linears = loaded.model.weights.linears();
+    let quantized = linears.iter().filter(|l| l.is_quantized()).count();
     eprintln!(
-        "loaded {} in {:.2}s",
+        "loaded {} in {:.2}s ({quantized} of {} linear maps served from quantised blocks)",
         args.model,
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        linears.len()
     );
     let tok = &loaded.tokenizer;
     let enc = tok

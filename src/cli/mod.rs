@@ -92,7 +92,11 @@ pub fn load_options(device: &str, dtype: &str) -> anyhow::Result<eigenprune_engi
         "f16" => DType::F16,
         other => anyhow::bail!("unknown dtype `{other}` (auto, f32, bf16, f16)"),
     };
-    Ok(eigenprune_engine::LoadOptions { device, dtype })
+    Ok(eigenprune_engine::LoadOptions {
+        device,
+        dtype,
+        quantized: false,
+    })
 }
 
 pub fn parse_device(spec: &str) -> anyhow::Result<candle_core::Device> {

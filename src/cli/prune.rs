@@ -137,6 +137,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let opts = LoadOptions {
         device,
         dtype: candle_core::DType::F32,
+        quantized: false,
     };
     let loaded = load_model(&args.model, &opts)
         .with_context(|| format!("loading model `{}`", args.model))?;

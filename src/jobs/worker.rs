@@ -227,8 +227,9 @@ fn evaluate_served(
             .collect();
         let model = &served[group[0]].model;
         let edits: Vec<_> = group.iter().map(|&i| served[i].edit.clone()).collect();
+        // Evaluations score the dense weights, as a pruning job's do.
         let rs = evaluate_variants(
-            &model.model,
+            &model.model.dense(),
             &model.tokenizer,
             examples,
             16,

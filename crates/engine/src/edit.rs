@@ -198,6 +198,7 @@ impl Edit {
                 });
             }
             lin.weight = (&lin.weight + delta)?;
+            lin.drop_quantized();
             if let Some(d) = &m.bias_delta {
                 let d = d.to_dtype(lin.weight.dtype())?;
                 lin.bias = Some(match &lin.bias {

@@ -1,12 +1,16 @@
 //! GGUF files (llama.cpp; Llama and Gemma-3): dequantised to dense f32 weights under HF tensor
-//! names, with an HF-style config and the tokenizer rebuilt from the metadata.
+//! names, with an HF-style config and the tokenizer rebuilt from the metadata. On the CPU the
+//! linear maps' own quantised blocks are kept too, for serving.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value as GValue};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
@@ -20,6 +24,9 @@ pub struct GgufModel {
     pub config: Value,
     /// Dense tensors under HF names, in the HF layout (q/k rows un-permuted).
     pub tensors: HashMap<String, Tensor>,
+    /// On the CPU, the quantised blocks of the linear maps and the token embedding (a tied
+    /// output projection's), under the same names and layout.
+    pub quantized: HashMap<String, Arc<QTensor>>,
     pub tokenizer: Tokenizer,
     /// `tokenizer.chat_template`, when the file has one.
     pub chat_template: Option<ChatTemplate>,
@@ -120,6 +127,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     };
 
     let mut tensors = HashMap::new();
+    let mut quantized = HashMap::new();
     for name in content.tensor_infos.keys() {
         let qt = content
             .tensor(&mut reader, name, device)
@@ -128,10 +136,28 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         let Some(hf) = hf_name(arch, name) else {
             continue;
         };
-        if arch == "llama" && name.ends_with("attn_q.weight") {
-            t = unpermute(&t, n_heads)?;
-        } else if arch == "llama" && name.ends_with("attn_k.weight") {
-            t = unpermute(&t, n_kv)?;
+        let heads = match name {
+            _ if arch != "llama" => None,
+            n if n.ends_with("attn_q.weight") => Some(n_heads),
+            n if n.ends_with("attn_k.weight") => Some(n_kv),
+            _ => None,
+        };
+        let block_quantized = !matches!(
+            qt.dtype(),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        );
+        let served = hf.ends_with("_proj.weight")
+            || hf == "lm_head.weight"
+            || hf == "model.embed_tokens.weight";
+        if device.is_cpu() && block_quantized && served {
+            let qt = match heads {
+                Some(h) => unpermute_rows(&qt, h)?,
+                None => qt,
+            };
+            quantized.insert(hf.clone(), Arc::new(qt));
+        }
+        if let Some(h) = heads {
+            t = unpermute(&t, h)?;
         } else if arch == "gemma3" && name.ends_with("norm.weight") {
             // llama.cpp stores Gemma's norm scale as 1 + w; HF checkpoints store w.
             t = (t - 1.0)?;
@@ -155,6 +181,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     Ok(GgufModel {
         config,
         tensors,
+        quantized,
         tokenizer,
         chat_template,
     })
@@ -169,6 +196,25 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
         .transpose(1, 2)?
         .reshape((out, d_in))?
         .contiguous()?)
+}
+
+/// [`unpermute`] of a quantised [out, in] matrix on the CPU: each row's blocks moved whole.
+fn unpermute_rows(q: &QTensor, heads: usize) -> Result<QTensor> {
+    let (out, _) = q.shape().dims2()?;
+    let data = q.data()?;
+    let row = data.len() / out;
+    let half = out / heads / 2;
+    let mut moved = Vec::with_capacity(data.len());
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let from = h * 2 * half + i * 2 + j;
+                moved.extend_from_slice(&data[from * row..(from + 1) * row]);
+            }
+        }
+    }
+    let storage = QStorage::from_data(Cow::Owned(moved), &Device::Cpu, q.dtype())?;
+    Ok(QTensor::new(storage, q.shape().clone())?)
 }
 
 /// llama.cpp tensor names -> HF names (Llama's, or Gemma-3's for `gemma3`).

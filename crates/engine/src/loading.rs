@@ -55,6 +55,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// The dtype weights are kept in (pruning math converts to f32 itself).
     pub dtype: DType,
+    /// On the CPU, also keep a GGUF's quantised blocks of the linear maps and serve decoding
+    /// steps from them (`Linear::is_quantized`); pruning and evaluations stay dense.
+    pub quantized: bool,
 }
 
 impl Default for LoadOptions {
@@ -62,6 +65,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: DType::F32,
+            quantized: false,
         }
     }
 }
@@ -78,10 +82,14 @@ pub struct LoadedModel {
 
 pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let source = ModelSource::parse(spec)?;
+    let mut quantized = HashMap::new();
     let (config_json, tensors, tokenizer, chat_template) = match &source {
         ModelSource::Directory(dir) => read_directory(dir, &opts.device)?,
         ModelSource::GgufFile(path) => {
             let g = gguf::load(path, &opts.device)?;
+            if opts.quantized {
+                quantized = g.quantized;
+            }
             (g.config, g.tensors, g.tokenizer, g.chat_template)
         }
         ModelSource::Hub { repo, revision } => {
@@ -89,7 +97,8 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             read_directory(&dir, &opts.device)?
         }
     };
-    let model = models::build(&config_json, TensorMap::new(tensors))?.to_dtype(opts.dtype)?;
+    let tensors = TensorMap::new(tensors).with_quantized(quantized);
+    let model = models::build(&config_json, tensors)?.to_dtype(opts.dtype)?;
     Ok(LoadedModel {
         model,
         tokenizer,

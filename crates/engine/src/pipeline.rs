@@ -122,14 +122,14 @@ pub fn run(
     if settings.portions.is_empty() {
         return Err(EngineError::InvalidInput("no portion given".into()));
     }
-    // Pruning math is f32 whatever the serving dtype (the edit is applied in the base's dtype).
-    let base32;
-    let base = if base.dtype() == DType::F32 {
-        base
+    // Pruning math, the evaluations included, is on the dense f32 weights whatever the serving
+    // form (dtype, a GGUF's quantised blocks); the edit is applied in the base's dtype.
+    let base32 = if base.dtype() == DType::F32 {
+        base.dense()
     } else {
-        base32 = base.to_dtype(DType::F32)?;
-        &base32
+        base.to_dtype(DType::F32)?
     };
+    let base = &base32;
     let mut seconds = BTreeMap::new();
     let mut clock = Instant::now();
     let mut lap = |name: &str, seconds: &mut BTreeMap<String, f64>| {

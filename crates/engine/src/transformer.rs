@@ -174,6 +174,13 @@ impl Transformer {
         self.weights.embed.dtype()
     }
 
+    /// The same model serving its dense weights only (no quantised copies).
+    pub fn dense(&self) -> Self {
+        let mut m = self.clone();
+        m.weights = m.weights.dense();
+        m
+    }
+
     /// A copy with every weight and table in `dtype` (the same model when it already is).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         if dtype == self.dtype() {

@@ -17,6 +17,7 @@ fn load(name: &str, device: &Device) -> LoadedModel {
     let opts = LoadOptions {
         device: device.clone(),
         dtype: DType::F32,
+        quantized: false,
     };
     load_model(fixture_dir(name).to_str().unwrap(), &opts).unwrap()
 }

@@ -7,7 +7,9 @@ pub mod llama;
 pub mod phi;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Tensor};
 use serde_json::Value;
 
@@ -19,6 +21,8 @@ use crate::{EngineError, Result};
 /// Checkpoint tensors by their HF name; loaders take what they need, with shape checks.
 pub struct TensorMap {
     tensors: HashMap<String, Tensor>,
+    /// Quantised copies of some linear maps' weights (a GGUF's own blocks), for CPU serving.
+    quantized: HashMap<String, Arc<QTensor>>,
     /// When set, a missing tensor is drawn at random on this device instead (benchmarks at
     /// real shapes without the real weights).
     random: Option<RandomInit>,
@@ -49,12 +53,23 @@ impl RandomInit {
     }
 }
 
+/// The token embedding's name, whose quantised copy a tied output projection serves from.
+const EMBED: &str = "model.embed_tokens.weight";
+
 impl TensorMap {
     pub fn new(tensors: HashMap<String, Tensor>) -> Self {
         Self {
             tensors,
+            quantized: HashMap::new(),
             random: None,
         }
+    }
+
+    /// With quantised serving copies of some weights, by tensor name ([`Self::linear`] and a
+    /// tied [`Self::lm_head`] attach them).
+    pub fn with_quantized(mut self, quantized: HashMap<String, Arc<QTensor>>) -> Self {
+        self.quantized = quantized;
+        self
     }
 
     /// Every requested tensor drawn from the device's (seeded) generator: matrices N(0, 0.02),
@@ -65,6 +80,7 @@ impl TensorMap {
         }
         Ok(Self {
             tensors: HashMap::new(),
+            quantized: HashMap::new(),
             random: Some(RandomInit {
                 device: device.clone(),
                 host: rand::SeedableRng::seed_from_u64(seed),
@@ -122,7 +138,8 @@ impl TensorMap {
         } else {
             self.take_opt(&format!("{prefix}.bias"), &[d_out])?
         };
-        Ok(Linear::new(weight, bias))
+        let quantized = self.quantized.remove(&format!("{prefix}.weight"));
+        Linear::new(weight, bias).with_quantized(quantized)
     }
 
     /// `lm_head` (with its bias, if any), or the embedding when tied and no head is stored.
@@ -134,10 +151,9 @@ impl TensorMap {
         d: usize,
     ) -> Result<Linear> {
         if tied && !self.contains("lm_head.weight") {
-            Ok(Linear::new(
-                embed.clone(),
-                self.take_opt("lm_head.bias", &[vocab])?,
-            ))
+            let quantized = self.quantized.remove(EMBED);
+            Linear::new(embed.clone(), self.take_opt("lm_head.bias", &[vocab])?)
+                .with_quantized(quantized)
         } else {
             self.linear("lm_head", vocab, d, false)
         }
