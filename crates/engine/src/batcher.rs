@@ -470,7 +470,9 @@ fn step(
         Some(e) => model.forward_with_edits(&ids, &valid, Some(cache), e)?,
         None => model.forward(&ids, &valid, Some(cache), None)?,
     };
-    let logits = model.logits(&hidden.squeeze(1)?)?.to_dtype(DType::F32)?;
+    let logits = model
+        .decoding_logits(&hidden.squeeze(1)?)?
+        .to_dtype(DType::F32)?;
     let mut stays = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter_mut().enumerate() {
         let token = choose(row, &logits.get(i)?)?;

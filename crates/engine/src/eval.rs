@@ -20,7 +20,8 @@ use crate::Result;
 /// every variant's rows in the same pass; the rows' corrections are built once per batch
 /// size.
 struct Runner<'a> {
-    model: &'a Transformer,
+    /// The model's dense weights: scores never read quantised serving blocks.
+    model: Transformer,
     variants: &'a [Option<Arc<Edit>>],
     edits: HashMap<usize, Option<RowEdits>>,
 }
@@ -31,7 +32,7 @@ impl<'a> Runner<'a> {
             crate::batcher::check_variant(model, e)?;
         }
         Ok(Self {
-            model,
+            model: model.dense(),
             variants,
             edits: HashMap::new(),
         })
@@ -54,7 +55,7 @@ impl<'a> Runner<'a> {
                 .map(|i| self.variants[i % self.width()].as_ref())
                 .collect();
             let previous = self.edits.values().flatten().next();
-            let built = crate::batcher::row_edits(self.model, &per_row, previous)?;
+            let built = crate::batcher::row_edits(&self.model, &per_row, previous)?;
             self.edits.insert(rows, built);
         }
         match &self.edits[&rows] {
@@ -323,7 +324,7 @@ fn score_choices(
     groups.sort_by_key(|g| seqs[g[0]].2.prompt.len());
     let lens: Vec<usize> = groups.iter().map(|g| seqs[g[0]].2.prompt.len()).collect();
     let mut out = vec![Scored::default(); seqs.len()];
-    let model = runner.model;
+    let model = &runner.model.clone();
     let device = model.device();
     let mut done = 0;
     for range in batch.passes(&lens, runner.width()) {
@@ -397,7 +398,7 @@ fn continuation(
             _ => vec![0],
         })
         .collect();
-    let model = runner.model;
+    let model = &runner.model.clone();
     let cont = pack(&rows, false, 0, model.device())?;
     let mut cc = cache.clone();
     let h = runner.forward(&cont.ids, &cont.valid, Some(&mut cc))?;
@@ -460,7 +461,7 @@ fn score_sequences(
     order.sort_by_key(|&i| seqs[i].len());
     let lens: Vec<usize> = order.iter().map(|&i| seqs[i].len() - 1).collect();
     let mut out = vec![Scored::default(); seqs.len()];
-    let model = runner.model;
+    let model = &runner.model.clone();
     let device = model.device();
     for range in batch.passes(&lens, runner.width()) {
         let done = range.end;

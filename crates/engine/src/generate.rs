@@ -79,7 +79,11 @@ pub fn generate(
         let valid = vec![vec![true; input.len()]];
         let hidden = model.forward(&ids, &valid, Some(&mut cache), None)?;
         let last = hidden.narrow(1, input.len() - 1, 1)?;
-        let logits = model.logits(&last)?.flatten_all()?.to_dtype(DType::F32)?;
+        let logits = match step {
+            0 => model.logits(&last)?,
+            _ => model.decoding_logits(&last)?,
+        };
+        let logits = logits.flatten_all()?.to_dtype(DType::F32)?;
         let next = sample(&logits, params, &counts, &mut rng)?;
         *counts.entry(next).or_insert(0) += 1;
         if step == 0 {

@@ -1,6 +1,7 @@
 //! GGUF files (llama.cpp; Llama and Gemma-3): dequantised to dense f32 weights under HF tensor
 //! names, with an HF-style config and the tokenizer rebuilt from the metadata. On the CPU the
-//! linear maps' own quantised blocks are kept too, for serving.
+//! linear maps' quantised blocks are kept too, for decoding: the file's own where candle's
+//! dot product for them is vectorised, else the dense values re-quantised to Q8_0.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -24,8 +25,9 @@ pub struct GgufModel {
     pub config: Value,
     /// Dense tensors under HF names, in the HF layout (q/k rows un-permuted).
     pub tensors: HashMap<String, Tensor>,
-    /// On the CPU, the quantised blocks of the linear maps and the token embedding (a tied
-    /// output projection's), under the same names and layout.
+    /// On the CPU, quantised blocks of the linear maps and the token embedding (a tied output
+    /// projection's), under the same names and layout: the file's own, or Q8_0 where candle
+    /// has no vectorised dot product for the file's format (Q4_1, Q5_0, Q5_1).
     pub quantized: HashMap<String, Arc<QTensor>>,
     pub tokenizer: Tokenizer,
     /// `tokenizer.chat_template`, when the file has one.
@@ -142,14 +144,14 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
             n if n.ends_with("attn_k.weight") => Some(n_kv),
             _ => None,
         };
-        let block_quantized = !matches!(
-            qt.dtype(),
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-        );
+        let qt_dtype = qt.dtype();
+        let block_quantized =
+            !matches!(qt_dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         let served = hf.ends_with("_proj.weight")
             || hf == "lm_head.weight"
             || hf == "model.embed_tokens.weight";
-        if device.is_cpu() && block_quantized && served {
+        let keep = device.is_cpu() && block_quantized && served;
+        if keep && has_simd_dot(qt_dtype) {
             let qt = match heads {
                 Some(h) => unpermute_rows(&qt, h)?,
                 None => qt,
@@ -158,7 +160,17 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         }
         if let Some(h) = heads {
             t = unpermute(&t, h)?;
-        } else if arch == "gemma3" && name.ends_with("norm.weight") {
+        }
+        let whole_blocks = t.dims().last().is_some_and(|d| d % 32 == 0);
+        if keep && !has_simd_dot(qt_dtype) && whole_blocks {
+            // candle's dot product for this block format is scalar (slower than the f32
+            // GEMV): the dense values re-quantised to Q8_0, whose kernel is vectorised.
+            quantized.insert(
+                hf.clone(),
+                Arc::new(QTensor::quantize(&t, GgmlDType::Q8_0)?),
+            );
+        }
+        if arch == "gemma3" && name.ends_with("norm.weight") {
             // llama.cpp stores Gemma's norm scale as 1 + w; HF checkpoints store w.
             t = (t - 1.0)?;
         }
@@ -196,6 +208,12 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
         .transpose(1, 2)?
         .reshape((out, d_in))?
         .contiguous()?)
+}
+
+/// Whether candle's CPU matmul has a vectorised (AVX / NEON) dot product for `dtype`'s blocks.
+fn has_simd_dot(dtype: GgmlDType) -> bool {
+    use GgmlDType::*;
+    matches!(dtype, Q4_0 | Q8_0 | Q2K | Q3K | Q4K | Q5K | Q6K | Q8K)
 }
 
 /// [`unpermute`] of a quantised [out, in] matrix on the CPU: each row's blocks moved whole.

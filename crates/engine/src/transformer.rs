@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::{Activation, ModelConfig, NormKind};
 use crate::row_edits::RowEdits;
 use crate::trace::{Component, Trace};
-use crate::weights::{Norm, Weights};
+use crate::weights::{Linear, Norm, Weights};
 use crate::{EngineError, Result};
 
 /// Added to the attention scores of keys a query must not see.
@@ -139,6 +139,9 @@ struct Step<'a> {
     rope: Option<(Tensor, Tensor)>,
     rope_local: Option<(Tensor, Tensor)>,
     differentiable: bool,
+    /// One new token a row after cached ones: the linear maps may read quantised blocks
+    /// ([`Linear::forward_decoding`]).
+    decoding: bool,
     trace: Option<&'a mut Trace>,
     /// Per-row corrections of a batch mixing the base and its variants.
     edits: Option<&'a RowEdits>,
@@ -266,6 +269,7 @@ impl Transformer {
             }
         }
         let differentiable = trace.is_some();
+        let decoding = t == 1 && !past.is_empty() && past.iter().all(|p| !p.is_empty());
         let mut step = Step {
             rope: self.rope_rows(&self.rope, &positions)?,
             rope_local: self.rope_rows(&self.rope_local, &positions)?,
@@ -273,6 +277,7 @@ impl Transformer {
             mask,
             local_mask,
             differentiable,
+            decoding,
             trace,
             edits,
         };
@@ -296,6 +301,12 @@ impl Transformer {
         Ok(self.weights.lm_head.forward(hidden)?)
     }
 
+    /// [`Self::logits`] of a decoding step (from the output projection's quantised blocks,
+    /// where kept).
+    pub fn decoding_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.weights.lm_head.forward_decoding(hidden)?)
+    }
+
     fn block(
         &self,
         layer: usize,
@@ -304,12 +315,17 @@ impl Transformer {
         step: &mut Step,
     ) -> Result<Tensor> {
         let blk = &self.weights.blocks[layer];
+        let decoding = step.decoding;
+        let map = |l: &Linear, x: &Tensor| match decoding {
+            true => l.forward_decoding(x),
+            false => l.forward(x),
+        };
         let x = self.norm(h, &blk.ln1, step.differentiable)?;
-        let q = step.tap(layer, Component::Q, &x, Some(h), blk.q.forward(&x)?)?;
-        let k = step.tap(layer, Component::K, &x, Some(h), blk.k.forward(&x)?)?;
-        let v = step.tap(layer, Component::V, &x, Some(h), blk.v.forward(&x)?)?;
+        let q = step.tap(layer, Component::Q, &x, Some(h), map(&blk.q, &x)?)?;
+        let k = step.tap(layer, Component::K, &x, Some(h), map(&blk.k, &x)?)?;
+        let v = step.tap(layer, Component::V, &x, Some(h), map(&blk.v, &x)?)?;
         let ctx = self.attention(layer, &q, &k, &v, kv, step)?;
-        let mut attn_out = step.tap(layer, Component::O, &ctx, None, blk.o.forward(&ctx)?)?;
+        let mut attn_out = step.tap(layer, Component::O, &ctx, None, map(&blk.o, &ctx)?)?;
         if let Some(n) = &blk.post_attn_norm {
             attn_out = self.norm(&attn_out, n, step.differentiable)?;
         }
@@ -320,19 +336,13 @@ impl Transformer {
                 (self.norm(&mid, ln2, step.differentiable)?, mid)
             }
         };
-        let up = blk.up.forward(&mlp_in)?;
+        let up = map(&blk.up, &mlp_in)?;
         let up = step.tap(layer, Component::MlpIn, &mlp_in, Some(&mlp_resid), up)?;
         let act = match &blk.gate {
-            Some(gate) => (step.activate(&gate.forward(&mlp_in)?, self.config.activation)? * &up)?,
+            Some(gate) => (step.activate(&map(gate, &mlp_in)?, self.config.activation)? * &up)?,
             None => step.activate(&up, self.config.activation)?,
         };
-        let mut down = step.tap(
-            layer,
-            Component::MlpOut,
-            &act,
-            None,
-            blk.down.forward(&act)?,
-        )?;
+        let mut down = step.tap(layer, Component::MlpOut, &act, None, map(&blk.down, &act)?)?;
         if let Some(n) = &blk.post_mlp_norm {
             down = self.norm(&down, n, step.differentiable)?;
         }

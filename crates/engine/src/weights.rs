@@ -7,18 +7,14 @@ use candle_core::backend::BackendStorage;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
 
-/// The most rows a forward serves from quantised blocks (a decoding step of up to this many
-/// sequences); larger inputs use the dense weights.
-pub const QUANTIZED_MAX_ROWS: usize = 32;
-
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     /// A GGUF's own quantised copy of `weight`, for serving on the CPU (llama.cpp's block
     /// formats: a token reads a quarter to an eighth of the f32 bytes). Only an untraced f32
-    /// forward on the CPU of at most [`QUANTIZED_MAX_ROWS`] rows uses it; it is dropped
-    /// whenever `weight` is handed out to be changed.
+    /// decoding step on the CPU uses it ([`Linear::forward_decoding`]); it is dropped whenever
+    /// `weight` is handed out to be changed.
     quantized: Option<QMatMul>,
 }
 
@@ -47,25 +43,32 @@ impl Linear {
         self.quantized = None;
     }
 
+    /// [`Linear::forward`] for a decoding step: from the quantised blocks where they are kept
+    /// (an untraced f32 input on the CPU), else the dense weights. Decoding reads every weight
+    /// for a row or a few; prompts and scoring (many rows, compute-bound, and exact) stay dense.
+    pub fn forward_decoding(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let Some(q) = &self.quantized else {
+            return self.forward(x);
+        };
+        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.track_op() {
+            return self.forward(x);
+        }
+        let y = q.forward(&x.contiguous()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
     /// x: [.., in] -> [.., out].
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let d_in = *dims.last().expect("linear input has a last dim");
         let rows = x.elem_count() / d_in;
         let x2 = x.reshape((rows, d_in))?;
-        // Decoding steps read every weight for a few rows: the quantised blocks (a quarter of
-        // the bytes) pay there. Prompts and scoring (many rows, compute-bound) keep the dense
-        // f32 GEMM, which is faster there and exact (quantising the activations as well, for
-        // every row, moved cb's per-choice log-likelihoods on SmolLM2 by up to 0.33 nats).
-        let serve_quantized = rows <= QUANTIZED_MAX_ROWS
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && !x.track_op();
         // Decoding (few rows): W x^T reads W in its own row-major layout; x W^T would make
         // the matmul pack (copy) all of W^T on every call.
-        let y = if let (Some(q), true) = (&self.quantized, serve_quantized) {
-            q.forward(&x2)?
-        } else if rows <= 4 {
+        let y = if rows <= 4 {
             self.weight.matmul(&x2.t()?)?.t()?
         } else if x2.track_op() && !self.weight.is_variable() {
             x2.apply_op2(&self.weight, ConstWeightMatmul)?
