@@ -3,7 +3,7 @@
 llama.cpp (llama-cpp-python, same GGUF) and HF transformers (when torch is installed).
 Prints a markdown table. Run on an otherwise idle machine:
 
-    python3 scripts/bench_cpu.py [--threads 2] [--runs 3]
+    python3 scripts/bench_cpu.py [--threads 2] [--runs 3] [--gguf models/OTHER.gguf]
 """
 import argparse
 import os
@@ -31,7 +31,7 @@ def eigenprune(runs, quantized=False):
         tps = n / secs
         best = tps if best is None else max(best, tps)
     if quantized:
-        return best, "decoding from the GGUF's Q4_1 blocks, candle's quantised matmul"
+        return best, "decoding from quantised blocks (the file's, or Q8_0), candle's quantised matmul"
     return best, "f32 weights (dequantised), candle CPU"
 
 
@@ -55,7 +55,7 @@ def llama_cpp(runs, threads):
         tps = n / (time.perf_counter() - t0)
         best = tps if best is None else max(best, tps)
     import llama_cpp
-    return best, f"llama-cpp-python {llama_cpp.__version__}, Q4_1 weights"
+    return best, f"llama-cpp-python {llama_cpp.__version__}, the GGUF's own weights"
 
 
 def transformers_cpu(runs, threads):
@@ -79,10 +79,13 @@ def transformers_cpu(runs, threads):
 
 
 def main():
+    global GGUF
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--gguf", default=GGUF)
     a = ap.parse_args()
+    GGUF = a.gguf
     print(f"| engine | tok/s (greedy, {NEW} new tokens, best of {a.runs}) | notes |")
     print("| --- | --- | --- |")
     for name, fn in [("eigenprune", lambda: eigenprune(a.runs)),
