@@ -292,3 +292,58 @@ impl Weights {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::Device;
+
+    /// A decoding step through each block format's dot product equals the dense product of the dequantised weights up to the activations' 8-bit
+    /// rounding; a changed weight drops the blocks.
+    #[test]
+    fn decoding_from_blocks_is_the_dense_product() {
+        let dev = Device::Cpu;
+        let values = |n: usize, k: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * k % 1009) as f32 / 97.0).sin())
+                .collect()
+        };
+        let w = Tensor::from_vec(values(64 * 256, 7), (64, 256), &dev).unwrap();
+        let b = Tensor::from_vec(values(64, 3), 64, &dev).unwrap();
+        let x = Tensor::from_vec(values(2 * 256, 11), (2, 1, 256), &dev).unwrap();
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let dense = q.dequantize(&dev).unwrap();
+            let mut lin = Linear::new(dense, Some(b.clone()))
+                .with_quantized(Some(Arc::new(q)))
+                .unwrap();
+            assert!(lin.is_quantized());
+            let want = lin.forward(&x).unwrap();
+            let got = lin.forward_decoding(&x).unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let gap = (&got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(gap <= 2e-2 * scale, "{dtype:?}: gap {gap} of {scale}");
+            lin.tensors_mut().for_each(drop);
+            assert!(!lin.is_quantized());
+        }
+    }
+}
