@@ -400,18 +400,30 @@ pub(crate) fn activation(x: &Tensor, act: Activation) -> candle_core::Result<Opt
     if !in_words(&ins) {
         return Ok(None);
     }
+    let [x] = ins;
+    act_words(x.clone(), x, act, false)
+}
+
+/// The `act_w16` kernel over contiguous, word-aligned x and g of whole words: act(x), or with
+/// `backward` g * act'(x) (the forward passes x as g, unread).
+fn act_words(
+    x: Tensor,
+    g: Tensor,
+    act: Activation,
+    backward: bool,
+) -> candle_core::Result<Option<Tensor>> {
     let dtype = x.dtype();
     let words = (x.elem_count() * dtype.size_in_bytes() / 16) as u32;
-    let (act32, backward) = (act_code(act), 0i32);
-    with_slices!("act_w16", dtype, ins, |func, out, s| {
+    let (act32, backward32) = (act_code(act), backward as i32);
+    with_slices!("act_w16", dtype, [x, g], |func, out, s| {
         let mut b = func.builder();
         b.arg(&s[0])
-            .arg(&s[0])
+            .arg(&s[1])
             .arg(&out)
             .arg(&words)
             .arg(&act32)
-            .arg(&backward);
-        // SAFETY: x and out hold `words` contiguous 16-byte words at aligned starts.
+            .arg(&backward32);
+        // SAFETY: x, g and out hold `words` contiguous 16-byte words at aligned starts.
         unsafe { b.launch(words_launch(words as usize)) }.w()?;
     })
 }
@@ -429,19 +441,8 @@ pub(crate) fn activation_bwd(
     let n = x.elem_count();
     let act32 = act_code(act);
     if in_words(&ins) {
-        let words = (n * dtype.size_in_bytes() / 16) as u32;
-        let backward = 1i32;
-        return with_slices!("act_w16", dtype, ins, |func, out, s| {
-            let mut b = func.builder();
-            b.arg(&s[0])
-                .arg(&s[1])
-                .arg(&out)
-                .arg(&words)
-                .arg(&act32)
-                .arg(&backward);
-            // SAFETY: x, g and out hold `words` contiguous 16-byte words at aligned starts.
-            unsafe { b.launch(words_launch(words as usize)) }.w()?;
-        });
+        let [x, g] = ins;
+        return act_words(x, g, act, true);
     }
     with_slices!("act_bwd", dtype, ins, |func, out, s| {
         let cfg = LaunchConfig {

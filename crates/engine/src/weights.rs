@@ -55,7 +55,7 @@ impl Linear {
         }
         let y = q.forward(&x.contiguous()?)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => bias_add(&y, b),
             None => Ok(y),
         }
     }
@@ -326,21 +326,15 @@ mod tests {
             assert!(lin.is_quantized());
             let want = lin.forward(&x).unwrap();
             let got = lin.forward_decoding(&x).unwrap();
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let gap = (&got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let max_abs = |t: &Tensor| {
+                t.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            let (scale, gap) = (max_abs(&want), max_abs(&(&got - &want).unwrap()));
             assert!(gap <= 2e-2 * scale, "{dtype:?}: gap {gap} of {scale}");
             lin.tensors_mut().for_each(drop);
             assert!(!lin.is_quantized());
