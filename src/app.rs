@@ -44,6 +44,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Scratch space for exports (under --data-dir, not the system's /tmp).
     pub scratch: PathBuf,
+    /// The dashboard's signed-in sessions (this replica's memory).
+    pub sessions: Arc<crate::web::session::Sessions>,
 }
 
 impl AppState {
@@ -135,6 +137,7 @@ pub fn app(state: AppState) -> Router {
     )
     .route("/docs", get(http::docs::page))
     .route("/docs/rapidoc-min.js", get(http::docs::rapidoc))
+    .merge(crate::web::routes())
     .fallback(http::error::not_found)
     .method_not_allowed_fallback(http::error::method_not_allowed)
     .layer(axum::middleware::from_fn_with_state(

@@ -123,6 +123,27 @@ pub async fn load(state: &AppState, id: &str) -> ApiResult<Served> {
     blocking(move || host.variant(&v.id, &v.parent, &file)).await
 }
 
+/// A variant's row and its stored edit file, with its base loaded (a base has no edit:
+/// `no_edit`); no access check.
+pub async fn variant_edit(
+    state: &AppState,
+    id: &str,
+) -> ApiResult<(VariantRow, bytes::Bytes, Arc<LoadedModel>)> {
+    match named(state, id).await? {
+        Named::Base(_) => Err(ApiError::invalid(
+            "no_edit",
+            format!("{} is a base model: it has no edit (export format=checkpoint)", quoted(id)),
+        )
+        .param("format")),
+        Named::Variant(v) => {
+            let file = edit_file(state, &v).await?;
+            let (host, parent) = (state.host.clone(), v.parent.clone());
+            let base = blocking(move || host.base(&parent)).await?;
+            Ok((v, file, base))
+        }
+    }
+}
+
 /// A base model, or a variant's base with its edit applied to the weights (for an export).
 pub async fn applied(state: &AppState, id: &str) -> ApiResult<Arc<LoadedModel>> {
     let host = state.host.clone();

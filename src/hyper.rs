@@ -12,13 +12,18 @@ use utoipa::ToSchema;
 /// The largest `pass_tokens` a job may ask for (the document's maximum says the same).
 pub const MAX_PASS_TOKENS: usize = 1 << 20;
 
-/// A portion: a number in [0, 1] or "auto".
+/// A portion: a number in [0, 1], "auto", or a list of numbers (one sweep serves them all;
+/// the variant is the first's).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(untagged)]
 pub enum PortionSpec {
     Fixed(f64),
     Named(String),
+    Several(Vec<f64>),
 }
+
+/// The most portions one job evaluates.
+pub const MAX_PORTIONS: usize = 16;
 
 /// How a job prunes; every field has a default.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -26,7 +31,8 @@ pub enum PortionSpec {
 #[schema(default)]
 pub struct Hyperparameters {
     /// Share of the candidate singular values pruned, in [0, 1], or "auto" (chosen on a dev
-    /// split carved from train).
+    /// split carved from train), or a list of up to 16 shares (each evaluated; the variant is
+    /// the first's).
     pub portion: PortionSpec,
     /// Examples per scoring batch (>= 2: the corruption pairs examples within a batch).
     #[schema(minimum = 2)]
@@ -62,6 +68,9 @@ pub struct Hyperparameters {
     pub eval_batch_size: usize,
     /// Full fine-tuning before pruning; None (the default) prunes the base model as is.
     pub finetune: Option<Finetune>,
+    /// Also evaluate the controls (the other two of attribution, random and smallest) at every
+    /// portion; the variant is still `method`'s.
+    pub controls: bool,
 }
 
 /// `{"epochs": N, "lr": F}` (and optionally batch_size, weight_decay).
@@ -109,6 +118,7 @@ impl Default for Hyperparameters {
             scoring_batches: d.scoring_batches,
             eval_batch_size: d.eval_batch_size,
             finetune: None,
+            controls: d.controls,
         }
     }
 }
@@ -119,6 +129,11 @@ impl PortionSpec {
         match self {
             Self::Fixed(v) => v.to_string(),
             Self::Named(s) => s.clone(),
+            Self::Several(v) => v
+                .iter()
+                .map(f64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 }
@@ -160,6 +175,25 @@ pub fn parse_portion(p: &PortionSpec) -> Result<Portion, Invalid> {
             "invalid_portion",
             format!("portion {v} is outside [0, 1]"),
         )),
+        PortionSpec::Several(_) => Err(invalid(
+            "invalid_portion",
+            "a portion list cannot hold another list".into(),
+        )),
+    }
+}
+
+/// Every portion a spec names, in order.
+pub fn parse_portions(p: &PortionSpec) -> Result<Vec<Portion>, Invalid> {
+    match p {
+        PortionSpec::Several(v) if v.is_empty() || v.len() > MAX_PORTIONS => Err(invalid(
+            "invalid_portion",
+            format!("a portion list holds 1 to {MAX_PORTIONS} numbers"),
+        )),
+        PortionSpec::Several(v) => v
+            .iter()
+            .map(|x| parse_portion(&PortionSpec::Fixed(*x)))
+            .collect(),
+        one => Ok(vec![parse_portion(one)?]),
     }
 }
 
@@ -239,7 +273,7 @@ impl Hyperparameters {
         }
         Ok(PruneSettings {
             components,
-            portions: vec![parse_portion(&self.portion)?],
+            portions: parse_portions(&self.portion)?,
             batch_size: self.batch_size,
             pass_tokens: self.pass_tokens,
             precision,
@@ -256,6 +290,7 @@ impl Hyperparameters {
                 .as_ref()
                 .map(Finetune::to_settings)
                 .transpose()?,
+            controls: self.controls,
         })
     }
 }

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod openapi;
 pub mod report;
 pub mod storage;
+pub mod web;

@@ -90,6 +90,14 @@ pub struct PruneArgs {
     /// Fine-tuning batch size.
     #[arg(long, default_value_t = FinetuneSettings::new(1, 0.0).batch_size)]
     pub finetune_batch_size: usize,
+    /// Also evaluate the controls (the other two of attribution, random, smallest) at every
+    /// portion.
+    #[arg(long)]
+    pub controls: bool,
+    /// Write the job's page (accuracies, heatmaps, score histogram, spectra, a paired test)
+    /// as one self-contained HTML file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 pub fn settings(args: &PruneArgs) -> anyhow::Result<PruneSettings> {
@@ -115,6 +123,7 @@ pub fn settings(args: &PruneArgs) -> anyhow::Result<PruneSettings> {
                 batch_size: Some(args.finetune_batch_size),
                 weight_decay: None,
             }),
+        controls: args.controls,
     };
     let mut settings = hyper
         .to_settings()
@@ -191,12 +200,64 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
             gib(after.0)
         );
     }
+    if let Some(path) = &args.report {
+        write_report(&args, &settings, &report, path)?;
+        eprintln!("report written to {}", path.display());
+    }
     if args.json {
         println!("{}", crate::report::report_json(&report));
     } else {
         print_summary(&report);
     }
     Ok(())
+}
+
+/// The job page of this run as one HTML file.
+fn write_report(
+    args: &PruneArgs,
+    settings: &PruneSettings,
+    report: &PruneReport,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let job = crate::http::jobs::Job {
+        id: "local run".into(),
+        object: "pruning.job".into(),
+        model: args.model.clone(),
+        task: Some(report.task.clone()),
+        dataset: None,
+        status: "succeeded".into(),
+        owner: crate::identity::LOCAL_USER.into(),
+        visibility: crate::identity::Visibility::Private,
+        attempts: 1,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        result: None,
+        error: None,
+        hyperparameters: Some(serde_json::json!({
+            "portion": args.portion,
+            "components": args.components,
+            "method": settings.method.name(),
+            "batch_size": settings.batch_size,
+            "seed": settings.seed,
+            "scoring_batches": settings.scoring_batches,
+            "controls": settings.controls,
+        })),
+        suffix: None,
+        pruned_model: None,
+        pruned_model_deleted: None,
+        split: None,
+    };
+    let html = crate::web::job_page::standalone_report(
+        &job,
+        &crate::report::report_json(report),
+        &crate::report::analysis_json(report, settings.method.name()),
+    );
+    std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
 }
 
 fn gib(b: u64) -> f64 {

@@ -154,6 +154,7 @@ pub async fn build_state(
         limiter: Arc::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
         scratch: store.data_dir.join("tmp"),
+        sessions: Arc::default(),
     })
 }
 

@@ -21,6 +21,8 @@ pub const PUBLIC_PATHS: &[&str] = &[
     "/openapi.json",
     "/docs",
     "/docs/rapidoc-min.js",
+    "/signin",
+    "/ui/dashboard.js",
 ];
 
 /// Seconds between writes of a key's last-used time.
@@ -32,6 +34,10 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     }
     let caller = match caller(&state, req.headers()).await {
         Ok(c) => c,
+        // A dashboard page without a session goes to the sign-in page.
+        Err(e) if crate::web::is_page(req.uri().path()) && e.status.as_u16() == 401 => {
+            return axum::response::Redirect::to("/signin").into_response()
+        }
         Err(e) => return e.into_response(),
     };
     if let Err(e) = state
@@ -53,29 +59,44 @@ async fn caller(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Cal
             quota: defaults,
         });
     }
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::unauthorized(
-            "missing_api_key",
-            "this server needs an API key: send `Authorization: Bearer ep-...` (an admin \
-             creates keys with `eigenprune keys create --user NAME`)",
-        ));
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
     let invalid = || {
         ApiError::unauthorized(
             "invalid_api_key",
             "the API key is not valid (unknown, revoked or malformed)",
         )
     };
-    if key.is_empty() || key.len() > 256 {
-        return Err(invalid());
-    }
-    let Some((k, user)) = state.db.key_by_hash(&key_hash(key)).await? else {
+    // The dashboard's session cookie stands for its key when no key is sent.
+    let hash = match (
+        headers.get(header::AUTHORIZATION),
+        crate::web::session::session_id(headers),
+    ) {
+        (None, Some(session)) => state.sessions.key_hash(session).ok_or_else(|| {
+            ApiError::unauthorized(
+                "session_expired",
+                "the dashboard session has ended: sign in again",
+            )
+        })?,
+        (None, None) => {
+            return Err(ApiError::unauthorized(
+                "missing_api_key",
+                "this server needs an API key: send `Authorization: Bearer ep-...` (an admin \
+                 creates keys with `eigenprune keys create --user NAME`)",
+            ))
+        }
+        (Some(value), _) => {
+            let key = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .unwrap_or_default();
+            if key.is_empty() || key.len() > 256 {
+                return Err(invalid());
+            }
+            key_hash(key)
+        }
+    };
+    let Some((k, user)) = state.db.key_by_hash(&hash).await? else {
         return Err(invalid());
     };
     if k.last_used_at

@@ -16,9 +16,9 @@ use crate::identity::{Caller, Visibility};
 #[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// A display name (1 to 128 characters, no control characters); default: the id.
-    name: Option<String>,
+    pub name: Option<String>,
     /// `private` (you and admins; the default) or `lab` (every user).
-    visibility: Option<Visibility>,
+    pub visibility: Option<Visibility>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -299,16 +299,17 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 /// Every error response leaves in the one shape: an error whose body is not JSON (a layer's
-/// 413, axum's own rejections) is rewritten, keeping its status.
+/// 413, axum's own rejections) is rewritten, keeping its status. The dashboard's HTML pages
+/// (a form shown again with its errors, a 404 page) stay pages.
 pub async fn uniform_errors(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status();
-    let is_json = response
+    let ours = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || ours {
         return response;
     }
     let code = match status {

@@ -4,11 +4,11 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::{quoted, ApiError, ApiResult, ErrorBody, Json, Path};
+use super::error::{quoted, ApiError, ApiResult, ErrorBody, Json, Path, Query};
 use super::ids::check_id;
 use crate::app::AppState;
 use crate::db::variants::VariantRow;
@@ -137,18 +137,48 @@ pub async fn get_one(
     Ok(Json(variant_view(&state, &v)))
 }
 
-/// Export a model as one safetensors file.
-///
-/// The model (base, or base + edit) in its checkpoint's own layout, streamed from a temporary
-/// export.
+/// What `GET /v1/models/{id}/export` writes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    /// model.safetensors of the model (a variant: base + edit), in its checkpoint's layout.
+    #[default]
+    Checkpoint,
+    /// A variant's edit as stored (safetensors): the removed directions and bias deltas.
+    Edit,
+    /// A variant as a PEFT LoRA adapter, a tar of adapter_config.json and
+    /// adapter_model.safetensors (LoRA has no biases: the bias deltas are left out).
+    PeftLora,
+}
+
+impl ExportFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Checkpoint => "checkpoint",
+            Self::Edit => "edit",
+            Self::PeftLora => "peft_lora",
+        }
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// checkpoint (default), edit or peft_lora.
+    #[serde(default)]
+    pub format: ExportFormat,
+}
+
+/// Export a model: a full checkpoint, or a variant's edit or PEFT LoRA adapter.
 #[utoipa::path(get, path = "/v1/models/{id}/export", tag = "models",
-    params(("id" = String, Path, description = "A base model's name or a variant's id")),
-    responses((status = 200, description = "model.safetensors", content_type = "application/octet-stream", body = Vec<u8>),
-              (status = "4XX", description = "No such model", body = ErrorBody)))]
+    params(("id" = String, Path, description = "A base model's name or a variant's id"), ExportQuery),
+    responses((status = 200, description = "model.safetensors, the edit (safetensors), or the adapter (tar)", content_type = "application/octet-stream", body = Vec<u8>),
+              (status = "4XX", description = "No such model, or no such form of it", body = ErrorBody)))]
 pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(q): Query<ExportQuery>,
 ) -> ApiResult<Response> {
     check_id("id", &id)?;
     if state.host.base_named(&id).is_some() && !caller.admin && !state.lab.allow_base_export {
@@ -158,7 +188,68 @@ pub async fn export(
         ));
     }
     crate::catalog::check_served(&state, &caller, &id, true).await?;
-    let model = crate::catalog::applied(&state, &id).await?;
+    match q.format {
+        ExportFormat::Checkpoint => export_checkpoint(&state, &id).await,
+        ExportFormat::Edit => {
+            let (_, file, _) = crate::catalog::variant_edit(&state, &id).await?;
+            Ok(attachment(&format!("{id}.edit.safetensors"), "application/octet-stream", axum::body::Body::from(file)))
+        }
+        ExportFormat::PeftLora => {
+            let (v, file, base) = crate::catalog::variant_edit(&state, &id).await?;
+            let scratch = state.exports_dir();
+            let tar = tokio::task::spawn_blocking(move || lora_tar(&base, &file, &v.parent, scratch))
+                .await
+                .map_err(ApiError::internal)??;
+            Ok(attachment(&format!("{id}.peft-lora.tar"), "application/x-tar", axum::body::Body::from(tar)))
+        }
+    }
+}
+
+fn attachment(name: &str, content_type: &'static str, body: axum::body::Body) -> Response {
+    let disposition = format!("attachment; filename=\"{name}\"");
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The adapter's two files as one tar, built in memory (an adapter is the size of its factors).
+fn lora_tar(
+    base: &eigenprune_engine::LoadedModel,
+    edit_file: &[u8],
+    base_name: &str,
+    scratch: std::path::PathBuf,
+) -> ApiResult<Vec<u8>> {
+    let edit = eigenprune_engine::edit::Edit::from_bytes(edit_file, base.model.device())
+        .map_err(ApiError::internal)?;
+    let dir = tempdir_in(scratch)?;
+    eigenprune_engine::export::export_lora(&base.model, &edit, base_name, &dir).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&dir);
+        ApiError::invalid("no_lora_form", e.to_string()).param("format")
+    })?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let done = ["adapter_config.json", "adapter_model.safetensors"]
+        .iter()
+        .try_for_each(|f| tar.append_path_with_name(dir.join(f), f));
+    let _ = std::fs::remove_dir_all(&dir);
+    done.map_err(ApiError::internal)?;
+    tar.into_inner().map_err(ApiError::internal)
+}
+
+fn tempdir_in(root: std::path::PathBuf) -> ApiResult<std::path::PathBuf> {
+    let dir = root.join(format!("eigenprune-lora-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
+    Ok(dir)
+}
+
+/// The model (base, or base + edit) in its checkpoint's own layout, streamed from a temporary
+/// export.
+async fn export_checkpoint(state: &AppState, id: &str) -> ApiResult<Response> {
+    let model = crate::catalog::applied(state, id).await?;
     let dir = state.exports_dir().join(format!(
         "eigenprune-export-{}",
         uuid::Uuid::new_v4().simple()
@@ -181,14 +272,7 @@ pub async fn export(
     // The open handle keeps the data readable after the directory is removed.
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    let headers = [
-        (header::CONTENT_TYPE, "application/octet-stream"),
-        (
-            header::CONTENT_DISPOSITION,
-            "attachment; filename=\"model.safetensors\"",
-        ),
-    ];
-    Ok((headers, body).into_response())
+    Ok(attachment("model.safetensors", "application/octet-stream", body))
 }
 
 /// Delete a pruned variant (its owner or an admin): it is unloaded, its object removed, and

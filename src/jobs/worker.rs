@@ -436,6 +436,15 @@ async fn execute(
         .put(&key, Bytes::from(bytes))
         .await
         .map_err(failed("object_store"))?;
+    let analysis = crate::report::analysis_json(&report, &hyper.method);
+    state
+        .storage
+        .put(
+            &crate::report::analysis_key(&job.id),
+            Bytes::from(analysis.to_string()),
+        )
+        .await
+        .map_err(failed("object_store"))?;
     let result = crate::report::report_json(&report);
     let summary = json!({"task": report.task, "pruned": report.results[0].pruned, "candidates": report.candidates});
     Ok(Outcome::Pruned {

@@ -8,7 +8,7 @@ use eigenprune::cli::serve::{build_state, spawn_workers, EngineArgs, StoreArgs};
 use eigenprune::lab::LabArgs;
 
 pub mod process;
-mod skip;
+pub mod skip;
 #[allow(unused_imports)]
 pub use skip::skip;
 

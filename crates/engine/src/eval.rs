@@ -112,6 +112,8 @@ pub struct EvalResult {
     /// Examples right by choice accuracy (fixed-choice tasks only).
     pub choice_correct: Option<usize>,
     pub total: usize,
+    /// Per example, in order: right by the paper's metric (paired tests compare two runs).
+    pub right: Vec<bool>,
 }
 
 impl EvalResult {
@@ -268,6 +270,7 @@ pub fn evaluate_variants(
     let mut results = vec![
         EvalResult {
             total: examples.len(),
+            right: vec![false; examples.len()],
             ..Default::default()
         };
         v
@@ -281,6 +284,7 @@ pub fn evaluate_variants(
         };
         if gold && sc.all_argmax {
             results[key % v].correct += 1;
+            results[key % v].right[key / v] = true;
         }
         if let Some(c) = choice {
             if best[*key].is_none_or(|(lp, _)| sc.logprob > lp) {

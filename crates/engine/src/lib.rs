@@ -46,6 +46,7 @@ __device__ float block_sum(float v, float* shared) {
     };
 }
 
+pub mod analysis;
 pub mod attribution;
 pub mod batch;
 mod batch_scoring;

@@ -9,6 +9,7 @@ use candle_core::DType;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use tokenizers::Tokenizer;
 
+use crate::analysis::Analysis;
 use crate::attribution::{sweep, Aggregate, InputMode, Precision, Scores, SweepSettings};
 use crate::edit::Edit;
 use crate::eval::{evaluate, EvalBatch, EvalResult};
@@ -52,6 +53,9 @@ pub struct PruneSettings {
     pub svd_cache: Option<std::path::PathBuf>,
     /// Full fine-tuning on the scored split before pruning; None = prune the base as is.
     pub finetune: Option<FinetuneSettings>,
+    /// Also evaluate the other rankings (of attribution, random, smallest) at every portion,
+    /// as controls; the variant is still the job's own method's.
+    pub controls: bool,
 }
 
 impl Default for PruneSettings {
@@ -74,6 +78,7 @@ impl Default for PruneSettings {
             eval_batch_size: 16,
             svd_cache: None,
             finetune: None,
+            controls: false,
         }
     }
 }
@@ -88,6 +93,9 @@ pub struct PortionResult {
     pub pruned_per_layer: Vec<usize>,
     /// For `portion = auto`: dev accuracy of every grid point, and the dev size.
     pub auto_dev: Option<(Vec<(f64, EvalResult)>, usize)>,
+    /// With [`PruneSettings::controls`]: the test accuracy of the same count pruned by each
+    /// other method.
+    pub controls: Vec<(Method, EvalResult)>,
     pub edit: Edit,
 }
 
@@ -107,6 +115,10 @@ pub struct PruneReport {
     /// When the job fine-tuned first: its losses, and the test accuracy of the model before
     /// fine-tuning (`accuracy_before` is the fine-tuned model's).
     pub finetune: Option<(FinetuneReport, EvalResult)>,
+    /// Every head's singular values, scores and ranks (the pictures of what was pruned).
+    pub analysis: Analysis,
+    /// The test split's (prompt, gold answer), in the order of [`EvalResult::right`].
+    pub test_items: Vec<(String, String)>,
 }
 
 /// Progress callback: (phase, done, total); returning false cancels the job.
@@ -233,6 +245,18 @@ pub fn run(
             progress("eval_after", d, t)
         })?;
         lap("eval_after", &mut seconds);
+        let mut controls = Vec::new();
+        if settings.controls {
+            for method in Method::ALL.into_iter().filter(|&m| m != settings.method) {
+                let order = ranking(&svds, &scores, method, settings.seed)?;
+                let (model, _) = edited(base, &svds, &order, &scores, p, settings.bias)?;
+                let r = evals.run(&model, tok, &task.test, &mut |d, t| {
+                    progress("eval_controls", d, t)
+                })?;
+                controls.push((method, r));
+            }
+            lap("eval_controls", &mut seconds);
+        }
         let mut per_layer = vec![0; base.config.n_layers];
         for m in &edit.matrices {
             per_layer[m.layer] += m.rank();
@@ -243,6 +267,7 @@ pub fn run(
             accuracy_after: after,
             pruned_per_layer: per_layer,
             auto_dev,
+            controls,
             edit,
         });
     }
@@ -257,6 +282,12 @@ pub fn run(
         results,
         seconds,
         finetune: finetune_outcome,
+        analysis: Analysis::of(&svds, &scores, &order)?,
+        test_items: task
+            .test
+            .iter()
+            .map(|e| (e.prompt.clone(), gold_answer(e)))
+            .collect(),
     })
 }
 
@@ -306,6 +337,14 @@ fn edited(
     let mut model = base.clone();
     edit.apply(&mut model)?;
     Ok((model, edit))
+}
+
+/// The answer an example is scored against: its gold choice, or its answer.
+fn gold_answer(e: &Example) -> String {
+    match (&e.choices, e.label) {
+        (Some(choices), Some(l)) => choices.get(l).cloned().unwrap_or_default(),
+        _ => e.answer.clone(),
+    }
 }
 
 /// A seeded 20% dev split carved from train (for `portion = auto`); the rest is scored.

@@ -119,7 +119,7 @@ pub fn select(
         .iter()
         .map(|s| s.heads.iter().map(|h| vec![false; h.rank()]).collect())
         .collect();
-    let count = (ranking.len() as f64 * portion).floor() as usize;
+    let count = crate::analysis::cutoff(ranking.len(), portion);
     for &(si, hi, i) in &ranking[..count] {
         pruned[si][hi][i] = true;
     }
