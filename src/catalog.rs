@@ -132,7 +132,10 @@ pub async fn variant_edit(
     match named(state, id).await? {
         Named::Base(_) => Err(ApiError::invalid(
             "no_edit",
-            format!("{} is a base model: it has no edit (export format=checkpoint)", quoted(id)),
+            format!(
+                "{} is a base model: it has no edit (export format=checkpoint)",
+                quoted(id)
+            ),
         )
         .param("format")),
         Named::Variant(v) => {

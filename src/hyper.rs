@@ -129,11 +129,7 @@ impl PortionSpec {
         match self {
             Self::Fixed(v) => v.to_string(),
             Self::Named(s) => s.clone(),
-            Self::Several(v) => v
-                .iter()
-                .map(f64::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
+            Self::Several(v) => v.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
         }
     }
 }

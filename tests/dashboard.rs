@@ -13,6 +13,7 @@ use common::{cpu_engine, serve_lab, Api};
 use eigenprune::cli::serve::StoreArgs;
 use eigenprune::lab::LabArgs;
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 
 /// chromedriver on a free port, stopped on drop.
@@ -36,7 +37,8 @@ fn found(path: &str) -> bool {
 fn driver() -> Option<Driver> {
     let (driver, browser) = ("/usr/bin/chromedriver", "/usr/bin/chromium");
     if !found(driver) || !found(browser) {
-        let why = format!("{driver} or {browser} is missing (apt-get install chromium chromium-driver)");
+        let why =
+            format!("{driver} or {browser} is missing (apt-get install chromium chromium-driver)");
         assert!(
             std::env::var_os("EIGENPRUNE_REQUIRE_BROWSER").is_none(),
             "EIGENPRUNE_REQUIRE_BROWSER is set, but: {why}"
@@ -73,8 +75,7 @@ async fn browser(driver: &Driver) -> Client {
     let caps = caps.as_object().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let attempt = ClientBuilder::rustls()
-            .expect("rustls")
+        let attempt = ClientBuilder::new(HttpConnector::new())
             .capabilities(caps.clone())
             .connect(&driver.url)
             .await;
@@ -144,7 +145,9 @@ fn sum_attr(values: &Value) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_a_real_browser() {
-    let Some(gguf) = common::smollm2() else { return };
+    let Some(gguf) = common::smollm2() else {
+        return;
+    };
     let Some(driver) = driver() else { return };
     let dir = std::env::temp_dir().join(format!("eigenprune-dashboard-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -167,19 +170,50 @@ async fn dashboard_in_a_real_browser() {
     c.goto(&format!("{base}/jobs/new")).await.unwrap();
     set_field(&c, "portion", "2").await;
     set_field(&c, "scoring_batches", "2").await;
-    c.find(Locator::Id("submit-job")).await.unwrap().click().await.unwrap();
-    let error = c.find(Locator::Id("portion-error")).await.unwrap().text().await.unwrap();
+    c.find(Locator::Id("submit-job"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let error = c
+        .find(Locator::Id("portion-error"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(error.contains("outside [0, 1]"), "{error}");
-    let invalid = c.find(Locator::Id("portion")).await.unwrap().attr("aria-invalid").await.unwrap();
+    let invalid = c
+        .find(Locator::Id("portion"))
+        .await
+        .unwrap()
+        .attr("aria-invalid")
+        .await
+        .unwrap();
     assert_eq!(invalid.as_deref(), Some("true"));
     shot(&c, "01-form-error").await;
     let (_, listed) = api.get("/v1/pruning/jobs").await;
-    assert_eq!(listed["data"].as_array().unwrap().len(), 0, "a bad form submits nothing");
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        0,
+        "a bad form submits nothing"
+    );
 
     // A good one: two portions and the controls, followed live on the list.
     set_field(&c, "portion", "0.05, 0.1").await;
-    c.find(Locator::Css("input[name=controls]")).await.unwrap().click().await.unwrap();
-    c.find(Locator::Id("submit-job")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("input[name=controls]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Id("submit-job"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let link = c.find(Locator::Css("#submitted a")).await.unwrap();
     let job_id = link.text().await.unwrap();
     assert!(job_id.starts_with("pj-"), "{job_id}");
@@ -191,23 +225,60 @@ async fn dashboard_in_a_real_browser() {
         "the job to show succeeded",
     )
     .await;
-    assert_eq!(js(&c, "return window.__notReloaded === true").await, Value::Bool(true), "the list updated without a reload");
+    assert_eq!(
+        js(&c, "return window.__notReloaded === true").await,
+        Value::Bool(true),
+        "the list updated without a reload"
+    );
     shot(&c, "02-jobs-list").await;
 
     // The job page: every chart's data against the job's JSON.
     let (_, job) = api.get(&format!("/v1/pruning/jobs/{job_id}")).await;
     let result = &job["result"];
     c.goto(&format!("{base}/jobs/{job_id}")).await.unwrap();
-    let heat = js(&c, "return [...document.querySelectorAll('#heatmap-k rect.cell')].map(r => r.dataset.count)").await;
-    assert_eq!(sum_attr(&heat) as u64, result["portions"][0]["pruned"].as_u64().unwrap(), "heatmap cells sum to the pruned count");
+    let heat = js(
+        &c,
+        "return [...document.querySelectorAll('#heatmap-k rect.cell')].map(r => r.dataset.count)",
+    )
+    .await;
+    assert_eq!(
+        sum_attr(&heat) as u64,
+        result["portions"][0]["pruned"].as_u64().unwrap(),
+        "heatmap cells sum to the pruned count"
+    );
     let per_layer = js(&c, "return [...document.querySelectorAll('#per-layer-chart rect.bar')].map(r => r.dataset.value)").await;
-    let want: Vec<f64> = result["portions"][0]["pruned_per_layer"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    let got: Vec<f64> = per_layer.as_array().unwrap().iter().map(|v| v.as_str().unwrap().parse().unwrap()).collect();
+    let want: Vec<f64> = result["portions"][0]["pruned_per_layer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let got: Vec<f64> = per_layer
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(got, want, "pruned per layer");
-    let kept = js(&c, "return [...document.querySelectorAll('#histogram-k g.bin')].map(b => b.dataset.kept)").await;
-    let cut = js(&c, "return [...document.querySelectorAll('#histogram-k g.bin')].map(b => b.dataset.pruned)").await;
-    assert_eq!((sum_attr(&kept) + sum_attr(&cut)) as u64, result["candidates"].as_u64().unwrap(), "the histogram holds every candidate");
-    assert_eq!(sum_attr(&cut) as u64, result["portions"][0]["pruned"].as_u64().unwrap());
+    let kept = js(
+        &c,
+        "return [...document.querySelectorAll('#histogram-k g.bin')].map(b => b.dataset.kept)",
+    )
+    .await;
+    let cut = js(
+        &c,
+        "return [...document.querySelectorAll('#histogram-k g.bin')].map(b => b.dataset.pruned)",
+    )
+    .await;
+    assert_eq!(
+        (sum_attr(&kept) + sum_attr(&cut)) as u64,
+        result["candidates"].as_u64().unwrap(),
+        "the histogram holds every candidate"
+    );
+    assert_eq!(
+        sum_attr(&cut) as u64,
+        result["portions"][0]["pruned"].as_u64().unwrap()
+    );
     let bars = js(&c, "return [...document.querySelectorAll('#accuracy-chart rect.bar')].map(r => [r.dataset.group, r.dataset.series, r.dataset.value])").await;
     let bars = bars.as_array().unwrap();
     // Per portion: before, after and the two controls.
@@ -220,24 +291,56 @@ async fn dashboard_in_a_real_browser() {
                 .next()
                 .unwrap_or_else(|| panic!("portion {i} has no {series} bar: {bars:?}"))
         };
-        assert_eq!(value("before"), result["accuracy_before"]["accuracy"].as_f64().unwrap());
-        assert_eq!(value("attribution"), p["accuracy_after"]["accuracy"].as_f64().unwrap());
+        assert_eq!(
+            value("before"),
+            result["accuracy_before"]["accuracy"].as_f64().unwrap()
+        );
+        assert_eq!(
+            value("attribution"),
+            p["accuracy_after"]["accuracy"].as_f64().unwrap()
+        );
         for control in p["controls"].as_array().unwrap() {
             let m = control["method"].as_str().unwrap();
             assert_eq!(value(m), control["accuracy"]["accuracy"].as_f64().unwrap());
         }
     }
-    let paired = js(&c, "const p = document.querySelector('.paired'); return [p.dataset.gained, p.dataset.lost]").await;
+    let paired = js(
+        &c,
+        "const p = document.querySelector('.paired'); return [p.dataset.gained, p.dataset.lost]",
+    )
+    .await;
     let (before, after) = (
         result["accuracy_before"]["right"].as_str().unwrap(),
-        result["portions"][0]["accuracy_after"]["right"].as_str().unwrap(),
+        result["portions"][0]["accuracy_after"]["right"]
+            .as_str()
+            .unwrap(),
     );
-    let gained = before.bytes().zip(after.bytes()).filter(|p| *p == (b'0', b'1')).count();
-    let lost = before.bytes().zip(after.bytes()).filter(|p| *p == (b'1', b'0')).count();
+    let gained = before
+        .bytes()
+        .zip(after.bytes())
+        .filter(|p| *p == (b'0', b'1'))
+        .count();
+    let lost = before
+        .bytes()
+        .zip(after.bytes())
+        .filter(|p| *p == (b'1', b'0'))
+        .count();
     assert_eq!(paired, json!([gained.to_string(), lost.to_string()]));
-    let spectrum = js(&c, "return document.querySelectorAll('#spectrum-chart circle.sv').length").await;
+    let spectrum = js(
+        &c,
+        "return document.querySelectorAll('#spectrum-chart circle.sv').length",
+    )
+    .await;
     assert!(spectrum.as_u64().unwrap() > 0, "the spectrum is drawn");
     shot(&c, "03-job-page").await;
+    for (id, name) in [
+        ("accuracy-section", "03a-accuracy"),
+        ("pictures", "03b-pictures"),
+    ] {
+        let part = c.find(Locator::Id(id)).await.unwrap();
+        let png = part.screenshot().await.unwrap();
+        std::fs::write(shots_dir().join(format!("{name}.png")), png).unwrap();
+    }
     fits_width(&c, "the job page at 1280").await;
     c.set_window_size(390, 844).await.unwrap();
     fits_width(&c, "the job page at a phone's width").await;
@@ -249,22 +352,62 @@ async fn dashboard_in_a_real_browser() {
     c.goto(&format!("{base}/variants/{variant}")).await.unwrap();
     set_field(&c, "prompt", "12 x 3 = ").await;
     set_field(&c, "max_tokens", "6").await;
-    c.find(Locator::Id("run-playground")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("run-playground"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     until(&c, "return ['out-base', 'out-variant'].every(id => document.getElementById(id).dataset.done === 'true')", 120, "both streams").await;
-    let streamed = c.find(Locator::Id("out-variant")).await.unwrap().text().await.unwrap();
+    let streamed = c
+        .find(Locator::Id("out-variant"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let (_, completion) = api
-        .post("/v1/completions", json!({"model": variant, "prompt": "12 x 3 = ", "max_tokens": 6, "temperature": 0}))
+        .post(
+            "/v1/completions",
+            json!({"model": variant, "prompt": "12 x 3 = ", "max_tokens": 6, "temperature": 0}),
+        )
         .await;
-    assert_eq!(streamed.trim(), completion["choices"][0]["text"].as_str().unwrap().trim(), "the playground streams the variant");
+    assert_eq!(
+        streamed.trim(),
+        completion["choices"][0]["text"].as_str().unwrap().trim(),
+        "the playground streams the variant"
+    );
     shot(&c, "05-playground").await;
 
     // Evaluations: the base and the variant compared in one job, one table, one chart.
     c.goto(&format!("{base}/evaluations")).await.unwrap();
+    c.find(Locator::Id("eval-task"))
+        .await
+        .unwrap()
+        .select_by_value("int-mult")
+        .await
+        .unwrap();
     for m in ["smol", variant.as_str()] {
-        c.find(Locator::Css(&format!("input[name=models][value=\"{m}\"]"))).await.unwrap().click().await.unwrap();
+        c.find(Locator::Css(&format!("input[name=models][value=\"{m}\"]")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
     }
-    c.find(Locator::Id("submit-evaluation")).await.unwrap().click().await.unwrap();
-    until(&c, "return !!document.getElementById('evaluation')", 600, "the evaluation's table").await;
+    c.find(Locator::Id("submit-evaluation"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "return !!document.getElementById('evaluation')",
+        600,
+        "the evaluation's table",
+    )
+    .await;
     let url = c.current_url().await.unwrap();
     let ev_id = url.path().rsplit('/').next().unwrap().to_string();
     let (_, ev) = api.get(&format!("/v1/evaluations/{ev_id}")).await;

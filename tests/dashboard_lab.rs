@@ -35,8 +35,14 @@ async fn sign_in(base: &str, key: &str) -> String {
     let location = r.headers()[LOCATION].to_str().unwrap().to_string();
     assert!(!location.contains(key), "the key is never in a URL");
     let set = r.headers()[SET_COOKIE].to_str().unwrap().to_string();
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
-    assert!(!set.contains(key), "the cookie holds a session id, not the key");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(
+        !set.contains(key),
+        "the cookie holds a session id, not the key"
+    );
     set.split(';').next().unwrap().to_string()
 }
 
@@ -52,7 +58,12 @@ async fn page(base: &str, path: &str, cookie: &str) -> (u16, String) {
 
 fn dataset() -> String {
     (0..12)
-        .map(|i| format!("{{\"prompt\": \"{i} x 3 =\", \"answer\": \" {}\"}}\n", i * 3))
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"{i} x 3 =\", \"answer\": \" {}\"}}\n",
+                i * 3
+            )
+        })
         .collect()
 }
 
@@ -69,7 +80,10 @@ fn job_form(batch_size: &str, upload: bool) -> Form {
         .text("suffix", "form")
         .text("visibility", "private");
     if upload {
-        form = form.part("jsonl", Part::bytes(dataset().into_bytes()).file_name("mine.jsonl"));
+        form = form.part(
+            "jsonl",
+            Part::bytes(dataset().into_bytes()).file_name("mine.jsonl"),
+        );
     }
     form
 }
@@ -91,7 +105,11 @@ async fn dashboard_pages_follow_keys_and_visibility() {
     let (_, root_key) = issue_key(&state.db, "root", true).await.unwrap();
     let (_, alice_key) = issue_key(&state.db, "alice", false).await.unwrap();
     let (bob_row, bob_key) = issue_key(&state.db, "bob", false).await.unwrap();
-    let root = Api { base: base.clone(), client: reqwest::Client::new(), key: Some(root_key) };
+    let root = Api {
+        base: base.clone(),
+        client: reqwest::Client::new(),
+        key: Some(root_key),
+    };
     let bob = root.as_user(&bob_key);
 
     // No session: pages send you to sign in; the API still answers 401.
@@ -100,47 +118,104 @@ async fn dashboard_pages_follow_keys_and_visibility() {
     let (status, signin) = page(&base, "/signin", "").await;
     assert_eq!(status, 200);
     assert!(signin.contains("id=\"signin-form\""));
-    let bad = browserless().post(format!("{base}/signin")).form(&[("key", "ep-nope")]).send().await.unwrap();
+    let bad = browserless()
+        .post(format!("{base}/signin"))
+        .form(&[("key", "ep-nope")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 401);
     assert!(bad.text().await.unwrap().contains("key-error"));
 
     // Bob's private job is not Alice's to see; his lab job is.
     let hp = json!({"portion": 0.2, "batch_size": 4, "components": ["k"]});
-    let (_, private) = bob.post("/v1/pruning/jobs", json!({"model": "llama", "task": "int-sum", "hyperparameters": hp})).await;
+    let (_, private) = bob
+        .post(
+            "/v1/pruning/jobs",
+            json!({"model": "llama", "task": "int-sum", "hyperparameters": hp}),
+        )
+        .await;
     let (_, shared) = bob.post("/v1/pruning/jobs", json!({"model": "llama", "task": "int-sum", "hyperparameters": hp, "visibility": "lab"})).await;
-    let (private, shared) = (private["id"].as_str().unwrap(), shared["id"].as_str().unwrap());
+    let (private, shared) = (
+        private["id"].as_str().unwrap(),
+        shared["id"].as_str().unwrap(),
+    );
     let alice = sign_in(&base, &alice_key).await;
     let (status, list) = page(&base, "/", &alice).await;
     assert_eq!(status, 200);
     assert!(list.contains("alice"), "the header names the user");
-    assert!(list.contains(shared) && !list.contains(private), "the list shows what alice may see");
-    assert_eq!(page(&base, &format!("/jobs/{private}"), &alice).await.0, 404);
+    assert!(
+        list.contains(shared) && !list.contains(private),
+        "the list shows what alice may see"
+    );
+    assert_eq!(
+        page(&base, &format!("/jobs/{private}"), &alice).await.0,
+        404
+    );
     assert_eq!(page(&base, &format!("/jobs/{shared}"), &alice).await.0, 200);
     // The session stands for the key on the API too (the page's live updates use it).
-    let r = browserless().get(format!("{base}/v1/pruning/jobs")).header(COOKIE, &alice).send().await.unwrap();
+    let r = browserless()
+        .get(format!("{base}/v1/pruning/jobs"))
+        .header(COOKIE, &alice)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // The form: a wrong field is shown and nothing is submitted, upload included.
-    let r = browserless().post(format!("{base}/jobs/new")).header(COOKIE, &alice).multipart(job_form("1", true)).send().await.unwrap();
+    let r = browserless()
+        .post(format!("{base}/jobs/new"))
+        .header(COOKIE, &alice)
+        .multipart(job_form("1", true))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let body = r.text().await.unwrap();
     assert!(body.contains("id=\"batch_size-error\""), "{body}");
     let alice_api = root.as_user(&alice_key);
     let (_, jobs) = alice_api.get("/v1/pruning/jobs").await;
-    assert_eq!(jobs["data"].as_array().unwrap().iter().filter(|j| j["owner"] == "alice").count(), 0);
+    assert_eq!(
+        jobs["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["owner"] == "alice")
+            .count(),
+        0
+    );
     let (_, sets) = alice_api.get("/v1/datasets").await;
-    assert_eq!(sets["data"].as_array().unwrap().len(), 0, "a refused form uploads nothing");
+    assert_eq!(
+        sets["data"].as_array().unwrap().len(),
+        0,
+        "a refused form uploads nothing"
+    );
     // A good one with an upload: the data set and the job, then the job's page.
-    let r = browserless().post(format!("{base}/jobs/new")).header(COOKIE, &alice).multipart(job_form("4", true)).send().await.unwrap();
+    let r = browserless()
+        .post(format!("{base}/jobs/new"))
+        .header(COOKIE, &alice)
+        .multipart(job_form("4", true))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 303);
     let to = r.headers()[LOCATION].to_str().unwrap().to_string();
     let id = to.strip_prefix("/?submitted=").unwrap().to_string();
     let job = alice_api.wait(&format!("/v1/pruning/jobs/{id}")).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert!(job["dataset"].as_str().unwrap().starts_with("ds-"), "the upload went with the job");
+    assert!(
+        job["dataset"].as_str().unwrap().starts_with("ds-"),
+        "the upload went with the job"
+    );
     let (status, html) = page(&base, &format!("/jobs/{id}"), &alice).await;
     assert_eq!(status, 200);
-    for part in ["id=\"heatmap-k\"", "id=\"histogram-k\"", "id=\"accuracy-chart\"", "id=\"spectrum-chart\"", "class=\"paired\""] {
+    for part in [
+        "id=\"heatmap-k\"",
+        "id=\"histogram-k\"",
+        "id=\"accuracy-chart\"",
+        "id=\"spectrum-chart\"",
+        "class=\"paired\"",
+    ] {
         assert!(html.contains(part), "the job page draws {part}");
     }
 
@@ -156,25 +231,99 @@ async fn dashboard_pages_follow_keys_and_visibility() {
     assert_eq!(edit.status(), 200);
     let bytes = edit.bytes().await.unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    assert!(std::str::from_utf8(&bytes[8..8 + header_len]).unwrap().contains("layers."), "a safetensors edit");
+    assert!(
+        std::str::from_utf8(&bytes[8..8 + header_len])
+            .unwrap()
+            .contains("layers."),
+        "a safetensors edit"
+    );
     let lora = get("peft_lora").await.unwrap();
     assert_eq!(lora.status(), 200);
     let tar = lora.bytes().await.unwrap();
-    assert!(tar.windows(19).any(|w| w == b"adapter_config.json"), "the adapter's config is in the tar");
+    assert!(
+        tar.windows(19).any(|w| w == b"adapter_config.json"),
+        "the adapter's config is in the tar"
+    );
     assert_eq!(get("zip").await.unwrap().status(), 400);
     let (status, vpage) = page(&base, &format!("/variants/{variant}"), &alice).await;
     assert_eq!(status, 200);
     assert!(vpage.contains("id=\"playground\"") && vpage.contains("format=peft_lora"));
 
     // Sign-out ends the session; so does revoking the key behind one.
-    let out = browserless().post(format!("{base}/signout")).header(COOKIE, &alice).send().await.unwrap();
+    let out = browserless()
+        .post(format!("{base}/signout"))
+        .header(COOKIE, &alice)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.status(), 303);
-    assert!(out.headers()[SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+    assert!(out.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
     assert_eq!(page(&base, "/", &alice).await.0, 303);
     let bobs = sign_in(&base, &bob_key).await;
     assert_eq!(page(&base, "/", &bobs).await.0, 200);
     let (status, _) = root.delete(&format!("/v1/admin/keys/{}", bob_row.id)).await;
     assert_eq!(status, 200);
-    assert_eq!(page(&base, "/", &bobs).await.0, 303, "a revoked key's session ends");
+    assert_eq!(
+        page(&base, "/", &bobs).await.0,
+        303,
+        "a revoked key's session ends"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn prune_writes_the_job_page_as_one_offline_file() {
+    let dir = std::env::temp_dir().join(format!("eigenprune-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("job.html");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eigenprune"))
+        .args(["prune", "--model", &fixture("llama"), "--task", "int-sum"])
+        .args(["--portion", "0.1,0.2", "--components", "k,v", "--controls"])
+        .args([
+            "--batch-size",
+            "4",
+            "--scoring-batches",
+            "2",
+            "--json",
+            "--report",
+        ])
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    for part in [
+        "id=\"heatmap-k\"",
+        "id=\"heatmap-v\"",
+        "id=\"histogram-k\"",
+        "id=\"accuracy-chart\"",
+        "class=\"paired\"",
+    ] {
+        assert!(html.contains(part), "the report draws {part}");
+    }
+    // Self-contained: no script, nothing fetched, no links into a service.
+    for absent in ["<script", "src=", "href=\"/", "http://", "https://"] {
+        assert!(!html.contains(absent), "the report holds {absent}");
+    }
+    // The heatmaps of the first portion add up to what the run pruned.
+    let counted: u64 = html
+        .split("data-count=\"")
+        .skip(1)
+        .map(|s| s[..s.find('"').unwrap()].parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, report["portions"][0]["pruned"].as_u64().unwrap());
+    assert_eq!(
+        report["portions"][1]["controls"].as_array().unwrap().len(),
+        2
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

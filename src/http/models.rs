@@ -192,15 +192,24 @@ pub async fn export(
         ExportFormat::Checkpoint => export_checkpoint(&state, &id).await,
         ExportFormat::Edit => {
             let (_, file, _) = crate::catalog::variant_edit(&state, &id).await?;
-            Ok(attachment(&format!("{id}.edit.safetensors"), "application/octet-stream", axum::body::Body::from(file)))
+            Ok(attachment(
+                &format!("{id}.edit.safetensors"),
+                "application/octet-stream",
+                axum::body::Body::from(file),
+            ))
         }
         ExportFormat::PeftLora => {
             let (v, file, base) = crate::catalog::variant_edit(&state, &id).await?;
             let scratch = state.exports_dir();
-            let tar = tokio::task::spawn_blocking(move || lora_tar(&base, &file, &v.parent, scratch))
-                .await
-                .map_err(ApiError::internal)??;
-            Ok(attachment(&format!("{id}.peft-lora.tar"), "application/x-tar", axum::body::Body::from(tar)))
+            let tar =
+                tokio::task::spawn_blocking(move || lora_tar(&base, &file, &v.parent, scratch))
+                    .await
+                    .map_err(ApiError::internal)??;
+            Ok(attachment(
+                &format!("{id}.peft-lora.tar"),
+                "application/x-tar",
+                axum::body::Body::from(tar),
+            ))
         }
     }
 }
@@ -272,7 +281,11 @@ async fn export_checkpoint(state: &AppState, id: &str) -> ApiResult<Response> {
     // The open handle keeps the data readable after the directory is removed.
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    Ok(attachment("model.safetensors", "application/octet-stream", body))
+    Ok(attachment(
+        "model.safetensors",
+        "application/octet-stream",
+        body,
+    ))
 }
 
 /// Delete a pruned variant (its owner or an admin): it is unloaded, its object removed, and

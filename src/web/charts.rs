@@ -34,6 +34,21 @@ fn fmt(v: f64) -> String {
     }
 }
 
+/// An axis maximum of 4 round steps (1, 2, 2.5 or 5 times a power of ten) at or above `max`.
+fn nice_axis(max: f64) -> f64 {
+    if !(max > 0.0 && max.is_finite()) {
+        return 1.0;
+    }
+    let raw = max / 4.0;
+    let power = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * power)
+        .find(|&s| s >= raw * (1.0 - 1e-9))
+        .unwrap_or(10.0 * power);
+    4.0 * step
+}
+
 /// The y axis from 0 to `max` with 5 ticks, and the frame.
 fn y_axis(max: f64, label: &str) -> Markup {
     html! {
@@ -68,13 +83,12 @@ pub fn grouped_bars(
     max: f64,
     y_label: &str,
 ) -> Markup {
-    let max = if max > 0.0 { max } else { 1.0 };
+    let max = nice_axis(max);
     let slot = plot_w() / groups.len().max(1) as f64;
     let bar = (slot * 0.8 / series.len().max(1) as f64).min(48.0);
     html! {
         figure {
-            svg id=(id) class="chart" viewBox={"0 0 " (W) " " (H + 18.0)} role="img" aria-label=(title)
-                xmlns="http://www.w3.org/2000/svg" {
+            svg id=(id) class="chart" viewBox={"0 0 " (W) " " (H + 18.0)} role="img" aria-label=(title) {
                 title { (title) }
                 (y_axis(max, y_label))
                 @for (g, group) in groups.iter().enumerate() {
@@ -108,8 +122,7 @@ pub fn heatmap(id: &str, title: &str, counts: &[Vec<usize>], col_label: &str) ->
     let height = TOP + cell_h * rows as f64 + BOTTOM;
     html! {
         figure {
-            svg id=(id) class="chart heatmap" viewBox={"0 0 " (W) " " (height)} role="img" aria-label=(title)
-                xmlns="http://www.w3.org/2000/svg" {
+            svg id=(id) class="chart heatmap" viewBox={"0 0 " (W) " " (height)} role="img" aria-label=(title) {
                 title { (title) }
                 @for (layer, row) in counts.iter().enumerate() {
                     @let y = TOP + cell_h * layer as f64;
@@ -144,7 +157,13 @@ fn heat(t: f64) -> String {
 /// A histogram, each bin's pruned part stacked under its kept part; `threshold` draws the
 /// pruning cut (attribution: the largest pruned score).
 pub fn histogram(id: &str, title: &str, bins: &[Bin], threshold: Option<f64>) -> Markup {
-    let max = bins.iter().map(|b| b.pruned + b.kept).max().unwrap_or(0).max(1) as f64;
+    let max = nice_axis(
+        bins.iter()
+            .map(|b| b.pruned + b.kept)
+            .max()
+            .unwrap_or(0)
+            .max(1) as f64,
+    );
     let (lo, hi) = match (bins.first(), bins.last()) {
         (Some(a), Some(b)) => (a.lo, b.hi),
         _ => (0.0, 1.0),
@@ -153,8 +172,7 @@ pub fn histogram(id: &str, title: &str, bins: &[Bin], threshold: Option<f64>) ->
     let w = plot_w() / bins.len().max(1) as f64;
     html! {
         figure {
-            svg id=(id) class="chart" viewBox={"0 0 " (W) " " (H + 18.0)} role="img" aria-label=(title)
-                xmlns="http://www.w3.org/2000/svg" {
+            svg id=(id) class="chart" viewBox={"0 0 " (W) " " (H + 18.0)} role="img" aria-label=(title) {
                 title { (title) }
                 (y_axis(max, "singular values"))
                 @for (i, b) in bins.iter().enumerate() {
@@ -187,19 +205,25 @@ pub fn histogram(id: &str, title: &str, bins: &[Bin], threshold: Option<f64>) ->
 
 /// A spectrum: singular values by index, the pruned ones marked.
 pub fn spectrum(id: &str, title: &str, values: &[f32], pruned: &[bool]) -> Markup {
-    let max = values.iter().copied().fold(0.0f32, f32::max).max(1e-12) as f64;
+    let max = nice_axis(values.iter().copied().fold(0.0f32, f32::max).max(1e-12) as f64);
     let n = values.len().max(2);
     let x_of = |i: usize| LEFT + plot_w() * i as f64 / (n - 1) as f64;
     let y_of = |v: f32| TOP + plot_h() * (1.0 - v as f64 / max);
     let path: String = values
         .iter()
         .enumerate()
-        .map(|(i, &v)| format!("{}{:.1},{:.1}", if i == 0 { 'M' } else { 'L' }, x_of(i), y_of(v)))
+        .map(|(i, &v)| {
+            format!(
+                "{}{:.1},{:.1}",
+                if i == 0 { 'M' } else { 'L' },
+                x_of(i),
+                y_of(v)
+            )
+        })
         .collect();
     html! {
         figure {
-            svg id=(id) class="chart" viewBox={"0 0 " (W) " " (H)} role="img" aria-label=(title)
-                xmlns="http://www.w3.org/2000/svg" {
+            svg id=(id) class="chart" viewBox={"0 0 " (W) " " (H)} role="img" aria-label=(title) {
                 title { (title) }
                 (y_axis(max, "singular value"))
                 path d=(path) fill="none" stroke=(PALETTE[0]) stroke-width="1.5" {}
@@ -213,5 +237,19 @@ pub fn spectrum(id: &str, title: &str, values: &[f32], pruned: &[bool]) -> Marku
                 text x=(LEFT + plot_w() / 2.0) y=(H - BOTTOM + 16.0) font-size="11" text-anchor="middle" { "index (largest first); pruned in orange" }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nice_axis;
+
+    #[test]
+    fn axes_end_on_round_steps() {
+        assert_eq!(nice_axis(62.0), 80.0);
+        assert_eq!(nice_axis(1.0), 1.0);
+        assert_eq!(nice_axis(3.0), 4.0);
+        assert!((nice_axis(0.37) - 0.4).abs() < 1e-12);
+        assert_eq!(nice_axis(0.0), 1.0);
     }
 }

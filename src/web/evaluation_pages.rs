@@ -46,11 +46,11 @@ fn form(models: &[String], error: Option<&ApiError>) -> Markup {
             }
             div class="field" {
                 label for="eval-task" { "Task" }
-                select id="eval-task" name="task" { @for t in BUILTIN_TASKS { option { (t) } } }
+                select id="eval-task" name="task" { @for t in BUILTIN_TASKS { option value=(t) { (t) } } }
             }
             div class="field" {
                 label for="split" { "Split" }
-                select id="split" name="split" { option { "test" } option { "train" } }
+                select id="split" name="split" { option value="test" { "test" } option value="train" { "train" } }
             }
             button type="submit" id="submit-evaluation" { "Evaluate" }
         }
@@ -102,7 +102,11 @@ async fn show(state: &AppState, caller: &Caller, error: Option<ApiError>) -> Res
     }
 }
 
-pub async fn submit(State(state): State<AppState>, caller: Caller, mut body: Multipart) -> Response {
+pub async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    mut body: Multipart,
+) -> Response {
     let (mut models, mut task, mut split) = (Vec::new(), String::new(), String::from("test"));
     loop {
         match body.next_field().await {
@@ -118,19 +122,33 @@ pub async fn submit(State(state): State<AppState>, caller: Caller, mut body: Mul
             }
             Ok(None) => break,
             Err(e) => {
-                return show(&state, &caller, Some(ApiError::invalid("invalid_form", e.body_text()))).await
+                return show(
+                    &state,
+                    &caller,
+                    Some(ApiError::invalid("invalid_form", e.body_text())),
+                )
+                .await
             }
         }
     }
     if models.is_empty() {
-        return show(&state, &caller, Some(ApiError::invalid("invalid_models", "choose at least one model").param("models"))).await;
+        return show(
+            &state,
+            &caller,
+            Some(ApiError::invalid("invalid_models", "choose at least one model").param("models")),
+        )
+        .await;
     }
     let req = CreateEvaluation {
         model: None,
         models: Some(models),
         task: Some(task),
         dataset: None,
-        split: if split == "train" { Split::Train } else { Split::Test },
+        split: if split == "train" {
+            Split::Train
+        } else {
+            Split::Test
+        },
         visibility: Visibility::Private,
     };
     match evaluations::create(State(state.clone()), caller.clone(), Json(req)).await {
@@ -139,7 +157,11 @@ pub async fn submit(State(state): State<AppState>, caller: Caller, mut body: Mul
     }
 }
 
-pub async fn evaluation(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+pub async fn evaluation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
     let row = match jobs::find(&state, &caller, &id, "evaluation").await {
         Ok(r) => r,
         Err(e) => return error_page(&state, &caller, e),

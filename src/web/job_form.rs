@@ -275,7 +275,10 @@ mod tests {
 
     #[test]
     fn portions_parse_as_the_api_takes_them() {
-        assert_eq!(parse_portion(" auto "), Some(PortionSpec::Named("auto".into())));
+        assert_eq!(
+            parse_portion(" auto "),
+            Some(PortionSpec::Named("auto".into()))
+        );
         assert_eq!(parse_portion("0.2"), Some(PortionSpec::Fixed(0.2)));
         assert_eq!(
             parse_portion("0.05, 0.1"),

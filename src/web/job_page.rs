@@ -31,12 +31,7 @@ pub struct JobPage<'a> {
 }
 
 fn pct(a: &Accuracy) -> String {
-    format!(
-        "{}/{} = {:.2}%",
-        a.correct,
-        a.total,
-        100.0 * a.accuracy
-    )
+    format!("{}/{} = {:.2}%", a.correct, a.total, 100.0 * a.accuracy)
 }
 
 fn choice(a: &Accuracy) -> String {
@@ -136,19 +131,34 @@ impl JobPage<'_> {
             .iter()
             .map(|p| {
                 let mut bars = vec![
-                    (0, r.accuracy_before.accuracy, format!("before: {}", pct(&r.accuracy_before))),
-                    (1, p.accuracy_after.accuracy, format!("{method}: {}", pct(&p.accuracy_after))),
+                    (
+                        0,
+                        r.accuracy_before.accuracy,
+                        format!("before: {}", pct(&r.accuracy_before)),
+                    ),
+                    (
+                        1,
+                        p.accuracy_after.accuracy,
+                        format!("{method}: {}", pct(&p.accuracy_after)),
+                    ),
                 ];
                 for c in &p.controls {
                     let s = series.iter().position(|x| x == &c.method).unwrap_or(0);
-                    bars.push((s, c.accuracy.accuracy, format!("{} control: {}", c.method, pct(&c.accuracy))));
+                    bars.push((
+                        s,
+                        c.accuracy.accuracy,
+                        format!("{} control: {}", c.method, pct(&c.accuracy)),
+                    ));
                 }
-                BarGroup { label: format!("portion {}", p.portion), bars }
+                BarGroup {
+                    label: format!("portion {}", p.portion),
+                    bars,
+                }
             })
             .collect();
         let names: Vec<&str> = series.iter().map(String::as_str).collect();
         html! {
-            section {
+            section id="accuracy-section" {
                 h2 { "Accuracy" }
                 (charts::grouped_bars("accuracy-chart", "Test accuracy (paper metric) before and after, per portion", &names, &groups, 1.0, "accuracy"))
                 table id="accuracy" {
@@ -213,8 +223,14 @@ impl JobPage<'_> {
         let Some(a) = self.analysis else {
             return html! { section { h2 { "What was pruned" } p { "No analysis is stored for this job (it ran before the dashboard)." } } };
         };
-        let pi = self.pick.portion.unwrap_or(0).min(r.portions.len().saturating_sub(1));
-        let Some(portion) = r.portions.get(pi) else { return html! {} };
+        let pi = self
+            .pick
+            .portion
+            .unwrap_or(0)
+            .min(r.portions.len().saturating_sub(1));
+        let Some(portion) = r.portions.get(pi) else {
+            return html! {};
+        };
         let cut = a.cutoff(portion.portion);
         let layers = portion.pruned_per_layer.len();
         html! {
@@ -257,7 +273,9 @@ impl JobPage<'_> {
                 .iter()
                 .max_by_key(|h| h.rank.iter().filter(|&&r| r < cut).count())
         };
-        let Some(h) = chosen.or_else(most) else { return html! {} };
+        let Some(h) = chosen.or_else(most) else {
+            return html! {};
+        };
         let pruned: Vec<bool> = h.rank.iter().map(|&r| r < cut).collect();
         let max_layer = a.heads.iter().map(|h| h.layer).max().unwrap_or(0);
         let max_head = a.heads.iter().map(|h| h.head).max().unwrap_or(0);
@@ -327,7 +345,11 @@ fn score_histogram(a: &Analysis, comp: &str, cut: u32) -> Markup {
 
 /// The job page as one self-contained HTML file (the CLI's `--report`): the same sections and
 /// charts, inline style, no script, nothing fetched.
-pub fn standalone_report(job: &Job, result: &serde_json::Value, analysis: &serde_json::Value) -> String {
+pub fn standalone_report(
+    job: &Job,
+    result: &serde_json::Value,
+    analysis: &serde_json::Value,
+) -> String {
     let result: Option<PruneResult> = serde_json::from_value(result.clone()).ok();
     let analysis: Option<Analysis> = serde_json::from_value(analysis.clone()).ok();
     let body = JobPage {
@@ -338,5 +360,13 @@ pub fn standalone_report(job: &Job, result: &serde_json::Value, analysis: &serde
         offline: true,
     }
     .render();
-    super::layout::standalone(&format!("eigenprune: {} on {}", job.model, job.task.as_deref().unwrap_or("")), body).into_string()
+    super::layout::standalone(
+        &format!(
+            "eigenprune: {} on {}",
+            job.model,
+            job.task.as_deref().unwrap_or("")
+        ),
+        body,
+    )
+    .into_string()
 }

@@ -128,7 +128,10 @@ pub async fn list(
 }
 
 /// The form's choices: base models, and the data sets the caller may use.
-async fn choices(state: &AppState, caller: &Caller) -> ApiResult<(Vec<String>, Vec<(String, String)>)> {
+async fn choices(
+    state: &AppState,
+    caller: &Caller,
+) -> ApiResult<(Vec<String>, Vec<(String, String)>)> {
     let models = state.host.base_names();
     let datasets = state
         .db
@@ -144,7 +147,12 @@ pub async fn new_form(State(state): State<AppState>, caller: Caller) -> Response
     show_form(&state, &caller, &JobForm::default(), &FieldErrors::new()).await
 }
 
-async fn show_form(state: &AppState, caller: &Caller, form: &JobForm, errors: &FieldErrors) -> Response {
+async fn show_form(
+    state: &AppState,
+    caller: &Caller,
+    form: &JobForm,
+    errors: &FieldErrors,
+) -> Response {
     let (models, datasets) = match choices(state, caller).await {
         Ok(c) => c,
         Err(e) => return error_page(state, caller, e),

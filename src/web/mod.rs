@@ -38,7 +38,10 @@ pub fn is_page(path: &str) -> bool {
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(jobs_pages::list))
-        .route("/jobs/new", get(jobs_pages::new_form).post(jobs_pages::submit))
+        .route(
+            "/jobs/new",
+            get(jobs_pages::new_form).post(jobs_pages::submit),
+        )
         .route("/jobs/{id}", get(jobs_pages::job))
         .route("/variants", get(variant_pages::list))
         .route("/variants/{id}", get(variant_pages::variant))

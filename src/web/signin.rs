@@ -44,19 +44,32 @@ pub async fn form(State(state): State<AppState>) -> Response {
 pub async fn submit(State(state): State<AppState>, Form(f): Form<SignIn>) -> Response {
     let key = f.key.trim();
     let hash = key_hash(key);
-    let known = !key.is_empty() && key.len() <= 256 && matches!(state.db.key_by_hash(&hash).await, Ok(Some(_)));
+    let known = !key.is_empty()
+        && key.len() <= 256
+        && matches!(state.db.key_by_hash(&hash).await, Ok(Some(_)));
     if !known {
-        let mut r = signin_page(Some("That key is not valid (unknown, revoked or mistyped)."), false);
+        let mut r = signin_page(
+            Some("That key is not valid (unknown, revoked or mistyped)."),
+            false,
+        );
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         return r;
     }
     let id = state.sessions.open(hash);
-    ([(header::SET_COOKIE, session::cookie(Some(&id)))], Redirect::to("/")).into_response()
+    (
+        [(header::SET_COOKIE, session::cookie(Some(&id)))],
+        Redirect::to("/"),
+    )
+        .into_response()
 }
 
 pub async fn signout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(id) = session::session_id(&headers) {
         state.sessions.close(id);
     }
-    ([(header::SET_COOKIE, session::cookie(None))], Redirect::to("/signin")).into_response()
+    (
+        [(header::SET_COOKIE, session::cookie(None))],
+        Redirect::to("/signin"),
+    )
+        .into_response()
 }

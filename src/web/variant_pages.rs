@@ -41,7 +41,11 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Response {
     page(&state, &caller, "Variants", body)
 }
 
-pub async fn variant(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+pub async fn variant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
     match render(&state, &caller, &id).await {
         Ok(r) => r,
         Err(e) => error_page(&state, &caller, e),
