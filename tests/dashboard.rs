@@ -230,6 +230,21 @@ async fn dashboard_in_a_real_browser() {
         Value::Bool(true),
         "the list updated without a reload"
     );
+    let (_, done) = api.get(&format!("/v1/pruning/jobs/{job_id}")).await;
+    for (cell, key) in [("before", "accuracy_before"), ("after", "accuracy_after")] {
+        let shown = js(
+            &c,
+            &format!(
+                "return document.querySelector('tr[data-job=\"{job_id}\"] .{cell}').textContent"
+            ),
+        )
+        .await;
+        let want = format!(
+            "{:.2}%",
+            100.0 * done["result"][key]["accuracy"].as_f64().unwrap()
+        );
+        assert_eq!(shown, json!(want), "the live row's {cell} accuracy");
+    }
     shot(&c, "02-jobs-list").await;
 
     // The job page: every chart's data against the job's JSON.

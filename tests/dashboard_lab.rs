@@ -219,6 +219,45 @@ async fn dashboard_pages_follow_keys_and_visibility() {
         assert!(html.contains(part), "the job page draws {part}");
     }
 
+    // Cancel: another user's private job is not there; a form from another site is refused.
+    let post = |path: String| {
+        browserless()
+            .post(format!("{base}{path}"))
+            .header(COOKIE, alice.clone())
+    };
+    assert_eq!(
+        post(format!("/jobs/{private}/cancel"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let forged = post("/jobs/new".into())
+        .header("sec-fetch-site", "cross-site")
+        .multipart(job_form("4", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let (_, jobs) = alice_api.get("/v1/pruning/jobs").await;
+    assert_eq!(
+        jobs["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["owner"] == "alice")
+            .count(),
+        1,
+        "the forged form made no job"
+    );
+    let mine = post(format!("/jobs/{id}/cancel")).send().await.unwrap();
+    assert_eq!(
+        mine.status(),
+        303,
+        "the owner's cancel goes through the API's handler"
+    );
+
     // Downloads in every form, through the session.
     let variant = job["pruned_model"].as_str().unwrap();
     let get = |format: &str| {

@@ -44,8 +44,11 @@ function liveRows() {
         a.textContent = job.pruned_model;
         variant.appendChild(a);
       }
-      const acc = row.querySelector(".after");
-      if (acc && job.result) acc.textContent = (100 * job.result.accuracy_after.accuracy).toFixed(2) + "%";
+      const pct = (a) => (100 * a.accuracy).toFixed(2) + "%";
+      const before = row.querySelector(".before");
+      const after = row.querySelector(".after");
+      if (before && job.result) before.textContent = pct(job.result.accuracy_before);
+      if (after && job.result) after.textContent = pct(job.result.accuracy_after);
     });
   });
 }

@@ -28,6 +28,8 @@ pub struct JobPage<'a> {
     pub pick: &'a Pick,
     /// A file on its own: no links into the service, no forms.
     pub offline: bool,
+    /// The viewer may cancel the job (its owner or an admin).
+    pub can_cancel: bool,
 }
 
 fn pct(a: &Accuracy) -> String {
@@ -56,6 +58,11 @@ impl JobPage<'_> {
                     p { span class="status" data-status=(j.status) { (j.status) } " "
                         progress max="1" value="0" {} " " span class="phase" {} }
                     p class="hint" { "This page follows the job and reloads when it ends." }
+                    @if self.can_cancel {
+                        form method="post" action={"/jobs/" (j.id) "/cancel"} {
+                            button type="submit" id="cancel-job" { "Cancel job" }
+                        }
+                    }
                 }
             }
             @if let Some(r) = self.result {
@@ -358,6 +365,7 @@ pub fn standalone_report(
         analysis: analysis.as_ref(),
         pick: &Pick::default(),
         offline: true,
+        can_cancel: false,
     }
     .render();
     super::layout::standalone(

@@ -111,12 +111,19 @@ pub async fn list(
                             td { (task_of(j)) }
                             td { span class="status" data-status=(j.status) { (j.status) } }
                             td { progress max="1" value=(if j.status == "succeeded" { 1.0 } else { 0.0 }) {} " " span class="phase" {} }
-                            td class="num" { (pct(result.and_then(|r| r["accuracy_before"]["accuracy"].as_f64()))) }
+                            td class="num before" { (pct(result.and_then(|r| r["accuracy_before"]["accuracy"].as_f64()))) }
                             td class="num after" { (pct(result.and_then(|r| r["accuracy_after"]["accuracy"].as_f64()))) }
                             td class="variant" {
                                 @if let Some(Some(v)) = &j.pruned_model { a href={"/variants/" (v)} { (v) } }
                             }
-                            td { (j.owner) }
+                            td {
+                                (j.owner)
+                                @if matches!(j.status.as_str(), "queued" | "running") && caller.can_modify(&j.owner) {
+                                    form method="post" action={"/jobs/" (j.id) "/cancel"} class="inline" {
+                                        button type="submit" aria-label={"Cancel " (j.id)} { "Cancel" }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -251,6 +258,7 @@ pub async fn job(
         .and_then(|r| serde_json::from_value(r.clone()).ok());
     let analysis = load_analysis(&state, &job).await;
     let body = JobPage {
+        can_cancel: caller.can_modify(&job.owner),
         job: &job,
         result: result.as_ref(),
         analysis: analysis.as_ref(),
@@ -275,4 +283,16 @@ async fn load_analysis(state: &AppState, job: &Job) -> Option<Analysis> {
         .await
         .ok()
         .flatten()
+}
+
+/// Cancels through the API's handler (its owner or an admin), then back to the job's page.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
+    match jobs::cancel(State(state.clone()), caller.clone(), Path(id.clone())).await {
+        Ok(_) => Redirect::to(&format!("/jobs/{id}")).into_response(),
+        Err(e) => error_page(&state, &caller, e),
+    }
 }

@@ -52,7 +52,32 @@ pub fn routes() -> Router<AppState> {
         .route("/evaluations/{id}", get(evaluation_pages::evaluation))
         .route("/signin", get(signin::form).post(signin::submit))
         .route("/signout", post(signin::signout))
+        .route("/jobs/{id}/cancel", post(jobs_pages::cancel))
         .route("/ui/dashboard.js", get(script))
+        .route_layer(axum::middleware::from_fn(same_origin_posts))
+}
+
+/// A form posted from another site is refused (403): the session cookie is SameSite=Strict,
+/// but a server on 127.0.0.1 without keys has no cookie to withhold.
+async fn same_origin_posts(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.method() == axum::http::Method::POST && cross_site(req.headers()) {
+        return ApiError::forbidden("cross_site_form", "this form was posted from another site")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// Whether the browser says the request comes from another origin (Sec-Fetch-Site, else
+/// Origin against Host).
+fn cross_site(headers: &axum::http::HeaderMap) -> bool {
+    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
+    }
+    match (get("origin"), get("host")) {
+        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
+        _ => false,
+    }
 }
 
 async fn script() -> Response {
@@ -87,6 +112,37 @@ fn error_page(state: &AppState, caller: &Caller, e: ApiError) -> Response {
     );
     *r.status_mut() = status;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cross_site;
+    use axum::http::HeaderMap;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forms_from_other_sites_are_told_apart() {
+        assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(cross_site(&headers(&[("sec-fetch-site", "same-site")])));
+        assert!(!cross_site(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(cross_site(&headers(&[
+            ("origin", "http://evil.example"),
+            ("host", "127.0.0.1:8080")
+        ])));
+        assert!(!cross_site(&headers(&[
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080")
+        ])));
+        // Not a browser (curl, the tests' client): nothing to judge by.
+        assert!(!cross_site(&HeaderMap::new()));
+    }
 }
 
 /// A page with a status other than 200 (a form shown again with its errors).

@@ -67,6 +67,7 @@ async fn render(state: &AppState, caller: &Caller, id: &str) -> Result<Response,
         .as_ref()
         .and_then(|j| j.task.clone().or(j.dataset.clone()))
         .unwrap_or_default();
+    let finetuned = hyper.as_ref().is_some_and(|h| !h["finetune"].is_null());
     let download = |f: ExportFormat| format!("/v1/models/{id}/export?format={}", f.name());
     let body = html! {
         h1 { "Variant " code { (v.id) } }
@@ -87,7 +88,11 @@ async fn render(state: &AppState, caller: &Caller, id: &str) -> Result<Response,
         h2 { "Download" }
         ul id="downloads" {
             li { a href=(download(ExportFormat::Edit)) download { "The edit" } " (safetensors: the removed singular directions and bias deltas; apply with " code { "eigenprune eval --edit" } ")" }
-            li { a href=(download(ExportFormat::PeftLora)) download { "PEFT LoRA adapter" } " (tar: adapter_config.json, adapter_model.safetensors; without the bias deltas)" }
+            @if finetuned {
+                li { "No PEFT LoRA adapter: this variant was fine-tuned first, so its change is not low-rank." }
+            } @else {
+                li { a href=(download(ExportFormat::PeftLora)) download { "PEFT LoRA adapter" } " (tar: adapter_config.json, adapter_model.safetensors; without the bias deltas)" }
+            }
             li { a href=(download(ExportFormat::Checkpoint)) download { "Full checkpoint" } " (model.safetensors of base + edit)" }
         }
         h2 { "Playground" }

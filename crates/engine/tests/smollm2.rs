@@ -183,16 +183,36 @@ fn smollm2_quantized_decoding_matches_dense() {
     let greedy = |m| generate(m, prompt.get_ids(), &params, |_| true).unwrap().0;
     let (q_ids, d_ids) = (greedy(quantized), greedy(&dense));
     let text = |ids: &[u32]| loaded.tokenizer.decode(ids, true).unwrap();
-    // (The activations are quantised too, Q8_0 blocks as llama.cpp does: a near-tie could
-    // break the other way; none does in these 24 tokens.)
+    // The activations are quantised too (Q8_0 blocks, as llama.cpp does), and candle picks its
+    // dot-product kernels by the CPU it runs on: a near-tie may break the other way. The two
+    // agree until the dense model itself nearly ties between their two tokens.
     let same = q_ids.iter().zip(&d_ids).take_while(|(a, b)| a == b).count();
     println!(
         "greedy: {same} of 24 tokens the same; quantised {:?}, dense {:?}",
         text(&q_ids),
         text(&d_ids)
     );
-    assert_eq!(same, 24, "the continuations part after {same} tokens");
-    assert!(text(&q_ids).contains("Paris"));
+    assert!(same >= 16, "the continuations part after {same} tokens");
+    assert!(text(&q_ids[..same]).contains("Paris"));
+    if same < 24 {
+        let mut ids = prompt.get_ids().to_vec();
+        ids.extend(&d_ids[..same]);
+        ids.push(q_ids[same]);
+        let last = eigenprune_engine::generate::sequence_logprobs(&dense, &ids, 1)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let (quantized_choice, (dense_choice, best)) = (last.0, last.1[0]);
+        assert_eq!(dense_choice, d_ids[same]);
+        let gap = best - quantized_choice;
+        println!("they part at a dense log-probability gap of {gap:.4} nats");
+        // Within half a nat: a probability ratio under 1.65 between the two tokens (measured
+        // on an AVX2-only EPYC: 19 tokens agree, then 0.227 nats).
+        assert!(
+            gap < 0.5,
+            "they part where the dense model is sure: gap {gap} nats"
+        );
+    }
 
     let cb = eigenprune_engine::tasks::builtin("cb").unwrap();
     let examples = &cb.test[..8];
