@@ -114,6 +114,12 @@ fn error_page(state: &AppState, caller: &Caller, e: ApiError) -> Response {
     r
 }
 
+/// A page with a status other than 200 (a form shown again with its errors).
+fn with_status(mut r: Response, status: StatusCode) -> Response {
+    *r.status_mut() = status;
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::cross_site;
@@ -143,10 +149,4 @@ mod tests {
         // Not a browser (curl, the tests' client): nothing to judge by.
         assert!(!cross_site(&HeaderMap::new()));
     }
-}
-
-/// A page with a status other than 200 (a form shown again with its errors).
-fn with_status(mut r: Response, status: StatusCode) -> Response {
-    *r.status_mut() = status;
-    r
 }
