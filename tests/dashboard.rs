@@ -118,6 +118,10 @@ async fn js(c: &Client, script: &str) -> Value {
     c.execute(script, vec![]).await.unwrap()
 }
 
+async fn click(c: &Client, at: Locator<'_>) {
+    c.find(at).await.unwrap().click().await.unwrap();
+}
+
 async fn set_field(c: &Client, id: &str, value: &str) {
     let e = c.find(Locator::Id(id)).await.unwrap();
     e.clear().await.unwrap();
@@ -170,12 +174,7 @@ async fn dashboard_in_a_real_browser() {
     c.goto(&format!("{base}/jobs/new")).await.unwrap();
     set_field(&c, "portion", "2").await;
     set_field(&c, "scoring_batches", "2").await;
-    c.find(Locator::Id("submit-job"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("submit-job")).await;
     let error = c
         .find(Locator::Id("portion-error"))
         .await
@@ -202,18 +201,8 @@ async fn dashboard_in_a_real_browser() {
 
     // A good one: two portions and the controls, followed live on the list.
     set_field(&c, "portion", "0.05, 0.1").await;
-    c.find(Locator::Css("input[name=controls]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Id("submit-job"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Css("input[name=controls]")).await;
+    click(&c, Locator::Id("submit-job")).await;
     let link = c.find(Locator::Css("#submitted a")).await.unwrap();
     let job_id = link.text().await.unwrap();
     assert!(job_id.starts_with("pj-"), "{job_id}");
@@ -367,12 +356,7 @@ async fn dashboard_in_a_real_browser() {
     c.goto(&format!("{base}/variants/{variant}")).await.unwrap();
     set_field(&c, "prompt", "12 x 3 = ").await;
     set_field(&c, "max_tokens", "6").await;
-    c.find(Locator::Id("run-playground"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("run-playground")).await;
     until(&c, "return ['out-base', 'out-variant'].every(id => document.getElementById(id).dataset.done === 'true')", 120, "both streams").await;
     let streamed = c
         .find(Locator::Id("out-variant"))
@@ -403,19 +387,13 @@ async fn dashboard_in_a_real_browser() {
         .await
         .unwrap();
     for m in ["smol", variant.as_str()] {
-        c.find(Locator::Css(&format!("input[name=models][value=\"{m}\"]")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(
+            &c,
+            Locator::Css(&format!("input[name=models][value=\"{m}\"]")),
+        )
+        .await;
     }
-    c.find(Locator::Id("submit-evaluation"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("submit-evaluation")).await;
     until(
         &c,
         "return !!document.getElementById('evaluation')",

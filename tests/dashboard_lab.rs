@@ -56,6 +56,28 @@ async fn page(base: &str, path: &str, cookie: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// The job form posted as a browser posts it.
+async fn submit(base: &str, cookie: &str, form: Form) -> reqwest::Response {
+    browserless()
+        .post(format!("{base}/jobs/new"))
+        .header(COOKIE, cookie)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Alice's pruning jobs, as the API lists them to her.
+async fn jobs_of_alice(alice: &Api) -> usize {
+    let (_, jobs) = alice.get("/v1/pruning/jobs").await;
+    jobs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["owner"] == "alice")
+        .count()
+}
+
 fn dataset() -> String {
     (0..12)
         .map(|i| {
@@ -163,27 +185,12 @@ async fn dashboard_pages_follow_keys_and_visibility() {
     assert_eq!(r.status(), 200);
 
     // The form: a wrong field is shown and nothing is submitted, upload included.
-    let r = browserless()
-        .post(format!("{base}/jobs/new"))
-        .header(COOKIE, &alice)
-        .multipart(job_form("1", true))
-        .send()
-        .await
-        .unwrap();
+    let r = submit(&base, &alice, job_form("1", true)).await;
     assert_eq!(r.status(), 400);
     let body = r.text().await.unwrap();
     assert!(body.contains("id=\"batch_size-error\""), "{body}");
     let alice_api = root.as_user(&alice_key);
-    let (_, jobs) = alice_api.get("/v1/pruning/jobs").await;
-    assert_eq!(
-        jobs["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|j| j["owner"] == "alice")
-            .count(),
-        0
-    );
+    assert_eq!(jobs_of_alice(&alice_api).await, 0);
     let (_, sets) = alice_api.get("/v1/datasets").await;
     assert_eq!(
         sets["data"].as_array().unwrap().len(),
@@ -191,13 +198,7 @@ async fn dashboard_pages_follow_keys_and_visibility() {
         "a refused form uploads nothing"
     );
     // A good one with an upload: the data set and the job, then the job's page.
-    let r = browserless()
-        .post(format!("{base}/jobs/new"))
-        .header(COOKIE, &alice)
-        .multipart(job_form("4", true))
-        .send()
-        .await
-        .unwrap();
+    let r = submit(&base, &alice, job_form("4", true)).await;
     assert_eq!(r.status(), 303);
     let to = r.headers()[LOCATION].to_str().unwrap().to_string();
     let id = to.strip_prefix("/?submitted=").unwrap().to_string();
@@ -240,14 +241,8 @@ async fn dashboard_pages_follow_keys_and_visibility() {
         .await
         .unwrap();
     assert_eq!(forged.status(), 403);
-    let (_, jobs) = alice_api.get("/v1/pruning/jobs").await;
     assert_eq!(
-        jobs["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|j| j["owner"] == "alice")
-            .count(),
+        jobs_of_alice(&alice_api).await,
         1,
         "the forged form made no job"
     );

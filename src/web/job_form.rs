@@ -172,6 +172,19 @@ fn field_error(errors: &FieldErrors, field: &str) -> Markup {
     }
 }
 
+/// A labelled text input with its error tied to it.
+fn text_field(errors: &FieldErrors, name: &str, label: &str, value: &str, numeric: bool) -> Markup {
+    let bad = errors.contains_key(name);
+    html! {
+        div class="field" {
+            label for=(name) { (label) }
+            input id=(name) name=(name) value=(value) inputmode=[numeric.then_some("numeric")]
+                aria-invalid=[bad.then_some("true")] aria-describedby=[bad.then(|| format!("{name}-error"))];
+            (field_error(errors, name))
+        }
+    }
+}
+
 /// The form, with its values and errors. `datasets` are (id, name) the caller may use.
 pub fn render(
     form: &JobForm,
@@ -237,26 +250,10 @@ pub fn render(
                 (field_error(errors, "method"))
             }
             label { input type="checkbox" name="controls" value="on" checked[form.controls]; " Also evaluate the controls (random and smallest, or the other two methods)" }
-            div class="field" {
-                label for="batch_size" { "Scoring batch size" }
-                input id="batch_size" name="batch_size" inputmode="numeric" value=(form.batch_size) aria-invalid=[invalid("batch_size")] aria-describedby=[described("batch_size")];
-                (field_error(errors, "batch_size"))
-            }
-            div class="field" {
-                label for="scoring_batches" { "Scoring batches (empty: all of train)" }
-                input id="scoring_batches" name="scoring_batches" inputmode="numeric" value=(form.scoring_batches) aria-invalid=[invalid("scoring_batches")] aria-describedby=[described("scoring_batches")];
-                (field_error(errors, "scoring_batches"))
-            }
-            div class="field" {
-                label for="seed" { "Seed" }
-                input id="seed" name="seed" inputmode="numeric" value=(form.seed) aria-invalid=[invalid("seed")] aria-describedby=[described("seed")];
-                (field_error(errors, "seed"))
-            }
-            div class="field" {
-                label for="suffix" { "Variant name suffix (optional)" }
-                input id="suffix" name="suffix" value=(form.suffix) aria-invalid=[invalid("suffix")] aria-describedby=[described("suffix")];
-                (field_error(errors, "suffix"))
-            }
+            (text_field(errors, "batch_size", "Scoring batch size", &form.batch_size, true))
+            (text_field(errors, "scoring_batches", "Scoring batches (empty: all of train)", &form.scoring_batches, true))
+            (text_field(errors, "seed", "Seed", &form.seed, true))
+            (text_field(errors, "suffix", "Variant name suffix (optional)", &form.suffix, false))
             div class="field" {
                 label for="visibility" { "Visibility" }
                 select id="visibility" name="visibility" {

@@ -13,18 +13,25 @@ pub struct Viewer<'a> {
     pub signed_in: bool,
 }
 
+/// The document's head: the style inline, the script only for pages of the service.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) }
+            style { (PreEscaped(STYLE)) }
+            @if script { script src="/ui/dashboard.js" defer {} }
+        }
+    }
+}
+
 /// A page of the service.
 pub fn page(title: &str, viewer: &Viewer, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · eigenprune" }
-                style { (PreEscaped(STYLE)) }
-                script src="/ui/dashboard.js" defer {}
-            }
+            (head(&format!("{title} · eigenprune"), true))
             body {
                 header {
                     nav aria-label="main" {
@@ -52,12 +59,7 @@ pub fn standalone(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) }
-                style { (PreEscaped(STYLE)) }
-            }
+            (head(title, false))
             body { main { (body) } }
         }
     }
