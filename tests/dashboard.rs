@@ -138,6 +138,14 @@ async fn fits_width(c: &Client, what: &str) {
     assert_eq!(fits, Value::Bool(true), "{what} scrolls sideways");
 }
 
+/// The page at a phone's width (390x844): no sideways scrolling, a screenshot; then back.
+async fn phone_width(c: &Client, name: &str) {
+    c.set_window_size(390, 844).await.unwrap();
+    fits_width(c, name).await;
+    shot(c, name).await;
+    c.set_window_size(1280, 800).await.unwrap();
+}
+
 fn sum_attr(values: &Value) -> f64 {
     values
         .as_array()
@@ -235,6 +243,7 @@ async fn dashboard_in_a_real_browser() {
         assert_eq!(shown, json!(want), "the live row's {cell} accuracy");
     }
     shot(&c, "02-jobs-list").await;
+    phone_width(&c, "02b-jobs-list-phone").await;
 
     // The job page: every chart's data against the job's JSON.
     let (_, job) = api.get(&format!("/v1/pruning/jobs/{job_id}")).await;
@@ -346,10 +355,7 @@ async fn dashboard_in_a_real_browser() {
         std::fs::write(shots_dir().join(format!("{name}.png")), png).unwrap();
     }
     fits_width(&c, "the job page at 1280").await;
-    c.set_window_size(390, 844).await.unwrap();
-    fits_width(&c, "the job page at a phone's width").await;
-    shot(&c, "04-job-page-phone").await;
-    c.set_window_size(1280, 800).await.unwrap();
+    phone_width(&c, "04-job-page-phone").await;
 
     // The variant's playground: both streams, the variant's equal to the API's own answer.
     let variant = job["pruned_model"].as_str().unwrap().to_string();
@@ -377,6 +383,7 @@ async fn dashboard_in_a_real_browser() {
         "the playground streams the variant"
     );
     shot(&c, "05-playground").await;
+    phone_width(&c, "05b-playground-phone").await;
 
     // Evaluations: the base and the variant compared in one job, one table, one chart.
     c.goto(&format!("{base}/evaluations")).await.unwrap();

@@ -36,6 +36,8 @@ function liveRows() {
       status.dataset.status = job.status;
       const bar = row.querySelector("progress");
       if (bar && job.status === "succeeded") bar.value = 1;
+      const phase = row.querySelector(".phase");
+      if (phase) phase.textContent = job.error ? job.error.code : "";
       const variant = row.querySelector(".variant");
       if (variant && job.pruned_model) {
         variant.innerHTML = "";
