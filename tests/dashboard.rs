@@ -106,7 +106,8 @@ async fn shot(c: &Client, name: &str) {
 async fn until(c: &Client, script: &str, secs: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if c.execute(script, vec![]).await.unwrap() == Value::Bool(true) {
+        // An error while a page is loading counts as not yet.
+        if matches!(c.execute(script, vec![]).await, Ok(Value::Bool(true))) {
             return;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -184,7 +185,8 @@ async fn dashboard_in_a_real_browser() {
     set_field(&c, "scoring_batches", "2").await;
     click(&c, Locator::Id("submit-job")).await;
     let error = c
-        .find(Locator::Id("portion-error"))
+        .wait()
+        .for_element(Locator::Id("portion-error"))
         .await
         .unwrap()
         .text()
@@ -211,7 +213,11 @@ async fn dashboard_in_a_real_browser() {
     set_field(&c, "portion", "0.05, 0.1").await;
     click(&c, Locator::Css("input[name=controls]")).await;
     click(&c, Locator::Id("submit-job")).await;
-    let link = c.find(Locator::Css("#submitted a")).await.unwrap();
+    let link = c
+        .wait()
+        .for_element(Locator::Css("#submitted a"))
+        .await
+        .unwrap();
     let job_id = link.text().await.unwrap();
     assert!(job_id.starts_with("pj-"), "{job_id}");
     js(&c, "window.__notReloaded = true; return true").await;

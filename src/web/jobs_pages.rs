@@ -104,15 +104,15 @@ pub async fn list(
                 thead { tr { th { "job" } th { "model" } th { "task" } th { "status" } th { "progress" } th { "before" } th { "after" } th { "variant" } th { "owner" } } }
                 tbody {
                     @for j in &shown {
-                        @let result = j.result.as_ref();
+                        @let result: Option<PruneResult> = j.result.clone().and_then(|r| serde_json::from_value(r).ok());
                         tr data-job=(j.id) {
                             td { a href={"/jobs/" (j.id)} { code { (j.id) } } }
                             td { (j.model) }
                             td { (task_of(j)) }
                             td { span class="status" data-status=(j.status) { (j.status) } }
                             td { progress max="1" value=(if j.status == "succeeded" { 1.0 } else { 0.0 }) {} " " span class="phase" {} }
-                            td class="num before" { (pct(result.and_then(|r| r["accuracy_before"]["accuracy"].as_f64()))) }
-                            td class="num after" { (pct(result.and_then(|r| r["accuracy_after"]["accuracy"].as_f64()))) }
+                            td class="num before" { (pct(result.as_ref().map(|r| r.accuracy_before.accuracy))) }
+                            td class="num after" { (pct(result.as_ref().and_then(|r| r.portions.first()).map(|p| p.accuracy_after.accuracy))) }
                             td class="variant" {
                                 @if let Some(Some(v)) = &j.pruned_model { a href={"/variants/" (v)} { (v) } }
                             }
