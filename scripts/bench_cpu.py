@@ -4,6 +4,9 @@ llama.cpp (llama-cpp-python, same GGUF) and HF transformers (when torch is insta
 Prints a markdown table. Run on an otherwise idle machine:
 
     python3 scripts/bench_cpu.py [--threads 2] [--runs 3] [--gguf models/OTHER.gguf]
+
+--ttft instead times the first token of a 512-token prompt (batch 1): the prompt's forward and
+the first token, the model already loaded.
 """
 import argparse
 import os
@@ -58,6 +61,43 @@ def llama_cpp(runs, threads):
     return best, f"llama-cpp-python {llama_cpp.__version__}, the GGUF's own weights"
 
 
+# About 512 tokens in both tokenizers (each run prints its own count).
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog near the river bank. " * 37
+
+
+def eigenprune_ttft(runs):
+    best = None
+    for _ in range(runs):
+        r = subprocess.run(
+            [os.path.join(ROOT, "target/release/eigenprune"), "generate", "--model", GGUF,
+             "--prompt", LONG_PROMPT, "--max-tokens", "1", "--ignore-eos"],
+            capture_output=True, text=True, check=True)
+        m = re.search(r"prompt: (\d+) tokens in ([\d.]+)s.*generation: (\d+) tokens in ([\d.]+)s", r.stderr)
+        n, secs = int(m.group(1)), float(m.group(2)) + float(m.group(4))
+        best = (n, secs) if best is None or secs < best[1] else best
+    return best, "prompt forward on dense f32 weights (also with --quantized), candle CPU"
+
+
+def llama_cpp_ttft(runs, threads):
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None, "llama-cpp-python not installed"
+    llm = Llama(model_path=GGUF, n_threads=threads, n_threads_batch=threads, n_ctx=1024,
+                n_batch=1024, verbose=False)
+    tokens = llm.tokenize(LONG_PROMPT.encode(), add_bos=True)
+    best = None
+    for _ in range(runs):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(tokens)
+        llm.sample(top_k=1, temp=0.0)
+        secs = time.perf_counter() - t0
+        best = (len(tokens), secs) if best is None or secs < best[1] else best
+    import llama_cpp
+    return best, f"llama-cpp-python {llama_cpp.__version__}, the GGUF's own weights"
+
+
 def transformers_cpu(runs, threads):
     try:
         import torch
@@ -84,8 +124,18 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--gguf", default=GGUF)
+    ap.add_argument("--ttft", action="store_true", help="time to first token, 512-token prompt")
     a = ap.parse_args()
     GGUF = a.gguf
+    if a.ttft:
+        print(f"| engine | prompt tokens | time to first token, s (best of {a.runs}) | notes |")
+        print("| --- | --- | --- | --- |")
+        for name, fn in [("eigenprune", lambda: eigenprune_ttft(a.runs)),
+                         ("llama.cpp", lambda: llama_cpp_ttft(a.runs, a.threads))]:
+            best, note = fn()
+            n, secs = best if best else ("n/a", None)
+            print(f"| {name} | {n} | {'n/a' if secs is None else f'{secs:.3f}'} | {note} |", flush=True)
+        return
     print(f"| engine | tok/s (greedy, {NEW} new tokens, best of {a.runs}) | notes |")
     print("| --- | --- | --- |")
     for name, fn in [("eigenprune", lambda: eigenprune(a.runs)),
