@@ -54,6 +54,21 @@ impl Default for JobForm {
 /// Field -> message.
 pub type FieldErrors = BTreeMap<String, String>;
 
+/// The fields that show their own errors; any other error is shown at the top of the form.
+const FIELDS: &[&str] = &[
+    "model",
+    "task",
+    "dataset",
+    "jsonl",
+    "portion",
+    "components",
+    "method",
+    "batch_size",
+    "scoring_batches",
+    "seed",
+    "suffix",
+];
+
 impl JobForm {
     pub async fn read(mut body: Multipart) -> Result<Self, String> {
         let mut f = Self {
@@ -159,14 +174,10 @@ fn parse_portion(text: &str) -> Option<PortionSpec> {
     }
 }
 
-/// The error shown under a field, and the attributes that tie it to the input.
-fn error_of<'a>(errors: &'a FieldErrors, field: &str) -> Option<&'a String> {
-    errors.get(field)
-}
-
+/// The error shown under a field (the input names it in `aria-describedby`).
 fn field_error(errors: &FieldErrors, field: &str) -> Markup {
     html! {
-        @if let Some(e) = error_of(errors, field) {
+        @if let Some(e) = errors.get(field) {
             p class="field-error" id={(field) "-error"} { (e) }
         }
     }
@@ -196,8 +207,11 @@ pub fn render(
     let described = |f: &str| errors.contains_key(f).then(|| format!("{f}-error"));
     html! {
         form id="job-form" class="stack" method="post" action="/jobs/new" enctype="multipart/form-data" novalidate {
-            @if let Some(e) = errors.get("form") {
-                p class="error" role="alert" id="form-error" { (e) }
+            @for (field, e) in errors.iter().filter(|(f, _)| !FIELDS.contains(&f.as_str())) {
+                p class="error" role="alert" id="form-error" {
+                    @if field != "form" { code { (field) } ": " }
+                    (e)
+                }
             }
             div class="field" {
                 label for="model" { "Model" }
@@ -309,5 +323,21 @@ mod tests {
             ..JobForm::default()
         };
         assert_eq!(ok.hyperparameters().unwrap().components, ["k", "v"]);
+    }
+
+    #[test]
+    fn an_error_of_no_field_shows_at_the_top() {
+        let errors = FieldErrors::from([
+            ("portion".to_string(), "bad portion".to_string()),
+            ("pass_tokens".to_string(), "too many".to_string()),
+        ]);
+        let html = render(&JobForm::default(), &errors, &["m".into()], &[]).into_string();
+        assert!(html.contains("id=\"portion-error\"") && html.contains("bad portion"));
+        let top = html.find("id=\"form-error\"").expect("a form-level error");
+        assert!(html[top..].contains("too many"));
+        assert!(
+            top < html.find("id=\"portion\"").unwrap(),
+            "shown before the fields"
+        );
     }
 }
