@@ -123,12 +123,8 @@ pub async fn load(state: &AppState, id: &str) -> ApiResult<Served> {
     blocking(move || host.variant(&v.id, &v.parent, &file)).await
 }
 
-/// A variant's row and its stored edit file, with its base loaded (a base has no edit:
-/// `no_edit`); no access check.
-pub async fn variant_edit(
-    state: &AppState,
-    id: &str,
-) -> ApiResult<(VariantRow, bytes::Bytes, Arc<LoadedModel>)> {
+/// A variant's row and its stored edit file (a base has none: `no_edit`); no access check.
+pub async fn variant_edit(state: &AppState, id: &str) -> ApiResult<(VariantRow, bytes::Bytes)> {
     match named(state, id).await? {
         Named::Base(_) => Err(ApiError::invalid(
             "no_edit",
@@ -140,9 +136,7 @@ pub async fn variant_edit(
         .param("format")),
         Named::Variant(v) => {
             let file = edit_file(state, &v).await?;
-            let (host, parent) = (state.host.clone(), v.parent.clone());
-            let base = blocking(move || host.base(&parent)).await?;
-            Ok((v, file, base))
+            Ok((v, file))
         }
     }
 }

@@ -191,7 +191,7 @@ pub async fn export(
     match q.format {
         ExportFormat::Checkpoint => export_checkpoint(&state, &id).await,
         ExportFormat::Edit => {
-            let (_, file, _) = crate::catalog::variant_edit(&state, &id).await?;
+            let (_, file) = crate::catalog::variant_edit(&state, &id).await?;
             Ok(attachment(
                 &format!("{id}.edit.safetensors"),
                 "application/octet-stream",
@@ -199,12 +199,15 @@ pub async fn export(
             ))
         }
         ExportFormat::PeftLora => {
-            let (v, file, base) = crate::catalog::variant_edit(&state, &id).await?;
-            let scratch = state.exports_dir();
-            let tar =
-                tokio::task::spawn_blocking(move || lora_tar(&base, &file, &v.parent, scratch))
-                    .await
-                    .map_err(ApiError::internal)??;
+            let (v, file) = crate::catalog::variant_edit(&state, &id).await?;
+            let (host, scratch) = (state.host.clone(), state.exports_dir());
+            // Only the adapter needs the base (its factors are taken against the base's maps).
+            let tar = tokio::task::spawn_blocking(move || {
+                let base = host.base(&v.parent).map_err(ApiError::internal)?;
+                lora_tar(&base, &file, &v.parent, scratch)
+            })
+            .await
+            .map_err(ApiError::internal)??;
             Ok(attachment(
                 &format!("{id}.peft-lora.tar"),
                 "application/x-tar",

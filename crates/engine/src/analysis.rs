@@ -61,13 +61,4 @@ impl Analysis {
             candidates: order.len(),
         })
     }
-
-    /// Pruned count per head at `portion`, in [`Self::heads`]' order.
-    pub fn pruned_per_head(&self, portion: f64) -> Vec<usize> {
-        let cut = cutoff(self.candidates, portion) as u32;
-        self.heads
-            .iter()
-            .map(|h| h.rank.iter().filter(|&&r| r < cut).count())
-            .collect()
-    }
 }
