@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrent", type=int, default=32)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--decode-only", action="store_true", help="only the decoding rows")
     a = ap.parse_args()
 
     rows = []
@@ -81,98 +82,99 @@ def main():
     report("random", "random weights (bf16)", now() - t0,
            note=f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters")
 
-    keys = key_weights(model, cfg)
-    heads = cfg.n_head if cfg.model_type == "gpt2" else cfg.num_key_value_heads
-    hd = keys[0][0].shape[0] // heads
-
-    def per_head_svds():
-        out = []
-        for w, _, _ in keys:
-            e = w.float().reshape(heads, hd, -1).transpose(1, 2)  # [H, d, hd]
-            out.append(torch.linalg.svd(e, full_matrices=False))
-        return out
-
-    per_head_svds()
-    t0 = now()
-    svds = per_head_svds()
-    report("svd", "svd keys per head (torch.linalg.svd, f32)", now() - t0,
-           note=f"{len(keys) * heads} heads of {keys[0][0].shape[1]}x{hd}")
-    torch.linalg.svd(keys[0][0].float(), full_matrices=False)
-    t0 = now()
-    for w, _, _ in keys:
-        torch.linalg.svd(w.float(), full_matrices=False)
-    report("svd_full", "svd of each whole key matrix (torch.linalg.svd, f32)", now() - t0,
-           note=f"{len(keys)} x {tuple(keys[0][0].shape)}")
-
-    # The sweep.
     g = torch.Generator(device="cuda").manual_seed(a.seed)
-    ids = torch.randint(0, cfg.vocab_size, (a.sweep_sequences, a.sweep_tokens),
-                        generator=g, device="cuda")
-    answer = min(4, a.sweep_tokens - 1)
-    factors = [(u, s, vh) for (u, s, vh) in svds]  # u [H, d, r], s [H, r], vh [H, r, hd]
+    if not a.decode_only:
+        keys = key_weights(model, cfg)
+        heads = cfg.n_head if cfg.model_type == "gpt2" else cfg.num_key_value_heads
+        hd = keys[0][0].shape[0] // heads
 
-    def batch_loss(batch, embeds_grad):
-        emb = model.get_input_embeddings()(batch)
-        if embeds_grad:
-            emb = emb.detach().requires_grad_()
-        logits = model(inputs_embeds=emb).logits[:, -answer - 1:-1].float()
-        return torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), batch[:, -answer:].reshape(-1))
+        def per_head_svds():
+            out = []
+            for w, _, _ in keys:
+                e = w.float().reshape(heads, hd, -1).transpose(1, 2)  # [H, d, hd]
+                out.append(torch.linalg.svd(e, full_matrices=False))
+            return out
 
-    def sweep(limit=None):
-        captured = {}
-        hooks = []
-        for li, (_, module, sl) in enumerate(keys):
-            def fwd(mod, inp, out, li=li, sl=sl):
-                captured[li] = [inp[0], None]
-                out.register_hook(lambda gr, li=li, sl=sl: captured[li].__setitem__(1, gr[..., sl]))
-            hooks.append(module.register_forward_hook(fwd))
-        best = [torch.full((heads * hd,), -float("inf"), device="cuda") for _ in keys]
-        try:
+        per_head_svds()
+        t0 = now()
+        svds = per_head_svds()
+        report("svd", "svd keys per head (torch.linalg.svd, f32)", now() - t0,
+               note=f"{len(keys) * heads} heads of {keys[0][0].shape[1]}x{hd}")
+        torch.linalg.svd(keys[0][0].float(), full_matrices=False)
+        t0 = now()
+        for w, _, _ in keys:
+            torch.linalg.svd(w.float(), full_matrices=False)
+        report("svd_full", "svd of each whole key matrix (torch.linalg.svd, f32)", now() - t0,
+               note=f"{len(keys)} x {tuple(keys[0][0].shape)}")
+
+        # The sweep.
+        ids = torch.randint(0, cfg.vocab_size, (a.sweep_sequences, a.sweep_tokens),
+                            generator=g, device="cuda")
+        answer = min(4, a.sweep_tokens - 1)
+        factors = [(u, s, vh) for (u, s, vh) in svds]  # u [H, d, r], s [H, r], vh [H, r, hd]
+
+        def batch_loss(batch, embeds_grad):
+            emb = model.get_input_embeddings()(batch)
+            if embeds_grad:
+                emb = emb.detach().requires_grad_()
+            logits = model(inputs_embeds=emb).logits[:, -answer - 1:-1].float()
+            return torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), batch[:, -answer:].reshape(-1))
+
+        def sweep(limit=None):
+            captured = {}
+            hooks = []
+            for li, (_, module, sl) in enumerate(keys):
+                def fwd(mod, inp, out, li=li, sl=sl):
+                    captured[li] = [inp[0], None]
+                    out.register_hook(lambda gr, li=li, sl=sl: captured[li].__setitem__(1, gr[..., sl]))
+                hooks.append(module.register_forward_hook(fwd))
+            best = [torch.full((heads * hd,), -float("inf"), device="cuda") for _ in keys]
+            try:
+                for bi, start in enumerate(range(0, a.sweep_sequences, a.sweep_batch)):
+                    if limit is not None and bi >= limit:
+                        break
+                    batch = ids[start:start + a.sweep_batch]
+                    batch_loss(batch, True).backward()
+                    for li, (u, s, vh) in enumerate(factors):
+                        x, gr = captured[li]
+                        x = x.float().reshape(-1, x.shape[-1])
+                        dx = torch.roll(x.reshape(batch.shape[0], -1, x.shape[-1]), 1, 0).reshape_as(x) - x
+                        gr = gr.float().reshape(-1, heads, hd).transpose(0, 1)  # [H, N, hd]
+                        a_ = torch.einsum("nd,hdr->hnr", dx, u)
+                        gv = torch.bmm(gr, vh.transpose(1, 2))  # [H, N, r]
+                        sc = (a_ * gv * s[:, None, :]).amax(1).reshape(-1)
+                        best[li] = torch.maximum(best[li], sc)
+            finally:
+                for h in hooks:
+                    h.remove()
+            return best
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        sweep(limit=1)
+        t0 = now()
+        sweep()
+        dt = now() - t0
+        n_tok = a.sweep_sequences * a.sweep_tokens
+        report("sweep", "attribution sweep (bf16 model, f32 scores, hooks)", dt, n_tok / dt, "tok/s",
+               f"{a.sweep_sequences} x {a.sweep_tokens} tokens, batch {a.sweep_batch}")
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+        def plain(limit=None):
             for bi, start in enumerate(range(0, a.sweep_sequences, a.sweep_batch)):
                 if limit is not None and bi >= limit:
                     break
-                batch = ids[start:start + a.sweep_batch]
-                batch_loss(batch, True).backward()
-                for li, (u, s, vh) in enumerate(factors):
-                    x, gr = captured[li]
-                    x = x.float().reshape(-1, x.shape[-1])
-                    dx = torch.roll(x.reshape(batch.shape[0], -1, x.shape[-1]), 1, 0).reshape_as(x) - x
-                    gr = gr.float().reshape(-1, heads, hd).transpose(0, 1)  # [H, N, hd]
-                    a_ = torch.einsum("nd,hdr->hnr", dx, u)
-                    gv = torch.bmm(gr, vh.transpose(1, 2))  # [H, N, r]
-                    sc = (a_ * gv * s[:, None, :]).amax(1).reshape(-1)
-                    best[li] = torch.maximum(best[li], sc)
-        finally:
-            for h in hooks:
-                h.remove()
-        return best
+                batch_loss(ids[start:start + a.sweep_batch], False).backward()
+                model.zero_grad(set_to_none=True)
 
-    for p in model.parameters():
-        p.requires_grad_(False)
-    sweep(limit=1)
-    t0 = now()
-    sweep()
-    dt = now() - t0
-    n_tok = a.sweep_sequences * a.sweep_tokens
-    report("sweep", "attribution sweep (bf16 model, f32 scores, hooks)", dt, n_tok / dt, "tok/s",
-           f"{a.sweep_sequences} x {a.sweep_tokens} tokens, batch {a.sweep_batch}")
-    for p in model.parameters():
-        p.requires_grad_(True)
-
-    def plain(limit=None):
-        for bi, start in enumerate(range(0, a.sweep_sequences, a.sweep_batch)):
-            if limit is not None and bi >= limit:
-                break
-            batch_loss(ids[start:start + a.sweep_batch], False).backward()
-            model.zero_grad(set_to_none=True)
-
-    plain(limit=1)
-    t0 = now()
-    plain()
-    dt = now() - t0
-    report("sweep_plain", "forward + backward only (bf16, weight gradients)", dt, n_tok / dt,
-           "tok/s", "no scores")
+        plain(limit=1)
+        t0 = now()
+        plain()
+        dt = now() - t0
+        report("sweep_plain", "forward + backward only (bf16, weight gradients)", dt, n_tok / dt,
+               "tok/s", "no scores")
     for p in model.parameters():
         p.requires_grad_(False)
 

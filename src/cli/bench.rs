@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Skip the CPU SVD (and the GPU-vs-CPU agreement it gives).
     #[arg(long)]
     pub no_svd_cpu: bool,
+    /// Only the decoding rows (no SVD, no sweep).
+    #[arg(long)]
+    pub decode_only: bool,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -73,6 +76,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         serve_dtype: opts.dtype,
         variants: args.variants.iter().copied().filter(|&v| v > 0).collect(),
         variant_rank: args.variant_rank,
+        decode_only: args.decode_only,
         ..Default::default()
     };
     if !args.json {

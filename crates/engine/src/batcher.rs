@@ -13,6 +13,8 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 
+mod fixed;
+
 use crate::batch::pack;
 use crate::edit::Edit;
 use crate::generate::{sample, token_logprob, SamplingParams, TokenCounts, TokenLogprob};
@@ -85,13 +87,22 @@ struct Load {
 
 impl Batcher {
     /// Starts the decoding thread for `model`; at most `max_rows` sequences decode together.
+    /// On a GPU the steps replay CUDA graphs over a fixed cache (unless
+    /// `EIGENPRUNE_CUDA_GRAPHS=0`).
     pub fn start(model: Arc<LoadedModel>, max_rows: usize) -> Self {
+        let fixed = crate::fixed_decode::graphs_enabled(model.model.device());
+        Self::start_with(model, max_rows, fixed)
+    }
+
+    /// [`Batcher::start`] choosing the cache: `fixed_kv` steps over a fixed cache (CUDA graphs
+    /// on a GPU, eager steps elsewhere), else over a growing one.
+    pub fn start_with(model: Arc<LoadedModel>, max_rows: usize, fixed_kv: bool) -> Self {
         let (tx, rx) = channel();
         let load = Arc::new(Load::default());
         let l = load.clone();
         std::thread::Builder::new()
             .name("eigenprune-batcher".into())
-            .spawn(move || run(&model.model, rx, max_rows.max(1), &l))
+            .spawn(move || run(&model.model, rx, max_rows.max(1), fixed_kv, &l))
             .expect("spawning the batcher thread");
         Self {
             requests: tx,
@@ -206,12 +217,21 @@ struct BatchEdits {
 impl BatchEdits {
     fn for_rows(&mut self, model: &Transformer, rows: &[Row]) -> Result<Option<&RowEdits>> {
         let variants: Vec<Option<&Arc<Edit>>> = rows.iter().map(|r| r.variant.as_ref()).collect();
+        self.for_variants(model, &variants)
+    }
+
+    /// The corrections of rows running `variants` (None: the model itself).
+    fn for_variants(
+        &mut self,
+        model: &Transformer,
+        variants: &[Option<&Arc<Edit>>],
+    ) -> Result<Option<&RowEdits>> {
         let key: Vec<usize> = variants
             .iter()
             .map(|v| v.map_or(0, |e| Arc::as_ptr(e) as usize))
             .collect();
         if key != self.key {
-            self.edits = row_edits(model, &variants, self.edits.as_ref())?;
+            self.edits = row_edits(model, variants, self.edits.as_ref())?;
             self.key = key;
         }
         Ok(self.edits.as_ref())
@@ -276,9 +296,62 @@ pub(crate) fn check_variant(model: &Transformer, edit: &Edit) -> Result<()> {
     Ok(())
 }
 
-fn run(model: &Transformer, requests: Receiver<Work>, max_rows: usize, load: &Load) {
+/// The running batch's keys and values: a growing cache (eager steps), or a fixed one whose
+/// steps replay CUDA graphs on a GPU ([`fixed::FixedBatch`]).
+enum BatchKv {
+    Growing(KvCache),
+    Fixed(fixed::FixedBatch),
+}
+
+impl BatchKv {
+    fn new(fixed: bool) -> Self {
+        match fixed {
+            true => Self::Fixed(Default::default()),
+            false => Self::Growing(KvCache::default()),
+        }
+    }
+
+    /// Adds the newly prefilled rows (the last `own.rows()` of `rows`) with their cache.
+    fn join(&mut self, model: &Transformer, rows: &[Row], own: KvCache) -> Result<()> {
+        match self {
+            Self::Growing(cache) => {
+                *cache = std::mem::take(cache).concat(own)?;
+                Ok(())
+            }
+            Self::Fixed(batch) => batch.join(model, rows, own),
+        }
+    }
+
+    /// Empties it (after a failure that ended every row).
+    fn reset(&mut self) {
+        *self = Self::new(matches!(self, Self::Fixed(_)));
+    }
+
+    fn step(
+        &mut self,
+        model: &Transformer,
+        rows: &mut Vec<Row>,
+        edits: &mut BatchEdits,
+    ) -> Result<()> {
+        match self {
+            Self::Growing(cache) => {
+                let edits = edits.for_rows(model, rows)?;
+                step(model, rows, cache, edits)
+            }
+            Self::Fixed(batch) => batch.step(model, rows, edits),
+        }
+    }
+}
+
+fn run(
+    model: &Transformer,
+    requests: Receiver<Work>,
+    max_rows: usize,
+    fixed_kv: bool,
+    load: &Load,
+) {
     let mut rows: Vec<Row> = Vec::new();
-    let mut cache = KvCache::default();
+    let mut kv = BatchKv::new(fixed_kv);
     let mut batch_edits = BatchEdits::default();
     loop {
         load.active.store(rows.len(), Ordering::Relaxed);
@@ -306,32 +379,18 @@ fn run(model: &Transformer, requests: Receiver<Work>, max_rows: usize, load: &Lo
         crate::batch_scoring::score_all(model, scores);
         if let Some((new_rows, own)) = prefill(model, arrivals, batch_edits.edits.as_ref()) {
             rows.extend(new_rows);
-            match std::mem::take(&mut cache).concat(own) {
-                Ok(joined) => cache = joined,
-                Err(e) => {
-                    fail_all(&mut rows, &e);
-                    cache = KvCache::default();
-                }
+            if let Err(e) = kv.join(model, &rows, own) {
+                fail_all(&mut rows, &e);
+                kv.reset();
             }
         }
         if rows.is_empty() {
             continue;
         }
         load.steps.fetch_add(1, Ordering::Relaxed);
-        let edits = match batch_edits.for_rows(model, &rows) {
-            Ok(e) => e,
-            Err(e) => {
-                fail_all(&mut rows, &e);
-                cache = KvCache::default();
-                continue;
-            }
-        };
-        match step(model, &mut rows, &mut cache, edits) {
-            Ok(()) => {}
-            Err(e) => {
-                fail_all(&mut rows, &e);
-                cache = KvCache::default();
-            }
+        if let Err(e) = kv.step(model, &mut rows, &mut batch_edits) {
+            fail_all(&mut rows, &e);
+            kv.reset();
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::attribution::{sweep_sequences, Precision, Scores, SweepSettings};
 use crate::batch::Sequence;
 use crate::batcher::{Batcher, Event};
 use crate::edit::{Edit, MatrixEdit};
-use crate::generate::{generate, SamplingParams};
+use crate::generate::{generate_with, SamplingParams};
 use crate::loading::{LoadedModel, ModelSource};
 use crate::models::{self, TensorMap};
 use crate::row_edits::RowEdits;
@@ -44,6 +44,8 @@ pub struct BenchSettings {
     pub variants: Vec<usize>,
     /// Rank of a variant's edit of one map (k and v of every layer are edited).
     pub variant_rank: usize,
+    /// Only the decoding rows (no SVD, no sweep).
+    pub decode_only: bool,
 }
 
 impl Default for BenchSettings {
@@ -60,6 +62,7 @@ impl Default for BenchSettings {
             serve_dtype: DType::BF16,
             variants: vec![4, 16],
             variant_rank: 8,
+            decode_only: false,
         }
     }
 }
@@ -204,6 +207,27 @@ pub fn run(
         &mut rows,
     );
 
+    let mut rng = StdRng::seed_from_u64(settings.seed);
+    if !settings.decode_only {
+        pruning_rows(&model, device, settings, &mut rng, &mut |m| {
+            push(m, &mut rows)
+        })?;
+    }
+    decoding_rows(model, config_json, settings, &mut rng, &mut |m| {
+        push(m, &mut rows)
+    })?;
+    Ok(rows)
+}
+
+/// The SVD of every key map and the attribution sweep.
+fn pruning_rows(
+    model: &Transformer,
+    device: &Device,
+    settings: &BenchSettings,
+    rng: &mut StdRng,
+    push: &mut dyn FnMut(Measurement),
+) -> Result<()> {
+    let c = &model.config;
     // SVD of every key map, per head.
     let keys = [Component::K];
     let backend = if device.is_cuda() {
@@ -220,16 +244,13 @@ pub fn run(
     let heads: usize = svds.iter().map(|s| s.heads.len()).sum();
     let first = &svds[0].heads[0];
     let shape = format!("{heads} heads of {}x{}", first.u.dim(0)?, first.vh.dim(1)?);
-    push(
-        row(
-            "svd",
-            &format!("svd keys ({})", backend.name()),
-            svd_s,
-            None,
-            shape.clone(),
-        ),
-        &mut rows,
-    );
+    push(row(
+        "svd",
+        &format!("svd keys ({})", backend.name()),
+        svd_s,
+        None,
+        shape.clone(),
+    ));
     if settings.svd_cpu && backend != SvdBackend::Cpu {
         let start = Instant::now();
         let cpu = decompose_on(&model, &keys, SvdBackend::Cpu)?;
@@ -245,18 +266,16 @@ pub fn run(
                     "{shape}; GPU vs CPU: singular values max rel diff {:.1e}, largest principal angle {:.2e} deg",
                     agree.max_sigma_rel, agree.max_angle_deg
                 ),
-            ),
-            &mut rows,
+            )
         );
     }
 
     // The attribution sweep: forward, backward and every key singular value's score.
-    let mut rng = StdRng::seed_from_u64(settings.seed);
     let answer = 4.min(settings.sweep_tokens - 1);
     let seqs: Vec<Sequence> = (0..settings.sweep_sequences)
         .map(|_| Sequence {
-            prompt: random_tokens(&mut rng, c.vocab_size, settings.sweep_tokens - answer),
-            answer: random_tokens(&mut rng, c.vocab_size, answer),
+            prompt: random_tokens(rng, c.vocab_size, settings.sweep_tokens - answer),
+            answer: random_tokens(rng, c.vocab_size, answer),
         })
         .collect();
     let sweep = SweepSettings {
@@ -281,23 +300,20 @@ pub fn run(
     let (sweep_s, scores) = timed_sweep(&sweep, true)?;
     let flops = sweep_matmul_flops(&model, seqs.len(), settings.sweep_tokens - 1, answer);
     let tflops = |seconds: f64| format!("; matmuls {:.0} TFLOP/s", flops / seconds / 1e12);
-    push(
-        row(
-            "sweep",
-            "attribution sweep (f32)",
-            sweep_s,
-            Some((scores.tokens as f64 / sweep_s, "tok/s")),
-            format!(
-                "{} x {} tokens, batch {}, forward + backward + scores of {} singular values{}",
-                settings.sweep_sequences,
-                settings.sweep_tokens,
-                settings.sweep_batch,
-                scores.flat().len(),
-                tflops(sweep_s)
-            ),
+    push(row(
+        "sweep",
+        "attribution sweep (f32)",
+        sweep_s,
+        Some((scores.tokens as f64 / sweep_s, "tok/s")),
+        format!(
+            "{} x {} tokens, batch {}, forward + backward + scores of {} singular values{}",
+            settings.sweep_sequences,
+            settings.sweep_tokens,
+            settings.sweep_batch,
+            scores.flat().len(),
+            tflops(sweep_s)
         ),
-        &mut rows,
-    );
+    ));
     // Where the sweep's time goes: the same sweep with a device sync after each phase.
     let profiled = SweepSettings {
         profile: true,
@@ -305,19 +321,16 @@ pub fn run(
     };
     let (profiled_s, profiled) = timed_sweep(&profiled, false)?;
     let phases = profiled.phase_seconds.unwrap_or_default();
-    push(
-        row(
-            "sweep_phases",
-            "attribution sweep, phases timed",
-            profiled_s,
-            None,
-            format!(
-                "forward {:.3} s, backward {:.3} s, scores {:.3} s",
-                phases[0], phases[1], phases[2]
-            ),
+    push(row(
+        "sweep_phases",
+        "attribution sweep, phases timed",
+        profiled_s,
+        None,
+        format!(
+            "forward {:.3} s, backward {:.3} s, scores {:.3} s",
+            phases[0], phases[1], phases[2]
         ),
-        &mut rows,
-    );
+    ));
     if device.is_cuda() {
         // The same sweep with the forward and backward in bf16 (scores in f32), as PyTorch's,
         // and with f32 matmuls on tensor cores (TF32); how far each moves the scores.
@@ -344,23 +357,32 @@ pub fn run(
             ),
         ] {
             let gap = relative_gap(&scores, fast);
-            push(
-                row(
-                    id,
-                    what,
-                    seconds,
-                    Some((scores.tokens as f64 / seconds, "tok/s")),
-                    format!(
-                        "{how}scores differ from f32 by at most {gap:.1e} of the largest{}",
-                        tflops(seconds)
-                    ),
+            push(row(
+                id,
+                what,
+                seconds,
+                Some((scores.tokens as f64 / seconds, "tok/s")),
+                format!(
+                    "{how}scores differ from f32 by at most {gap:.1e} of the largest{}",
+                    tflops(seconds)
                 ),
-                &mut rows,
-            );
+            ));
         }
     }
     drop(svds);
+    Ok(())
+}
 
+/// Greedy decoding at batch 1 (CUDA graphs over a fixed cache on a GPU, and the eager steps
+/// for comparison), through the continuous batcher, and with mixed variants.
+fn decoding_rows(
+    model: Transformer,
+    config_json: &Value,
+    settings: &BenchSettings,
+    rng: &mut StdRng,
+    push: &mut dyn FnMut(Measurement),
+) -> Result<()> {
+    let c = model.config.clone();
     // Greedy decoding in the serving dtype.
     let model = Arc::new(LoadedModel {
         model: model.to_dtype(settings.serve_dtype)?,
@@ -373,30 +395,45 @@ pub fn run(
         max_tokens: settings.new_tokens,
         ..Default::default()
     };
-    let prompt = random_tokens(&mut rng, c.vocab_size, settings.prompt_tokens);
-    generate(&model.model, &prompt, &params, |_| true)?;
-    let (one_s, (out, stats)) = median_of(REPEATS, || {
-        generate(&model.model, &prompt, &params, |_| true)
-    })?;
-    push(
-        row(
-            "decode_1",
-            &format!("greedy decoding, batch 1 ({:?})", settings.serve_dtype),
+    let prompt = random_tokens(rng, c.vocab_size, settings.prompt_tokens);
+    let graphs = crate::fixed_decode::graphs_enabled(model.model.device());
+    let mut graph_tokens = None;
+    // On a GPU: the steps as CUDA graphs (the default), then eagerly for comparison.
+    for use_graphs in [graphs, false].into_iter().take(1 + graphs as usize) {
+        let run = || generate_with(&model.model, &prompt, &params, use_graphs, |_| true);
+        run()?;
+        let (one_s, (out, stats)) = median_of(REPEATS, run)?;
+        let (id, how) = match (use_graphs, graphs) {
+            (true, _) => ("decode_1", "CUDA graphs over a fixed cache"),
+            (false, true) => ("decode_1_eager", "eager steps over a growing cache"),
+            (false, false) => ("decode_1", "eager steps"),
+        };
+        let same = match &graph_tokens {
+            Some(t) if *t == out => "; tokens identical to the CUDA graphs'",
+            Some(_) => "; tokens DIFFER from the CUDA graphs'",
+            None => "",
+        };
+        push(row(
+            id,
+            &format!(
+                "greedy decoding, batch 1 ({:?}), {how}",
+                settings.serve_dtype
+            ),
             one_s,
             Some((out.len() as f64 / one_s, "tok/s")),
             format!(
-                "{} prompt + {} new tokens; prefill {:.1} ms; median of 3 runs",
+                "{} prompt + {} new tokens; prefill {:.1} ms; median of 3 runs{same}",
                 settings.prompt_tokens,
                 out.len(),
                 stats.prefill_seconds * 1e3
             ),
-        ),
-        &mut rows,
-    );
+        ));
+        graph_tokens.get_or_insert(out);
+    }
 
     let batcher = Batcher::start(model.clone(), settings.concurrent);
     let prompts: Vec<Vec<u32>> = (0..settings.concurrent)
-        .map(|_| random_tokens(&mut rng, c.vocab_size, settings.prompt_tokens))
+        .map(|_| random_tokens(rng, c.vocab_size, settings.prompt_tokens))
         .collect();
     let decode_all = || -> usize {
         let receivers: Vec<_> = prompts
@@ -410,22 +447,19 @@ pub fn run(
     };
     decode_all();
     let (all_s, tokens) = median_of(REPEATS, || Ok(decode_all()))?;
-    push(
-        row(
-            "decode_n",
-            &format!(
-                "greedy decoding, {} concurrent ({:?})",
-                settings.concurrent, settings.serve_dtype
-            ),
-            all_s,
-            Some((tokens as f64 / all_s, "tok/s")),
-            format!(
-                "{} requests x {} new tokens through the continuous batcher; median of 3 runs",
-                settings.concurrent, settings.new_tokens
-            ),
+    push(row(
+        "decode_n",
+        &format!(
+            "greedy decoding, {} concurrent ({:?})",
+            settings.concurrent, settings.serve_dtype
         ),
-        &mut rows,
-    );
+        all_s,
+        Some((tokens as f64 / all_s, "tok/s")),
+        format!(
+            "{} requests x {} new tokens through the continuous batcher; median of 3 runs",
+            settings.concurrent, settings.new_tokens
+        ),
+    ));
 
     // The same requests spread over variants, decoding in the base's batch.
     for &count in &settings.variants {
@@ -483,14 +517,13 @@ pub fn run(
                     100.0 * share,
                     settings.variant_rank
                 ),
-            ),
-            &mut rows,
+            )
         );
     }
     for &count in &settings.variants {
-        push(edit_forms(&model.model, count, settings)?, &mut rows);
+        push(edit_forms(&model.model, count, settings)?);
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// One edited map (layer 0's v) for a decoding step of `settings.concurrent` rows spread over

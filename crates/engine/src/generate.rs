@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, D};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+use crate::fixed_decode::FixedDecoder;
 use crate::transformer::{KvCache, Transformer};
 use crate::Result;
 
@@ -57,6 +58,19 @@ pub fn generate(
     model: &Transformer,
     prompt: &[u32],
     params: &SamplingParams,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, GenerationStats)> {
+    let graphs = crate::fixed_decode::graphs_enabled(model.device());
+    generate_with(model, prompt, params, graphs, on_token)
+}
+
+/// [`generate`], choosing whether the steps after the prefill replay CUDA graphs over a fixed
+/// cache (`graphs`, a GPU of a CUDA build only) or run eagerly over a growing cache.
+pub fn generate_with(
+    model: &Transformer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    graphs: bool,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, GenerationStats)> {
     if prompt.is_empty() {
@@ -70,21 +84,52 @@ pub fn generate(
         prompt_tokens: prompt.len(),
         ..Default::default()
     };
+    // On a GPU the steps after the prefill replay CUDA graphs over a fixed cache.
+    let mut fixed = match graphs && model.device().is_cuda() {
+        true => Some(FixedDecoder::with_graphs(
+            model,
+            1,
+            fixed_capacity(model, prompt.len() + params.max_tokens),
+            true,
+        )?),
+        false => None,
+    };
+    let plain_greedy = params.temperature <= 0.0
+        && params.logit_bias.is_empty()
+        && params.presence_penalty == 0.0
+        && params.frequency_penalty == 0.0;
     let mut out = Vec::new();
     let start = std::time::Instant::now();
     let mut input = prompt.to_vec();
     let mut counts = HashMap::new();
     for step in 0..params.max_tokens {
-        let ids = Tensor::new(input.as_slice(), model.device())?.unsqueeze(0)?;
-        let valid = vec![vec![true; input.len()]];
-        let hidden = model.forward(&ids, &valid, Some(&mut cache), None)?;
-        let last = hidden.narrow(1, input.len() - 1, 1)?;
-        let logits = match step {
-            0 => model.logits(&last)?,
-            _ => model.decoding_logits(&last)?,
+        let next = match fixed.as_mut() {
+            Some(decoder) if step > 0 => {
+                decoder.step(model, &input)?;
+                match plain_greedy {
+                    true => decoder.greedy()?[0],
+                    false => {
+                        let logits = decoder.logits().flatten_all()?.copy()?;
+                        sample(&logits, params, &counts, &mut rng)?
+                    }
+                }
+            }
+            _ => {
+                let ids = Tensor::new(input.as_slice(), model.device())?.unsqueeze(0)?;
+                let valid = vec![vec![true; input.len()]];
+                let hidden = model.forward(&ids, &valid, Some(&mut cache), None)?;
+                let last = hidden.narrow(1, input.len() - 1, 1)?;
+                let logits = match step {
+                    0 => model.logits(&last)?,
+                    _ => model.decoding_logits(&last)?,
+                };
+                let logits = logits.flatten_all()?.to_dtype(DType::F32)?;
+                if let (0, Some(decoder)) = (step, fixed.as_mut()) {
+                    decoder.load_row(0, &cache)?;
+                }
+                sample(&logits, params, &counts, &mut rng)?
+            }
         };
-        let logits = logits.flatten_all()?.to_dtype(DType::F32)?;
-        let next = sample(&logits, params, &counts, &mut rng)?;
         *counts.entry(next).or_insert(0) += 1;
         if step == 0 {
             stats.prefill_seconds = start.elapsed().as_secs_f64();
@@ -101,6 +146,15 @@ pub fn generate(
     stats.generated_tokens = out.len();
     stats.decode_seconds = start.elapsed().as_secs_f64() - stats.prefill_seconds;
     Ok((out, stats))
+}
+
+/// A fixed cache's capacity for sequences of up to `positions` positions: a multiple of 64,
+/// within the model's positions.
+pub(crate) fn fixed_capacity(model: &Transformer, positions: usize) -> usize {
+    positions
+        .div_ceil(64)
+        .saturating_mul(64)
+        .min(model.config.max_positions)
 }
 
 /// Times each token was generated so far (for the presence and frequency penalties).

@@ -55,12 +55,18 @@ pub mod bench;
 pub mod bench_precision;
 pub mod chat;
 pub mod config;
+#[cfg(feature = "cuda")]
+mod cuda_graph;
 pub mod device;
 pub mod edit;
 pub mod error;
 pub mod eval;
 pub mod export;
 pub mod finetune;
+pub mod fixed_decode;
+pub mod fixed_kv;
+#[cfg(feature = "cuda")]
+mod fixed_kv_cuda;
 pub mod generate;
 pub mod gguf;
 pub mod grad_ops;

@@ -6,6 +6,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{Activation, ModelConfig, NormKind};
+use crate::fixed_kv::FixedKv;
 use crate::row_edits::RowEdits;
 use crate::trace::{Component, Trace};
 use crate::weights::{Linear, Norm, Weights};
@@ -99,6 +100,25 @@ impl KvCache {
         Ok(KvCache { layers, valid })
     }
 
+    /// The length and per-layer (keys, values) of a one-row cache without padding (a
+    /// prompt's prefill).
+    pub(crate) fn single_row(&self) -> Result<(usize, Vec<(Tensor, Tensor)>)> {
+        if self.valid.len() != 1 || self.valid[0].iter().any(|&ok| !ok) {
+            return Err(EngineError::InvalidInput(
+                "not a one-row cache without padding".into(),
+            ));
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.clone()
+                    .ok_or_else(|| EngineError::InvalidInput("an empty cache".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((self.len(), layers))
+    }
+
     fn left_pad(self, t: usize) -> Result<KvCache> {
         let pad = t - self.len();
         if pad == 0 {
@@ -145,6 +165,22 @@ struct Step<'a> {
     trace: Option<&'a mut Trace>,
     /// Per-row corrections of a batch mixing the base and its variants.
     edits: Option<&'a RowEdits>,
+}
+
+/// Where a layer keeps the keys and values of a forward.
+enum LayerKv<'a> {
+    /// Not kept (scoring).
+    None,
+    /// Appended to a growing cache (concatenated).
+    Growing(&'a mut Option<(Tensor, Tensor)>),
+    /// Written in place into a [`FixedKv`] layer at each row's position; attention reads its
+    /// first `keys` positions.
+    Fixed {
+        k: &'a Tensor,
+        v: &'a Tensor,
+        positions: &'a Tensor,
+        keys: usize,
+    },
 }
 
 impl Transformer {
@@ -290,10 +326,107 @@ impl Transformer {
         }
         let mut h = h.reshape((b, t, self.config.d_model))?;
         for layer in 0..self.config.n_layers {
-            let kv = cache.as_deref_mut().map(|c| &mut c.layers[layer]);
+            let kv = match cache.as_deref_mut() {
+                Some(c) => LayerKv::Growing(&mut c.layers[layer]),
+                None => LayerKv::None,
+            };
             h = self.block(layer, &h, kv, &mut step)?;
         }
         Ok(self.norm(&h, &self.weights.final_norm, differentiable)?)
+    }
+
+    /// One decoding step over a [`FixedKv`]: `ids` [B, 1] follow each row's cached tokens,
+    /// `positions` [B] u32 (on the device) are their positions (each row's length), and
+    /// attention reads the first `keys` positions of every row, masked on the device by
+    /// position. Every input is a device buffer: the same kernels on the same addresses each
+    /// step (what a CUDA graph replays). `edits`: per-row corrections of a batch mixing the
+    /// base and its variants. Returns the final normed hidden states [B, 1, D].
+    pub fn forward_fixed(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        kv: &FixedKv,
+        keys: usize,
+        edits: Option<&RowEdits>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let edit_rows = edits.map_or(b, RowEdits::rows);
+        if t != 1
+            || b != kv.rows()
+            || positions.dims() != [b]
+            || keys > kv.capacity()
+            || edit_rows != b
+        {
+            return Err(EngineError::InvalidInput(format!(
+                "a fixed step of ids {:?}, positions {:?} and {keys} keys over a cache of {} rows x {}",
+                ids.dims(),
+                positions.dims(),
+                kv.rows(),
+                kv.capacity()
+            )));
+        }
+        let c = &self.config;
+        let mixed = c.sliding_window.is_some() && !c.local_layers.is_empty();
+        let main_window = if mixed { None } else { c.sliding_window };
+        let mask = self.fixed_mask(kv, positions, keys, main_window)?;
+        let local_mask = match mixed {
+            true => Some(self.fixed_mask(kv, positions, keys, c.sliding_window)?),
+            false => None,
+        };
+        let mut step = Step {
+            rope: self.rope_rows(&self.rope, positions)?,
+            rope_local: self.rope_rows(&self.rope_local, positions)?,
+            positions: positions.clone(),
+            mask: Some(mask),
+            local_mask,
+            differentiable: false,
+            decoding: true,
+            trace: None,
+            edits,
+        };
+        let mut h = self.weights.embed.index_select(&ids.flatten_all()?, 0)?;
+        if let Some(scale) = self.config.embed_scale {
+            h = (h * scale)?;
+        }
+        if let Some(pe) = &self.weights.pos_embed {
+            h = (h + pe.index_select(positions, 0)?)?;
+        }
+        let mut h = h.reshape((b, 1, self.config.d_model))?;
+        for (layer, (k, v)) in kv.layers.iter().enumerate() {
+            let kv = LayerKv::Fixed {
+                k,
+                v,
+                positions,
+                keys,
+            };
+            h = self.block(layer, &h, kv, &mut step)?;
+        }
+        Ok(self.norm(&h, &self.weights.final_norm, false)?)
+    }
+
+    /// The additive mask [B, 1, 1, keys] of a fixed step: row b sees key j when j <= its
+    /// position (and, with a window, position - j < window), computed on the device.
+    fn fixed_mask(
+        &self,
+        kv: &FixedKv,
+        positions: &Tensor,
+        keys: usize,
+        window: Option<usize>,
+    ) -> candle_core::Result<Tensor> {
+        let b = positions.dim(0)?;
+        let key_pos = kv.key_positions.narrow(0, 0, keys)?.unsqueeze(0)?;
+        let query = positions.unsqueeze(1)?;
+        let mut seen = key_pos.broadcast_le(&query)?;
+        if let Some(w) = window {
+            // j > position - w, as j + w > position (no unsigned underflow).
+            let shifted = kv.key_positions_plus(w)?.narrow(0, 0, keys)?.unsqueeze(0)?;
+            seen = (seen * shifted.broadcast_gt(&query)?)?;
+        }
+        // 1 -> 0, 0 -> MASKED.
+        let mask = seen
+            .to_dtype(DType::F32)?
+            .affine(-(MASKED as f64), MASKED as f64)?;
+        mask.to_dtype(self.dtype())?.reshape((b, 1, 1, keys))
     }
 
     /// Logits [.., vocab] of hidden states [.., D].
@@ -307,13 +440,7 @@ impl Transformer {
         Ok(self.weights.lm_head.forward_decoding(hidden)?)
     }
 
-    fn block(
-        &self,
-        layer: usize,
-        h: &Tensor,
-        kv: Option<&mut Option<(Tensor, Tensor)>>,
-        step: &mut Step,
-    ) -> Result<Tensor> {
+    fn block(&self, layer: usize, h: &Tensor, kv: LayerKv, step: &mut Step) -> Result<Tensor> {
         let blk = &self.weights.blocks[layer];
         let decoding = step.decoding;
         let map = |l: &Linear, x: &Tensor| match decoding {
@@ -360,7 +487,7 @@ impl Transformer {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        kv: LayerKv,
         step: &Step,
     ) -> Result<Tensor> {
         let c = &self.config;
@@ -382,12 +509,26 @@ impl Transformer {
         let mut v = heads(v, c.n_kv_heads)?;
         // (The CUDA matmul needs each operand row- or column-major; a cat can leave neither.)
         k = k.contiguous()?;
-        if let Some(slot) = kv {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
+        match kv {
+            LayerKv::None => {}
+            LayerKv::Growing(slot) => {
+                if let Some((pk, pv)) = slot.as_ref() {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                *slot = Some((k.clone(), v.clone()));
             }
-            *slot = Some((k.clone(), v.clone()));
+            LayerKv::Fixed {
+                k: cache_k,
+                v: cache_v,
+                positions,
+                keys,
+            } => {
+                crate::fixed_kv::write(cache_k, &k, positions)?;
+                crate::fixed_kv::write(cache_v, &v, positions)?;
+                k = cache_k.narrow(2, 0, keys)?;
+                v = cache_v.narrow(2, 0, keys)?;
+            }
         }
         // Grouped-query attention without copying keys and values per query head: the `rep`
         // query heads of a key/value head are stacked along the query axis.

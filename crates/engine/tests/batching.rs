@@ -22,11 +22,10 @@ fn tokens(rx: &std::sync::mpsc::Receiver<Event>) -> Vec<u32> {
     panic!("the batcher hung up without Done");
 }
 
-#[test]
-fn batched_requests_match_single_generation() {
+fn batched_requests_match_single_generation(fixed_kv: bool) {
     for arch in ["llama", "gemma3", "gpt2"] {
         let m = Arc::new(load_fixture(arch));
-        let batcher = Batcher::start(m.clone(), 8);
+        let batcher = Batcher::start_with(m.clone(), 8, fixed_kv);
         let prompts = [
             "The capital of France is",
             "12 x 7 =",
@@ -60,10 +59,9 @@ fn batched_requests_match_single_generation() {
     }
 }
 
-#[test]
-fn a_short_request_does_not_wait_for_a_long_one() {
+fn a_short_request_does_not_wait_for_a_long_one(fixed_kv: bool) {
     let m = Arc::new(load_fixture("llama"));
-    let batcher = Batcher::start(m.clone(), 8);
+    let batcher = Batcher::start_with(m.clone(), 8, fixed_kv);
     let ids = m
         .tokenizer
         .encode("12 x 7 =", false)
@@ -107,10 +105,9 @@ fn a_short_request_does_not_wait_for_a_long_one() {
     assert_eq!(tokens(&again).len(), 3);
 }
 
-#[test]
-fn a_full_batch_makes_requests_wait_not_fail() {
+fn a_full_batch_makes_requests_wait_not_fail(fixed_kv: bool) {
     let m = Arc::new(load_fixture("llama"));
-    let batcher = Batcher::start(m.clone(), 1);
+    let batcher = Batcher::start_with(m.clone(), 1, fixed_kv);
     let ids = m
         .tokenizer
         .encode("3 x 7 =", false)
@@ -132,10 +129,9 @@ fn a_full_batch_makes_requests_wait_not_fail() {
 
 /// The batcher's per-token logprobs equal the teacher-forced ones of the same sequence, and a
 /// stop token arrives as `Stop` with its own logprob.
-#[test]
-fn batcher_logprobs_match_teacher_forcing() {
+fn batcher_logprobs_match_teacher_forcing(fixed_kv: bool) {
     let m = Arc::new(load_fixture("llama"));
-    let batcher = Batcher::start(m.clone(), 8);
+    let batcher = Batcher::start_with(m.clone(), 8, fixed_kv);
     let prompt: Vec<u32> = vec![1, 5, 9, 2, 7];
     let params = SamplingParams {
         max_tokens: 6,
@@ -167,10 +163,9 @@ fn batcher_logprobs_match_teacher_forcing() {
 }
 
 /// `logit_bias` forces a token; a large frequency penalty forbids repeating one.
-#[test]
-fn logit_bias_and_penalties_steer_greedy_decoding() {
+fn logit_bias_and_penalties_steer_greedy_decoding(fixed_kv: bool) {
     let m = Arc::new(load_fixture("llama"));
-    let batcher = Batcher::start(m.clone(), 8);
+    let batcher = Batcher::start_with(m.clone(), 8, fixed_kv);
     let forced = SamplingParams {
         max_tokens: 4,
         logit_bias: vec![(17, 100.0)],
@@ -229,8 +224,7 @@ fn random_edit(
     }
 }
 
-#[test]
-fn variants_decode_in_their_base_batch_as_they_do_alone() {
+fn variants_decode_in_their_base_batch_as_they_do_alone(fixed_kv: bool) {
     for arch in ["llama", "gemma3", "gpt2"] {
         let m = Arc::new(load_fixture(arch));
         let edits: Vec<Arc<eigenprune_engine::edit::Edit>> =
@@ -243,7 +237,7 @@ fn variants_decode_in_their_base_batch_as_they_do_alone() {
                 v
             })
             .collect();
-        let batcher = Batcher::start(m.clone(), 8);
+        let batcher = Batcher::start_with(m.clone(), 8, fixed_kv);
         let prompts = [
             "The capital of France is",
             "12 x 7 =",
@@ -295,13 +289,12 @@ fn variants_decode_in_their_base_batch_as_they_do_alone() {
 
 /// Echo scoring through the batcher: requests of the base and of two variants that arrive
 /// together score in one batched pass, each as its own model scores the prompt alone.
-#[test]
-fn scoring_requests_of_mixed_variants_match_each_alone() {
+fn scoring_requests_of_mixed_variants_match_each_alone(fixed_kv: bool) {
     for arch in ["llama", "gemma3", "gpt2"] {
         let m = Arc::new(load_fixture(arch));
         let edits: Vec<Arc<eigenprune_engine::edit::Edit>> =
             (0..2).map(|l| Arc::new(random_edit(&m.model, l))).collect();
-        let batcher = Batcher::start(m.clone(), 8);
+        let batcher = Batcher::start_with(m.clone(), 8, fixed_kv);
         let prompts = [
             "The capital of France is",
             "12 x 7 = 84",
@@ -345,5 +338,66 @@ fn scoring_requests_of_mixed_variants_match_each_alone() {
                 assert_eq!(ids(&g.1), ids(&w.1), "{arch} {variant:?}");
             }
         }
+    }
+}
+
+/// Every test above, with the running batch over a growing cache (eager steps) and over a
+/// fixed one (the form CUDA graphs replay on a GPU; eager steps here).
+mod caches {
+    #[test]
+    fn batched_requests_match_single_generation_growing() {
+        super::batched_requests_match_single_generation(false);
+    }
+    #[test]
+    fn batched_requests_match_single_generation_fixed() {
+        super::batched_requests_match_single_generation(true);
+    }
+    #[test]
+    fn a_short_request_does_not_wait_for_a_long_one_growing() {
+        super::a_short_request_does_not_wait_for_a_long_one(false);
+    }
+    #[test]
+    fn a_short_request_does_not_wait_for_a_long_one_fixed() {
+        super::a_short_request_does_not_wait_for_a_long_one(true);
+    }
+    #[test]
+    fn a_full_batch_makes_requests_wait_not_fail_growing() {
+        super::a_full_batch_makes_requests_wait_not_fail(false);
+    }
+    #[test]
+    fn a_full_batch_makes_requests_wait_not_fail_fixed() {
+        super::a_full_batch_makes_requests_wait_not_fail(true);
+    }
+    #[test]
+    fn batcher_logprobs_match_teacher_forcing_growing() {
+        super::batcher_logprobs_match_teacher_forcing(false);
+    }
+    #[test]
+    fn batcher_logprobs_match_teacher_forcing_fixed() {
+        super::batcher_logprobs_match_teacher_forcing(true);
+    }
+    #[test]
+    fn logit_bias_and_penalties_steer_greedy_decoding_growing() {
+        super::logit_bias_and_penalties_steer_greedy_decoding(false);
+    }
+    #[test]
+    fn logit_bias_and_penalties_steer_greedy_decoding_fixed() {
+        super::logit_bias_and_penalties_steer_greedy_decoding(true);
+    }
+    #[test]
+    fn variants_decode_in_their_base_batch_as_they_do_alone_growing() {
+        super::variants_decode_in_their_base_batch_as_they_do_alone(false);
+    }
+    #[test]
+    fn variants_decode_in_their_base_batch_as_they_do_alone_fixed() {
+        super::variants_decode_in_their_base_batch_as_they_do_alone(true);
+    }
+    #[test]
+    fn scoring_requests_of_mixed_variants_match_each_alone_growing() {
+        super::scoring_requests_of_mixed_variants_match_each_alone(false);
+    }
+    #[test]
+    fn scoring_requests_of_mixed_variants_match_each_alone_fixed() {
+        super::scoring_requests_of_mixed_variants_match_each_alone(true);
     }
 }
