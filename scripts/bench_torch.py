@@ -205,6 +205,18 @@ def main():
                 dt = now() - t0
         return dt, a.new_tokens * batch
 
+    long = torch.randint(0, cfg.vocab_size, (1, min(512, getattr(cfg, "max_position_embeddings", None) or cfg.n_positions)), generator=g,
+                         device="cuda")
+    with torch.no_grad():
+        times = []
+        for _ in range(4):
+            t0 = now()
+            model(long, use_cache=True).logits[:, -1].argmax(-1).item()
+            times.append(now() - t0)
+    dt = sorted(times[1:])[1]
+    report("ttft_512", "time to first token, batch 1 (bf16)", dt, long.shape[1] / dt,
+           "prompt tok/s", f"{long.shape[1]}-token prompt: model() + argmax; median of 3 after a warm-up")
+
     dt, n = loop_decode(1)
     report("decode_1_loop", "greedy loop over the KV cache, batch 1 (bf16)", dt, n / dt, "tok/s",
            "model() + argmax per token, no generate()")

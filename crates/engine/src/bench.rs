@@ -431,6 +431,26 @@ fn decoding_rows(
         graph_tokens.get_or_insert(out);
     }
 
+    // Time to first token: a 512-token prompt's prefill and its first token, batch 1.
+    let long = random_tokens(rng, c.vocab_size, 512.min(c.max_positions - 1));
+    let first = SamplingParams {
+        max_tokens: 1,
+        ..Default::default()
+    };
+    let run = || generate_with(&model.model, &long, &first, graphs, |_| true);
+    run()?;
+    let (ttft_s, _) = median_of(REPEATS, run)?;
+    push(row(
+        "ttft_512",
+        &format!("time to first token, batch 1 ({:?})", settings.serve_dtype),
+        ttft_s,
+        Some((long.len() as f64 / ttft_s, "prompt tok/s")),
+        format!(
+            "{}-token prompt, one new token; median of 3 runs",
+            long.len()
+        ),
+    ));
+
     let batcher = Batcher::start(model.clone(), settings.concurrent);
     let prompts: Vec<Vec<u32>> = (0..settings.concurrent)
         .map(|_| random_tokens(rng, c.vocab_size, settings.prompt_tokens))

@@ -148,14 +148,7 @@ impl FixedDecoder {
     #[cfg(feature = "cuda")]
     fn run(&mut self, model: &Transformer, keys: usize) -> Result<()> {
         if !self.graphs {
-            return step_once(
-                model,
-                &self.kv,
-                &self.inputs,
-                &self.logits,
-                &self.next,
-                keys,
-            );
+            return step_once(model, &self.kv, &self.inputs, &self.outputs(), keys, None);
         }
         if !self.captured.contains_key(&keys) {
             let (kv, inputs, outputs) = (&self.kv, &self.inputs, self.outputs());

@@ -85,15 +85,9 @@ pub fn generate_with(
         ..Default::default()
     };
     // On a GPU the steps after the prefill replay CUDA graphs over a fixed cache.
-    let mut fixed = match graphs && model.device().is_cuda() {
-        true => Some(FixedDecoder::with_graphs(
-            model,
-            1,
-            fixed_capacity(model, prompt.len() + params.max_tokens),
-            true,
-        )?),
-        false => None,
-    };
+    // Made after the first token (not part of its latency), from the prefill's cache.
+    let mut fixed: Option<FixedDecoder> = None;
+    let graphs = graphs && model.device().is_cuda();
     let plain_greedy = params.temperature <= 0.0
         && params.logit_bias.is_empty()
         && params.presence_penalty == 0.0
@@ -103,8 +97,14 @@ pub fn generate_with(
     let mut input = prompt.to_vec();
     let mut counts = HashMap::new();
     for step in 0..params.max_tokens {
+        if step == 1 && graphs {
+            let capacity = fixed_capacity(model, prompt.len() + params.max_tokens);
+            let mut decoder = FixedDecoder::with_graphs(model, 1, capacity, true)?;
+            decoder.load_row(0, &std::mem::take(&mut cache))?;
+            fixed = Some(decoder);
+        }
         let next = match fixed.as_mut() {
-            Some(decoder) if step > 0 => {
+            Some(decoder) => {
                 decoder.step(model, &input)?;
                 match plain_greedy {
                     true => decoder.greedy()?[0],
@@ -124,9 +124,6 @@ pub fn generate_with(
                     _ => model.decoding_logits(&last)?,
                 };
                 let logits = logits.flatten_all()?.to_dtype(DType::F32)?;
-                if let (0, Some(decoder)) = (step, fixed.as_mut()) {
-                    decoder.load_row(0, &cache)?;
-                }
                 sample(&logits, params, &counts, &mut rng)?
             }
         };
