@@ -79,6 +79,12 @@ impl FixedDecoder {
         self.graphs
     }
 
+    /// Whether its steps' attention is one kernel reading lengths on the device (one graph
+    /// for every length) rather than masked products over a power-of-two length.
+    pub fn fused_attention(&self, model: &Transformer) -> bool {
+        fixed_kv::fused_attention(model, self.kv.capacity())
+    }
+
     /// Graphs captured so far (one per attention length used).
     pub fn graphs_captured(&self) -> usize {
         #[cfg(feature = "cuda")]
@@ -122,10 +128,14 @@ impl FixedDecoder {
         let mut inputs = tokens.to_vec();
         inputs.extend_from_slice(&positions);
         fixed_kv::upload(&self.inputs, &inputs)?;
-        let keys = keys
-            .next_power_of_two()
-            .max(MIN_KEYS)
-            .min(self.kv.capacity());
+        // The fused attention reads lengths on the device: one graph serves every length.
+        let keys = match fixed_kv::fused_attention(model, self.kv.capacity()) {
+            true => self.kv.capacity(),
+            false => keys
+                .next_power_of_two()
+                .max(MIN_KEYS)
+                .min(self.kv.capacity()),
+        };
         match edits {
             Some(e) => step_once(
                 model,

@@ -167,6 +167,24 @@ impl FixedKv {
     }
 }
 
+/// Whether a fixed step of `model` over `capacity` positions runs its attention as one kernel
+/// reading each row's length on the device ([`crate::fixed_kv_cuda::attention`]; a GPU, f32 or
+/// bf16) rather than as masked products over the first `keys` positions.
+pub(crate) fn fused_attention(model: &Transformer, capacity: usize) -> bool {
+    #[cfg(feature = "cuda")]
+    return crate::fixed_kv_cuda::attention_available(
+        model.device(),
+        model.dtype(),
+        capacity,
+        model.config.head_dim,
+    );
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (model, capacity);
+        false
+    }
+}
+
 /// Writes `new` [rows, heads, 1, head dim] into `cache` [rows, heads, capacity, head dim] at
 /// each row's position (`positions` [rows] u32, read on the device).
 pub(crate) fn write(cache: &Tensor, new: &Tensor, positions: &Tensor) -> candle_core::Result<()> {

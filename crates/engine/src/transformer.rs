@@ -368,8 +368,13 @@ impl Transformer {
         let c = &self.config;
         let mixed = c.sliding_window.is_some() && !c.local_layers.is_empty();
         let main_window = if mixed { None } else { c.sliding_window };
-        let mask = self.fixed_mask(kv, positions, keys, main_window)?;
-        let local_mask = match mixed {
+        // The fused attention reads each row's length itself: no masks.
+        let fused = crate::fixed_kv::fused_attention(self, kv.capacity());
+        let mask = match fused {
+            true => None,
+            false => Some(self.fixed_mask(kv, positions, keys, main_window)?),
+        };
+        let local_mask = match mixed && !fused {
             true => Some(self.fixed_mask(kv, positions, keys, c.sliding_window)?),
             false => None,
         };
@@ -377,7 +382,7 @@ impl Transformer {
             rope: self.rope_rows(&self.rope, positions)?,
             rope_local: self.rope_rows(&self.rope_local, positions)?,
             positions: positions.clone(),
-            mask: Some(mask),
+            mask,
             local_mask,
             differentiable: false,
             decoding: true,
@@ -526,6 +531,16 @@ impl Transformer {
             } => {
                 crate::fixed_kv::write(cache_k, &k, positions)?;
                 crate::fixed_kv::write(cache_v, &v, positions)?;
+                #[cfg(feature = "cuda")]
+                if crate::fixed_kv::fused_attention(self, cache_k.dim(2)?) {
+                    let mixed = c.sliding_window.is_some() && !c.local_layers.is_empty();
+                    let window = c.sliding_window.filter(|_| local || !mixed);
+                    let scale = c.query_scale.unwrap_or(1.0 / (c.head_dim as f64).sqrt());
+                    let ctx = crate::fixed_kv_cuda::attention(
+                        &q, cache_k, cache_v, positions, scale, window,
+                    )?;
+                    return Ok(crate::grad_ops::swap_axes12(&ctx)?.reshape((b, t, c.q_dim()))?);
+                }
                 k = cache_k.narrow(2, 0, keys)?;
                 v = cache_v.narrow(2, 0, keys)?;
             }
