@@ -27,6 +27,8 @@ PAIRS = [
     ("sweep", "sweep_plain", "  vs torch forward + backward only"),
     ("decode_1", "decode_1", "greedy decoding, batch 1"),
     ("decode_1", "decode_1_loop", "  vs torch hand-written loop, batch 1"),
+    ("decode_1_eager", "decode_1", "  eigenprune's eager steps vs torch generate()"),
+    ("ttft_512", "ttft_512", "time to first token, 512-token prompt"),
     ("decode_n", "decode_n", "greedy decoding, 32 concurrent"),
     ("decode_n", "decode_n_loop", "  vs torch hand-written loop, batch 32"),
 ]
