@@ -235,10 +235,10 @@ fn pruning_rows(
     } else {
         SvdBackend::Cpu
     };
-    decompose_on(&model, &keys, backend)?; // warm-up: library load, workspace
+    decompose_on(model, &keys, backend)?; // warm-up: library load, workspace
     device.synchronize()?;
     let start = Instant::now();
-    let svds = decompose_on(&model, &keys, backend)?;
+    let svds = decompose_on(model, &keys, backend)?;
     device.synchronize()?;
     let svd_s = start.elapsed().as_secs_f64();
     let heads: usize = svds.iter().map(|s| s.heads.len()).sum();
@@ -253,7 +253,7 @@ fn pruning_rows(
     ));
     if settings.svd_cpu && backend != SvdBackend::Cpu {
         let start = Instant::now();
-        let cpu = decompose_on(&model, &keys, SvdBackend::Cpu)?;
+        let cpu = decompose_on(model, &keys, SvdBackend::Cpu)?;
         let cpu_s = start.elapsed().as_secs_f64();
         let agree = agreement(&svds, &cpu)?;
         push(
@@ -291,14 +291,14 @@ fn pruning_rows(
                 scoring_batches: Some(1),
                 ..s.clone()
             };
-            sweep_sequences(&model, &seqs, &svds, &one, &mut |_, _| true)?;
+            sweep_sequences(model, &seqs, &svds, &one, &mut |_, _| true)?;
         }
         let start = Instant::now();
-        let scores = sweep_sequences(&model, &seqs, &svds, s, &mut |_, _| true)?;
+        let scores = sweep_sequences(model, &seqs, &svds, s, &mut |_, _| true)?;
         Ok((start.elapsed().as_secs_f64(), scores))
     };
     let (sweep_s, scores) = timed_sweep(&sweep, true)?;
-    let flops = sweep_matmul_flops(&model, seqs.len(), settings.sweep_tokens - 1, answer);
+    let flops = sweep_matmul_flops(model, seqs.len(), settings.sweep_tokens - 1, answer);
     let tflops = |seconds: f64| format!("; matmuls {:.0} TFLOP/s", flops / seconds / 1e12);
     push(row(
         "sweep",
