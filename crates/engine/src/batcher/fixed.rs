@@ -1,9 +1,9 @@
 //! The running batch over a fixed cache ([`FixedDecoder`]): each row keeps a decoder row (a
 //! slot) from its prefill to its end, so a step is one upload of the rows' tokens and
 //! positions and, on a GPU, one CUDA graph launch; greedy rows read their token from one copy
-//! of every row's argmax. The decoder grows (rows to the next power of two, positions to the
-//! next power of two the rows may reach) when an arrival does not fit, copying the running
-//! rows over; a batch with variants steps eagerly with their corrections.
+//! of every row's argmax. The decoder grows, copying the running rows over: rows to the next
+//! power of two when an arrival does not fit, positions to twice as many when a row fills
+//! them. A batch with variants steps eagerly with their corrections.
 
 use std::sync::Arc;
 
@@ -20,10 +20,8 @@ pub(super) struct FixedBatch {
     slots: Vec<usize>,
 }
 
-/// Positions a row may still need: what it holds plus the tokens it may still be fed.
-fn reach(held: usize, row: &Row) -> usize {
-    held + row.params.max_tokens.saturating_sub(row.sent) + 1
-}
+/// The fewest positions a decoder is made with.
+const MIN_CAPACITY: usize = 16;
 
 impl FixedBatch {
     /// Adds the newly prefilled rows (`rows`' last `own.rows()`, whose left-padded cache is
@@ -33,17 +31,19 @@ impl FixedBatch {
         let singles = (0..own.rows())
             .map(|i| own.select(&[i]))
             .collect::<Result<Vec<_>>>()?;
+        // Room for every row's next token; the decoder doubles when a row fills it (not sized
+        // for max_tokens up front: most requests stop early, and the cache is rows x positions).
         let mut need = 0;
-        for (i, row) in rows.iter().enumerate() {
+        for i in 0..rows.len() {
             let held = match i.checked_sub(first_new) {
                 Some(j) => singles[j].len(),
                 None => self.held(self.slots[i]),
             };
-            need = need.max(reach(held, row));
+            need = need.max(held + 1);
         }
         let capacity = need
             .next_power_of_two()
-            .max(64)
+            .max(MIN_CAPACITY)
             .min(model.config.max_positions);
         let fits = self
             .decoder
@@ -95,6 +95,12 @@ impl FixedBatch {
         rows: &mut Vec<Row>,
         batch_edits: &mut BatchEdits,
     ) -> Result<()> {
+        let longest = self.slots.iter().map(|&s| self.held(s)).max().unwrap_or(0);
+        let capacity = self.decoder.as_ref().map_or(0, |d| d.kv().capacity());
+        if longest >= capacity && capacity < model.config.max_positions {
+            let doubled = (2 * capacity).min(model.config.max_positions);
+            self.grow(model, self.slots.len(), doubled)?;
+        }
         let decoder = self.decoder.as_mut().expect("rows imply a decoder");
         let mut tokens = vec![0u32; decoder.kv().rows()];
         let mut variants: Vec<Option<&Arc<Edit>>> = vec![None; tokens.len()];
