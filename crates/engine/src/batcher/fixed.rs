@@ -143,6 +143,10 @@ impl FixedBatch {
         });
         let mut kept = stays.into_iter();
         rows.retain(|_| kept.next().unwrap_or(false));
+        if rows.is_empty() {
+            // An idle model holds no cache on a shared GPU; the next burst makes one again.
+            self.decoder = None;
+        }
         Ok(())
     }
 }
