@@ -1,8 +1,10 @@
 //! Decoding steps over a [`FixedKv`]. A step uploads the rows' token ids and positions into
 //! one fixed buffer (one copy) and runs [`Transformer::forward_fixed`], the output projection
-//! and the argmax into fixed output buffers. On a GPU each attention length (a power of two
-//! from 16 up to the capacity) is captured once as a CUDA graph and replayed: one launch
-//! instead of a dozen kernels a layer, each a few microseconds of launch. Elsewhere, or with
+//! and the argmax into fixed output buffers. On a GPU the step is captured once as a CUDA
+//! graph and replayed: one launch instead of a dozen kernels a layer, each a few microseconds
+//! of launch. Its attention kernel reads each row's length on the device, so one graph serves
+//! every length; where that kernel does not serve (a cache past its shared memory), one graph
+//! per attention length (a power of two from 16 up to the capacity). Elsewhere, or with
 //! `EIGENPRUNE_CUDA_GRAPHS=0`, the same step runs eagerly.
 
 use candle_core::{DType, Tensor};
