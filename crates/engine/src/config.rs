@@ -111,6 +111,21 @@ impl ModelConfig {
     pub fn is_local(&self, layer: usize) -> bool {
         self.sliding_window.is_some() && self.local_layers.get(layer).copied().unwrap_or(true)
     }
+    /// The attention windows: of the layers that are not local, and of the local ones where
+    /// some layers attend locally and others globally (Gemma-3); None where none.
+    pub fn attention_windows(&self) -> (Option<usize>, Option<usize>) {
+        match self.sliding_window.is_some() && !self.local_layers.is_empty() {
+            true => (None, self.sliding_window),
+            false => (self.sliding_window, None),
+        }
+    }
+    /// The window `layer` attends within (None: every earlier position).
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        match self.attention_windows() {
+            (_, Some(local)) if self.is_local(layer) => Some(local),
+            (main, _) => main,
+        }
+    }
     /// Sanity checks shared by every loader.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::EngineError::BadConfig(m));

@@ -139,33 +139,21 @@ impl FixedDecoder {
                 .min(self.kv.capacity()),
         };
         match edits {
-            Some(e) => step_once(
-                model,
-                &self.kv,
-                &self.inputs,
-                &self.outputs(),
-                keys,
-                Some(e),
-            )?,
+            Some(e) => self.step_once(model, keys, Some(e))?,
             None => self.run(model, keys)?,
         }
         self.kv.advance();
         Ok(())
     }
 
-    fn outputs(&self) -> (Tensor, Tensor) {
-        (self.logits.clone(), self.next.clone())
-    }
-
     #[cfg(feature = "cuda")]
     fn run(&mut self, model: &Transformer, keys: usize) -> Result<()> {
         if !self.graphs {
-            return step_once(model, &self.kv, &self.inputs, &self.outputs(), keys, None);
+            return self.step_once(model, keys, None);
         }
         if !self.captured.contains_key(&keys) {
-            let (kv, inputs, outputs) = (&self.kv, &self.inputs, self.outputs());
             let graph = crate::cuda_graph::Graph::capture(model.device(), || {
-                step_once(model, kv, inputs, &outputs, keys, None)
+                self.step_once(model, keys, None)
             })?;
             self.captured.insert(keys, graph);
         }
@@ -174,7 +162,23 @@ impl FixedDecoder {
 
     #[cfg(not(feature = "cuda"))]
     fn run(&mut self, model: &Transformer, keys: usize) -> Result<()> {
-        step_once(model, &self.kv, &self.inputs, &self.outputs(), keys, None)
+        self.step_once(model, keys, None)
+    }
+
+    /// One step from the fixed inputs into the fixed outputs (logits, argmax).
+    fn step_once(&self, model: &Transformer, keys: usize, edits: Option<&RowEdits>) -> Result<()> {
+        let rows = self.kv.rows();
+        let ids = self.inputs.narrow(0, 0, rows)?.reshape((rows, 1))?;
+        let positions = self.inputs.narrow(0, rows, rows)?;
+        let hidden = model.forward_fixed(&ids, &positions, &self.kv, keys, edits)?;
+        let logits = model
+            .decoding_logits(&hidden)?
+            .reshape((rows, model.config.vocab_size))?
+            .to_dtype(DType::F32)?;
+        let next = logits.argmax_keepdim(1)?.reshape(rows)?;
+        self.logits.slice_set(&logits, 0, 0)?;
+        self.next.slice_set(&next, 0, 0)?;
+        Ok(())
     }
 
     /// The last step's argmax of every row (free rows' values are meaningless).
@@ -187,29 +191,6 @@ impl FixedDecoder {
     pub fn logits(&self) -> &Tensor {
         &self.logits
     }
-}
-
-/// One step from the fixed inputs into the fixed outputs (logits, argmax).
-fn step_once(
-    model: &Transformer,
-    kv: &FixedKv,
-    inputs: &Tensor,
-    (logits_out, next_out): &(Tensor, Tensor),
-    keys: usize,
-    edits: Option<&RowEdits>,
-) -> Result<()> {
-    let rows = kv.rows();
-    let ids = inputs.narrow(0, 0, rows)?.reshape((rows, 1))?;
-    let positions = inputs.narrow(0, rows, rows)?;
-    let hidden = model.forward_fixed(&ids, &positions, kv, keys, edits)?;
-    let logits = model
-        .decoding_logits(&hidden)?
-        .reshape((rows, model.config.vocab_size))?
-        .to_dtype(DType::F32)?;
-    let next = logits.argmax_keepdim(1)?.reshape(rows)?;
-    logits_out.slice_set(&logits, 0, 0)?;
-    next_out.slice_set(&next, 0, 0)?;
-    Ok(())
 }
 
 #[cfg(feature = "cuda")]

@@ -44,6 +44,16 @@ impl Default for SamplingParams {
     }
 }
 
+impl SamplingParams {
+    /// Whether the next token is the argmax of the raw logits (greedy, no bias, no penalty).
+    pub fn plain_greedy(&self) -> bool {
+        self.temperature <= 0.0
+            && self.logit_bias.is_empty()
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
@@ -88,10 +98,6 @@ pub fn generate_with(
     // Made after the first token (not part of its latency), from the prefill's cache.
     let mut fixed: Option<FixedDecoder> = None;
     let graphs = graphs && model.device().is_cuda();
-    let plain_greedy = params.temperature <= 0.0
-        && params.logit_bias.is_empty()
-        && params.presence_penalty == 0.0
-        && params.frequency_penalty == 0.0;
     let mut out = Vec::new();
     let start = std::time::Instant::now();
     let mut input = prompt.to_vec();
@@ -106,12 +112,9 @@ pub fn generate_with(
         let next = match fixed.as_mut() {
             Some(decoder) => {
                 decoder.step(model, &input)?;
-                match plain_greedy {
+                match params.plain_greedy() {
                     true => decoder.greedy()?[0],
-                    false => {
-                        let logits = decoder.logits().flatten_all()?.copy()?;
-                        sample(&logits, params, &counts, &mut rng)?
-                    }
+                    false => sample(&decoder.logits().flatten_all()?, params, &counts, &mut rng)?,
                 }
             }
             _ => {
@@ -147,7 +150,7 @@ pub fn generate_with(
 
 /// A fixed cache's capacity for sequences of up to `positions` positions: a multiple of 64,
 /// within the model's positions.
-pub(crate) fn fixed_capacity(model: &Transformer, positions: usize) -> usize {
+fn fixed_capacity(model: &Transformer, positions: usize) -> usize {
     positions
         .div_ceil(64)
         .saturating_mul(64)

@@ -317,14 +317,7 @@ impl Transformer {
             trace,
             edits,
         };
-        let mut h = self.weights.embed.index_select(&ids.flatten_all()?, 0)?;
-        if let Some(scale) = self.config.embed_scale {
-            h = (h * scale)?;
-        }
-        if let Some(pe) = &self.weights.pos_embed {
-            h = (h + pe.index_select(&step.positions, 0)?)?;
-        }
-        let mut h = h.reshape((b, t, self.config.d_model))?;
+        let mut h = self.embed(ids, &step.positions)?;
         for layer in 0..self.config.n_layers {
             let kv = match cache.as_deref_mut() {
                 Some(c) => LayerKv::Growing(&mut c.layers[layer]),
@@ -365,18 +358,16 @@ impl Transformer {
                 kv.capacity()
             )));
         }
-        let c = &self.config;
-        let mixed = c.sliding_window.is_some() && !c.local_layers.is_empty();
-        let main_window = if mixed { None } else { c.sliding_window };
+        let (main_window, local_window) = self.config.attention_windows();
         // The fused attention reads each row's length itself: no masks.
         let fused = crate::fixed_kv::fused_attention(self, kv.capacity());
         let mask = match fused {
             true => None,
             false => Some(self.fixed_mask(kv, positions, keys, main_window)?),
         };
-        let local_mask = match mixed && !fused {
-            true => Some(self.fixed_mask(kv, positions, keys, c.sliding_window)?),
-            false => None,
+        let local_mask = match local_window.filter(|_| !fused) {
+            Some(w) => Some(self.fixed_mask(kv, positions, keys, Some(w))?),
+            None => None,
         };
         let mut step = Step {
             rope: self.rope_rows(&self.rope, positions)?,
@@ -389,14 +380,7 @@ impl Transformer {
             trace: None,
             edits,
         };
-        let mut h = self.weights.embed.index_select(&ids.flatten_all()?, 0)?;
-        if let Some(scale) = self.config.embed_scale {
-            h = (h * scale)?;
-        }
-        if let Some(pe) = &self.weights.pos_embed {
-            h = (h + pe.index_select(positions, 0)?)?;
-        }
-        let mut h = h.reshape((b, 1, self.config.d_model))?;
+        let mut h = self.embed(ids, positions)?;
         for (layer, (k, v)) in kv.layers.iter().enumerate() {
             let kv = LayerKv::Fixed {
                 k,
@@ -407,6 +391,18 @@ impl Transformer {
             h = self.block(layer, &h, kv, &mut step)?;
         }
         Ok(self.norm(&h, &self.weights.final_norm, false)?)
+    }
+
+    /// The embeddings [B, T, D] of `ids` [B, T] at `positions` [B*T] (learned positions added).
+    fn embed(&self, ids: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
+        let mut h = self.weights.embed.index_select(&ids.flatten_all()?, 0)?;
+        if let Some(scale) = self.config.embed_scale {
+            h = (h * scale)?;
+        }
+        if let Some(pe) = &self.weights.pos_embed {
+            h = (h + pe.index_select(positions, 0)?)?;
+        }
+        h.reshape((ids.dim(0)?, ids.dim(1)?, self.config.d_model))
     }
 
     /// The additive mask [B, 1, 1, keys] of a fixed step: row b sees key j when j <= its
@@ -533,8 +529,7 @@ impl Transformer {
                 crate::fixed_kv::write(cache_v, &v, positions)?;
                 #[cfg(feature = "cuda")]
                 if crate::fixed_kv::fused_attention(self, cache_k.dim(2)?) {
-                    let mixed = c.sliding_window.is_some() && !c.local_layers.is_empty();
-                    let window = c.sliding_window.filter(|_| local || !mixed);
+                    let window = c.window(layer);
                     let scale = c.query_scale.unwrap_or(1.0 / (c.head_dim as f64).sqrt());
                     let ctx = crate::fixed_kv_cuda::attention(
                         &q, cache_k, cache_v, positions, scale, window,
@@ -677,14 +672,11 @@ impl Transformer {
             pos: &key_pos,
             ok: &key_ok,
         };
-        let c = &self.config;
-        let mixed = c.sliding_window.is_some() && !c.local_layers.is_empty();
-        let main_window = if mixed { None } else { c.sliding_window };
+        let (main_window, local_window) = self.config.attention_windows();
         let mask = self.mask(&positions, valid, &keys, main_window)?;
-        let local_mask = if mixed {
-            self.mask(&positions, valid, &keys, c.sliding_window)?
-        } else {
-            None
+        let local_mask = match local_window {
+            Some(w) => self.mask(&positions, valid, &keys, Some(w))?,
+            None => None,
         };
         Ok((positions_t, mask, local_mask))
     }

@@ -15,23 +15,26 @@ use eigenprune_engine::{KvCache, Transformer};
 
 const ARCHS: [&str; 6] = ["gpt2", "phi", "llama", "mistral", "qwen2", "gemma3"];
 
+/// Feeds `input` after what `cache` holds (the growing cache) and returns the greedy next token.
+fn greedy_next(model: &Transformer, cache: &mut KvCache, input: &[u32]) -> u32 {
+    let ids = Tensor::new(input, model.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let valid = vec![vec![true; input.len()]];
+    let hidden = model.forward(&ids, &valid, Some(cache), None).unwrap();
+    let last = hidden.narrow(1, input.len() - 1, 1).unwrap();
+    let logits = model.logits(&last).unwrap().flatten_all().unwrap();
+    logits.argmax(0).unwrap().to_scalar::<u32>().unwrap()
+}
+
 /// Greedy tokens through the growing cache, step by step (no fixed cache whatever the device).
 fn eager_greedy(model: &Transformer, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut cache = KvCache::default();
-    let mut input = prompt.to_vec();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let ids = Tensor::new(input.as_slice(), model.device())
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let valid = vec![vec![true; input.len()]];
-        let hidden = model.forward(&ids, &valid, Some(&mut cache), None).unwrap();
-        let last = hidden.narrow(1, input.len() - 1, 1).unwrap();
-        let logits = model.logits(&last).unwrap().flatten_all().unwrap();
-        let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
-        out.push(next);
-        input = vec![next];
+    let mut out = vec![greedy_next(model, &mut cache, prompt)];
+    while out.len() < n {
+        let last = *out.last().unwrap();
+        out.push(greedy_next(model, &mut cache, &[last]));
     }
     out
 }
@@ -39,15 +42,8 @@ fn eager_greedy(model: &Transformer, prompt: &[u32], n: usize) -> Vec<u32> {
 /// A prompt's prefill: its one-row cache and its first greedy token.
 fn prefill(model: &Transformer, prompt: &[u32]) -> (KvCache, u32) {
     let mut cache = KvCache::default();
-    let ids = Tensor::new(prompt, model.device())
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let valid = vec![vec![true; prompt.len()]];
-    let hidden = model.forward(&ids, &valid, Some(&mut cache), None).unwrap();
-    let last = hidden.narrow(1, prompt.len() - 1, 1).unwrap();
-    let logits = model.logits(&last).unwrap().flatten_all().unwrap();
-    (cache, logits.argmax(0).unwrap().to_scalar::<u32>().unwrap())
+    let first = greedy_next(model, &mut cache, prompt);
+    (cache, first)
 }
 
 fn prompt(len: usize, seed: u32) -> Vec<u32> {

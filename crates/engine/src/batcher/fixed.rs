@@ -110,14 +110,7 @@ impl FixedBatch {
         }
         let edits = batch_edits.for_variants(model, &variants)?;
         decoder.step_with(model, &tokens, edits)?;
-        let plain = |r: &Row| {
-            let p = &r.params;
-            p.temperature <= 0.0
-                && p.logprobs.is_none()
-                && p.logit_bias.is_empty()
-                && p.presence_penalty == 0.0
-                && p.frequency_penalty == 0.0
-        };
+        let plain = |r: &Row| r.params.plain_greedy() && r.params.logprobs.is_none();
         let greedy = match rows.iter().any(plain) {
             true => decoder.greedy()?,
             false => Vec::new(),
