@@ -87,10 +87,11 @@ struct Load {
 
 impl Batcher {
     /// Starts the decoding thread for `model`; at most `max_rows` sequences decode together.
-    /// On a GPU the steps replay CUDA graphs over a fixed cache (unless
-    /// `EIGENPRUNE_CUDA_GRAPHS=0`).
+    /// The steps go over a fixed cache: on a GPU replaying CUDA graphs (unless
+    /// `EIGENPRUNE_CUDA_GRAPHS=0`), on the CPU eagerly (f32 models).
     pub fn start(model: Arc<LoadedModel>, max_rows: usize) -> Self {
-        let fixed = crate::fixed_decode::graphs_enabled(model.model.device());
+        let graphs = crate::fixed_decode::graphs_enabled(model.model.device());
+        let fixed = crate::fixed_decode::fixed_steps(&model.model, graphs);
         Self::start_with(model, max_rows, fixed)
     }
 

@@ -25,6 +25,16 @@ pub fn graphs_enabled(device: &candle_core::Device) -> bool {
         && std::env::var("EIGENPRUNE_CUDA_GRAPHS").map_or(true, |v| v != "0")
 }
 
+/// Whether decoding steps of `model` go over a fixed cache: on a GPU when they replay CUDA
+/// graphs (`graphs`), on the CPU whenever the attention op serves its dtype (f32; eager steps,
+/// no cache grown by concatenation).
+pub fn fixed_steps(model: &Transformer, graphs: bool) -> bool {
+    match model.device().is_cuda() {
+        true => graphs,
+        false => fixed_kv::fused_attention(model, model.config.max_positions),
+    }
+}
+
 pub struct FixedDecoder {
     kv: FixedKv,
     /// [2 * rows] u32: token ids, then positions.

@@ -167,22 +167,16 @@ impl FixedKv {
     }
 }
 
-/// Whether a fixed step of `model` over `capacity` positions runs its attention as one kernel
-/// reading each row's length on the device ([`crate::fixed_kv_cuda::attention`]; a GPU, f32 or
-/// bf16) rather than as masked products over the first `keys` positions.
+/// Whether a fixed step of `model` over `capacity` positions runs its attention as one op
+/// reading each row's length itself ([`crate::decode_attention`]: f32 on the CPU, f32 or bf16
+/// on a GPU) rather than as masked products over the first `keys` positions.
 pub(crate) fn fused_attention(model: &Transformer, capacity: usize) -> bool {
-    #[cfg(feature = "cuda")]
-    return crate::fixed_kv_cuda::attention_available(
+    crate::decode_attention::available(
         model.device(),
         model.dtype(),
         capacity,
         model.config.head_dim,
-    );
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = (model, capacity);
-        false
-    }
+    )
 }
 
 /// Writes `new` [rows, heads, 1, head dim] into `cache` [rows, heads, capacity, head dim] at

@@ -12,6 +12,8 @@ use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, DType, Layout, Storage, Tensor};
 
+use crate::decode_attention::{offsets, DecodeAttention, Dims};
+
 const MODULE: &str = "eigenprune_fixed_kv";
 
 const SOURCE: &str = concat!(
@@ -129,109 +131,56 @@ pub(crate) fn attention_available(
         && ptx().is_ok()
 }
 
-/// A decoding step's attention over the fixed cache: `q` [B, H, 1, D] (rotated) against each
-/// row's positions 0..=positions[row] (the last `window`, if any) of `k` and `v` [B, Hkv, cap,
-/// D]; returns [B, H, 1, D]. One kernel; the lengths are read on the device.
+/// The CUDA form of [`DecodeAttention`]: a block per (row, query head), the lengths read on
+/// the device.
 pub(crate) fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    positions: &Tensor,
-    scale: f64,
-    window: Option<usize>,
-) -> candle_core::Result<Tensor> {
-    let op = DecodeAttention {
-        positions: positions.clone(),
-        scale: scale as f32,
-        window: window.unwrap_or(0),
+    op: &DecodeAttention,
+    qs: &CudaStorage,
+    ql: &Layout,
+    ks: &CudaStorage,
+    kl: &Layout,
+    vs: &CudaStorage,
+    vl: &Layout,
+) -> candle_core::Result<(CudaStorage, candle_core::Shape)> {
+    let Dims { b, h, hkv, cap, d } = Dims::of(ql, kl, vl)?;
+    let ((q0, q1), (k0, k1), (v0, v1)) = (offsets(ql)?, offsets(kl)?, offsets(vl)?);
+    let (p_st, p_l) = op.positions.storage_and_layout();
+    let (p0, p1) = offsets(p_l)?;
+    let pos = cuda(&p_st)?.as_cuda_slice::<u32>()?.slice(p0..p1);
+    let dev = qs.device().clone();
+    let cfg = LaunchConfig {
+        grid_dim: ((b * h) as u32, 1, 1),
+        block_dim: (ATTENTION_THREADS, 1, 1),
+        shared_mem_bytes: attention_shared_bytes(cap, d) as u32,
     };
-    q.contiguous()?.apply_op3_no_bwd(k, v, &op)
-}
-
-struct DecodeAttention {
-    positions: Tensor,
-    scale: f32,
-    window: usize,
-}
-
-impl candle_core::CustomOp3 for DecodeAttention {
-    fn name(&self) -> &'static str {
-        "fixed-decode-attention"
+    let ints = [h as i32, hkv as i32, cap as i32, d as i32];
+    let window = op.window as i32;
+    macro_rules! launch {
+        ($t:ty, $name:expr) => {{
+            let func = dev.get_or_load_custom_func($name, MODULE, ptx()?)?;
+            let q = qs.as_cuda_slice::<$t>()?.slice(q0..q1);
+            let k = ks.as_cuda_slice::<$t>()?.slice(k0..k1);
+            let v = vs.as_cuda_slice::<$t>()?.slice(v0..v1);
+            // SAFETY: every element is written by the kernel before it is read.
+            let out = unsafe { dev.alloc::<$t>(b * h * d) }?;
+            let mut bld = func.builder();
+            bld.arg(&q).arg(&k).arg(&v).arg(&pos).arg(&out);
+            for x in &ints {
+                bld.arg(x);
+            }
+            bld.arg(&op.scale).arg(&window);
+            // SAFETY: q [b, h, d], k and v [b, hkv, cap, d] contiguous, pos [b] u32 below
+            // cap (the host checks), out [b, h, d]; shared memory as the launch sets it.
+            unsafe { bld.launch(cfg) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
     }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        candle_core::bail!("the decode-attention kernel is CUDA only")
-    }
-
-    fn cuda_fwd(
-        &self,
-        qs: &CudaStorage,
-        ql: &Layout,
-        ks: &CudaStorage,
-        kl: &Layout,
-        vs: &CudaStorage,
-        vl: &Layout,
-    ) -> candle_core::Result<(CudaStorage, candle_core::Shape)> {
-        let (b, h, one, d) = ql.shape().dims4()?;
-        let (kb, hkv, cap, kd) = kl.shape().dims4()?;
-        if one != 1 || kb != b || kd != d || vl.shape() != kl.shape() || h % hkv != 0 {
-            candle_core::bail!(
-                "decode attention: q {:?}, cache {:?}",
-                ql.shape(),
-                kl.shape()
-            );
-        }
-        let offsets = |l: &Layout| {
-            l.contiguous_offsets()
-                .ok_or_else(|| candle_core::Error::Msg("decode attention: non-contiguous".into()))
-        };
-        let ((q0, q1), (k0, k1), (v0, v1)) = (offsets(ql)?, offsets(kl)?, offsets(vl)?);
-        let (p_st, p_l) = self.positions.storage_and_layout();
-        let (p0, p1) = offsets(p_l)?;
-        let pos = cuda(&p_st)?.as_cuda_slice::<u32>()?.slice(p0..p1);
-        let dev = qs.device().clone();
-        let cfg = LaunchConfig {
-            grid_dim: ((b * h) as u32, 1, 1),
-            block_dim: (ATTENTION_THREADS, 1, 1),
-            shared_mem_bytes: attention_shared_bytes(cap, d) as u32,
-        };
-        let ints = [h as i32, hkv as i32, cap as i32, d as i32];
-        let window = self.window as i32;
-        macro_rules! launch {
-            ($t:ty, $name:expr) => {{
-                let func = dev.get_or_load_custom_func($name, MODULE, ptx()?)?;
-                let q = qs.as_cuda_slice::<$t>()?.slice(q0..q1);
-                let k = ks.as_cuda_slice::<$t>()?.slice(k0..k1);
-                let v = vs.as_cuda_slice::<$t>()?.slice(v0..v1);
-                // SAFETY: every element is written by the kernel before it is read.
-                let out = unsafe { dev.alloc::<$t>(b * h * d) }?;
-                let mut bld = func.builder();
-                bld.arg(&q).arg(&k).arg(&v).arg(&pos).arg(&out);
-                for x in &ints {
-                    bld.arg(x);
-                }
-                bld.arg(&self.scale).arg(&window);
-                // SAFETY: q [b, h, d], k and v [b, hkv, cap, d] contiguous, pos [b] u32 below
-                // cap (the host checks), out [b, h, d]; shared memory as the launch sets it.
-                unsafe { bld.launch(cfg) }.w()?;
-                CudaStorage::wrap_cuda_slice(out, dev.clone())
-            }};
-        }
-        let out = match qs.dtype() {
-            DType::F32 => launch!(f32, "decode_attention_f32"),
-            DType::BF16 => launch!(half::bf16, "decode_attention_bf16"),
-            other => candle_core::bail!("decode attention: {other:?}"),
-        };
-        Ok((out, ql.shape().clone()))
-    }
+    let out = match qs.dtype() {
+        DType::F32 => launch!(f32, "decode_attention_f32"),
+        DType::BF16 => launch!(half::bf16, "decode_attention_bf16"),
+        other => candle_core::bail!("decode attention: {other:?}"),
+    };
+    Ok((out, ql.shape().clone()))
 }
 
 fn ptx() -> candle_core::Result<&'static str> {

@@ -74,8 +74,9 @@ pub fn generate(
     generate_with(model, prompt, params, graphs, on_token)
 }
 
-/// [`generate`], choosing whether the steps after the prefill replay CUDA graphs over a fixed
-/// cache (`graphs`, a GPU of a CUDA build only) or run eagerly over a growing cache.
+/// [`generate`], choosing whether on a GPU the steps after the prefill replay CUDA graphs over
+/// a fixed cache (`graphs`, a CUDA build only) or run eagerly over a growing cache. On the CPU
+/// they run over a fixed cache whenever its attention op serves (f32).
 pub fn generate_with(
     model: &Transformer,
     prompt: &[u32],
@@ -94,18 +95,20 @@ pub fn generate_with(
         prompt_tokens: prompt.len(),
         ..Default::default()
     };
-    // On a GPU the steps after the prefill replay CUDA graphs over a fixed cache.
-    // Made after the first token (not part of its latency), from the prefill's cache.
+    // The steps after the prefill run over a fixed cache: on a GPU as replayed CUDA graphs
+    // (unless `graphs` is off), on the CPU eagerly (its attention one op, no cache growing by
+    // concatenation). Made after the first token (not part of its latency), from the prefill's
+    // cache.
     let mut fixed: Option<FixedDecoder> = None;
-    let graphs = graphs && model.device().is_cuda();
+    let capacity = fixed_capacity(model, prompt.len() + params.max_tokens);
+    let fixed_steps = crate::fixed_decode::fixed_steps(model, graphs);
     let mut out = Vec::new();
     let start = std::time::Instant::now();
     let mut input = prompt.to_vec();
     let mut counts = HashMap::new();
     for step in 0..params.max_tokens {
-        if step == 1 && graphs {
-            let capacity = fixed_capacity(model, prompt.len() + params.max_tokens);
-            let mut decoder = FixedDecoder::with_graphs(model, 1, capacity, true)?;
+        if step == 1 && fixed_steps {
+            let mut decoder = FixedDecoder::with_graphs(model, 1, capacity, graphs)?;
             decoder.load_row(0, &std::mem::take(&mut cache))?;
             fixed = Some(decoder);
         }

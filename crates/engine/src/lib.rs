@@ -55,6 +55,7 @@ pub mod bench;
 pub mod bench_precision;
 pub mod chat;
 pub mod config;
+mod decode_attention;
 #[cfg(feature = "cuda")]
 mod cuda_graph;
 pub mod device;

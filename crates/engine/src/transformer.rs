@@ -527,11 +527,10 @@ impl Transformer {
             } => {
                 crate::fixed_kv::write(cache_k, &k, positions)?;
                 crate::fixed_kv::write(cache_v, &v, positions)?;
-                #[cfg(feature = "cuda")]
                 if crate::fixed_kv::fused_attention(self, cache_k.dim(2)?) {
                     let window = c.window(layer);
                     let scale = c.query_scale.unwrap_or(1.0 / (c.head_dim as f64).sqrt());
-                    let ctx = crate::fixed_kv_cuda::attention(
+                    let ctx = crate::decode_attention::attention(
                         &q, cache_k, cache_v, positions, scale, window,
                     )?;
                     return Ok(crate::grad_ops::swap_axes12(&ctx)?.reshape((b, t, c.q_dim()))?);

@@ -405,7 +405,14 @@ fn rayon_num_threads() -> usize {
         .ok()
         .and_then(|s| usize::from_str(&s).ok())
         .filter(|nt| nt > &0)
-        .unwrap_or_else(default_num_threads)
+        .unwrap_or_else(cached_default_num_threads)
+}
+
+/// [`default_num_threads`] once per process: it reads /proc/cpuinfo and the affinity mask, and
+/// every CPU matmul asks (eigenprune patch: a decoding step asked sixty times a token).
+fn cached_default_num_threads() -> usize {
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(default_num_threads)
 }
 
 fn candle_num_threads() -> usize {

@@ -69,22 +69,78 @@ pub(crate) fn vec_dot_q4_0_q8_0(n: usize, xs: &[BlockQ4_0], ys: &[BlockQ8_0]) ->
     }
 }
 
+/// Every f16 as an f32, for the block scales of the dot products below: one load per scale,
+/// where `half`'s conversion was an out-of-line call costing about a tenth of a decoding
+/// step's dot products (eigenprune patch; llama.cpp converts through such a table too).
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Box<[f32]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).collect())
+}
+
+/// The product of two f16 scales through `table`, broadcast.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn scale_product(table: &[f32], a: f16, b: f16) -> __m256 {
+    // SAFETY: the table has an entry for every u16.
+    let (a, b) = unsafe {
+        (
+            *table.get_unchecked(a.to_bits() as usize),
+            *table.get_unchecked(b.to_bits() as usize),
+        )
+    };
+    _mm256_set1_ps(a * b)
+}
+
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(
         n.is_multiple_of(QK8_0),
         "vec_dot_q8_0_q8_0: {n} is not divisible by {QK8_0}"
     );
+    let table = f16_table();
     unsafe {
         let mut acc = _mm256_setzero_ps();
         for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
+            let d = scale_product(table, x.d, y.d);
             let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
             let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
             let q = mul_sum_i8_pairs_float(bx, by);
             acc = _mm256_fmadd_ps(d, q, acc);
         }
         hsum_float_8(acc)
+    }
+}
+
+/// Four weight rows against one activation row, each activation block loaded once and four
+/// independent accumulators in flight (eigenprune patch: the decoding GEMV's inner loop).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn vec_dot_4_q8_0_q8_0(
+    n: usize,
+    xs: [&[BlockQ8_0]; 4],
+    ys: &[BlockQ8_0],
+) -> (f32, f32, f32, f32) {
+    debug_assert!(n.is_multiple_of(QK8_0));
+    let blocks = n / QK8_0;
+    debug_assert!(xs.iter().all(|x| x.len() >= blocks) && ys.len() >= blocks);
+    let table = f16_table();
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in 0..blocks {
+            let y = ys.get_unchecked(i);
+            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            for r in 0..4 {
+                let x = xs[r].get_unchecked(i);
+                let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
+                let q = mul_sum_i8_pairs_float(bx, by);
+                acc[r] = _mm256_fmadd_ps(scale_product(table, x.d, y.d), q, acc[r]);
+            }
+        }
+        (
+            hsum_float_8(acc[0]),
+            hsum_float_8(acc[1]),
+            hsum_float_8(acc[2]),
+            hsum_float_8(acc[3]),
+        )
     }
 }
 
