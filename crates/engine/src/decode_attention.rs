@@ -66,8 +66,7 @@ impl Dims {
     pub(crate) fn of(ql: &Layout, kl: &Layout, vl: &Layout) -> candle_core::Result<Self> {
         let (b, h, one, d) = ql.shape().dims4()?;
         let (kb, hkv, cap, kd) = kl.shape().dims4()?;
-        if one != 1 || kb != b || kd != d || vl.shape() != kl.shape() || hkv == 0 || h % hkv != 0
-        {
+        if one != 1 || kb != b || kd != d || vl.shape() != kl.shape() || hkv == 0 || h % hkv != 0 {
             candle_core::bail!(
                 "decode attention: q {:?}, cache {:?}",
                 ql.shape(),
@@ -219,13 +218,31 @@ mod tests {
                 let n = p as usize + 1 - lo;
                 for head in 0..h {
                     let kvh = head / (h / hkv);
-                    let keys = k.get(row).unwrap().get(kvh).unwrap().narrow(0, lo, n).unwrap();
-                    let vals = v.get(row).unwrap().get(kvh).unwrap().narrow(0, lo, n).unwrap();
+                    let keys = k
+                        .get(row)
+                        .unwrap()
+                        .get(kvh)
+                        .unwrap()
+                        .narrow(0, lo, n)
+                        .unwrap();
+                    let vals = v
+                        .get(row)
+                        .unwrap()
+                        .get(kvh)
+                        .unwrap()
+                        .narrow(0, lo, n)
+                        .unwrap();
                     let qr = q.get(row).unwrap().get(head).unwrap();
                     let scores = (qr.matmul(&keys.t().unwrap()).unwrap() * 0.3).unwrap();
                     let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
                     let want = probs.matmul(&vals).unwrap().flatten_all().unwrap();
-                    let got_row = got.get(row).unwrap().get(head).unwrap().flatten_all().unwrap();
+                    let got_row = got
+                        .get(row)
+                        .unwrap()
+                        .get(head)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap();
                     let diff = (want - got_row)
                         .unwrap()
                         .abs()
@@ -234,7 +251,10 @@ mod tests {
                         .unwrap()
                         .to_scalar::<f32>()
                         .unwrap();
-                    assert!(diff < 1e-5, "row {row} head {head} window {window:?}: {diff}");
+                    assert!(
+                        diff < 1e-5,
+                        "row {row} head {head} window {window:?}: {diff}"
+                    );
                 }
             }
         }

@@ -55,9 +55,9 @@ pub mod bench;
 pub mod bench_precision;
 pub mod chat;
 pub mod config;
-mod decode_attention;
 #[cfg(feature = "cuda")]
 mod cuda_graph;
+mod decode_attention;
 pub mod device;
 pub mod edit;
 pub mod error;

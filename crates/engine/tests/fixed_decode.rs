@@ -59,7 +59,7 @@ fn fixed_cache_decodes_the_eager_tokens_at_batch_one() {
         let model = &loaded.model;
         let p = prompt(7, 1);
         let want = eager_greedy(model, &p, 40);
-        // generate() takes the fixed path (graphs) on a GPU, the eager one elsewhere.
+        // generate() takes the fixed path: graphs on a GPU, the attention op on the CPU.
         let params = SamplingParams {
             max_tokens: 40,
             ..Default::default()
