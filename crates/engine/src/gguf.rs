@@ -27,7 +27,7 @@ pub struct GgufModel {
     pub tensors: HashMap<String, Tensor>,
     /// On the CPU, quantised blocks of the linear maps and the token embedding (a tied output
     /// projection's), under the same names and layout: the file's own, or Q8_0 where candle
-    /// has no vectorised dot product for the file's format (Q4_1, Q5_0, Q5_1).
+    /// has no vectorised dot product for the file's format (Q5_1; Q4_1 and Q5_0 without AVX2).
     pub quantized: HashMap<String, Arc<QTensor>>,
     pub tokenizer: Tokenizer,
     /// `tokenizer.chat_template`, when the file has one.
@@ -211,9 +211,22 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
 }
 
 /// Whether candle's CPU matmul has a vectorised (AVX / NEON) dot product for `dtype`'s blocks.
+/// Q4_1's and Q5_0's are the vendored candle's AVX2 kernels (vendor/README.md), scalar
+/// elsewhere.
 fn has_simd_dot(dtype: GgmlDType) -> bool {
     use GgmlDType::*;
-    matches!(dtype, Q4_0 | Q8_0 | Q2K | Q3K | Q4K | Q5K | Q6K | Q8K)
+    match dtype {
+        Q4_0 | Q8_0 | Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => true,
+        Q4_1 | Q5_0 => avx2_fma(),
+        _ => false,
+    }
+}
+
+fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// [`unpermute`] of a quantised [out, in] matrix on the CPU: each row's blocks moved whole.

@@ -315,6 +315,7 @@ mod tests {
         for dtype in [
             GgmlDType::Q4_0,
             GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
             GgmlDType::Q8_0,
             GgmlDType::Q4K,
         ] {

@@ -1,5 +1,6 @@
 use super::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, QK8_0, QK_K,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K,
+    BlockQ8_0, BlockQ8_1, QK8_0, QK_K,
 };
 use byteorder::{ByteOrder, LittleEndian};
 use half::f16;
@@ -141,6 +142,63 @@ pub(crate) fn vec_dot_4_q8_0_q8_0(
             hsum_float_8(acc[2]),
             hsum_float_8(acc[3]),
         )
+    }
+}
+
+/// Q4_1 (unsigned nibbles, a scale and a minimum) against Q8_1 activations (llama.cpp's AVX2
+/// kernel; eigenprune patch: candle's was the scalar loop).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> f32 {
+    debug_assert!(n.is_multiple_of(QK8_0));
+    let table = f16_table();
+    let f = |h: f16| unsafe { *table.get_unchecked(h.to_bits() as usize) };
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        for (x, y) in xs.iter().zip(ys.iter()) {
+            mins += f(x.m) * f(y.s);
+            let d = _mm256_set1_ps(f(x.d) * f(y.d));
+            let qx = bytes_from_nibbles_32(x.qs.as_ptr());
+            let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc);
+        }
+        hsum_float_8(acc) + mins
+    }
+}
+
+/// 32 bytes, 0xFF where bit i of `x` is set (llama.cpp's `bytes_from_bits_32`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bytes_from_bits_32(x: [u8; 4]) -> __m256i {
+    let shuffle = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0x0000000000000000,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(i32::from_le_bytes(x)), shuffle);
+    let bit_mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit_mask), _mm256_set1_epi64x(-1))
+}
+
+/// Q5_0 (nibbles and a fifth bit, offset 16) against Q8_0 activations (llama.cpp's AVX2
+/// kernel; eigenprune patch: candle's was the scalar loop).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn vec_dot_q5_0_q8_0(n: usize, xs: &[BlockQ5_0], ys: &[BlockQ8_0]) -> f32 {
+    debug_assert!(n.is_multiple_of(QK8_0));
+    let table = f16_table();
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for (x, y) in xs.iter().zip(ys.iter()) {
+            let d = scale_product(table, x.d, y.d);
+            let low = bytes_from_nibbles_32(x.qs.as_ptr());
+            // 0xF0 where the fifth bit is clear: the byte is then nibble - 16 as an i8.
+            let high = _mm256_andnot_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(-16));
+            let qx = _mm256_or_si256(low, high);
+            let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+        }
+        hsum_float_8(acc)
     }
 }
 

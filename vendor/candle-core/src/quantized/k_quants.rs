@@ -306,7 +306,12 @@ impl GgmlType for BlockQ4_1 {
     const BLCK_SIZE: usize = QK4_1;
     type VecDotType = BlockQ8_1;
 
+    #[allow(unreachable_code)]
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if has_avx2_fma() {
+            return unsafe { super::avx::vec_dot_q4_1_q8_1(n, xs, ys) };
+        }
         Self::vec_dot_unopt(n, xs, ys)
     }
 
@@ -418,6 +423,10 @@ impl GgmlType for BlockQ5_0 {
             (n / qk).is_multiple_of(2),
             "vec_dot_q5_0_q8_0: {n}, nb is not divisible by 2"
         );
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if has_avx2_fma() {
+            return unsafe { super::avx::vec_dot_q5_0_q8_0(n, xs, ys) };
+        }
         Self::vec_dot_unopt(n, xs, ys)
     }
 
