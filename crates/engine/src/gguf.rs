@@ -1,7 +1,8 @@
 //! GGUF files (llama.cpp; Llama and Gemma-3): dequantised to dense f32 weights under HF tensor
 //! names, with an HF-style config and the tokenizer rebuilt from the metadata. On the CPU the
 //! linear maps' quantised blocks are kept too, for decoding: the file's own where candle's
-//! dot product for them is vectorised, else the dense values re-quantised to Q8_0.
+//! dot product for them is vectorised (with the vendored candle's AVX2 Q4_1 and Q5_0 kernels),
+//! else the dense values re-quantised to Q8_0.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
