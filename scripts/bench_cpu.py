@@ -4,6 +4,11 @@ llama.cpp (llama-cpp-python, same GGUF) and HF transformers (when torch is insta
 Prints a markdown table. Run on an otherwise idle machine:
 
     python3 scripts/bench_cpu.py [--threads 2] [--runs 3] [--gguf models/OTHER.gguf]
+        [--baseline OTHER_BINARY] [--interleave]
+
+--baseline adds a row for another eigenprune binary (an earlier build) decoding the same file
+from quantised blocks in the same run. --interleave runs the quantised rows and llama.cpp in
+turns, run by run (a shared VM's speed drifts over minutes), and prints their ratios.
 
 --ttft instead times the first token of a 512-token prompt (batch 1): the prompt's forward and
 the first token, the model already loaded.
@@ -20,11 +25,14 @@ PROMPT = "The capital of France is"
 NEW = 128
 
 
-def eigenprune(runs, quantized=False):
+BINARY = os.path.join(ROOT, "target/release/eigenprune")
+
+
+def eigenprune(runs, quantized=False, binary=None):
     best = None
     for _ in range(runs):
         r = subprocess.run(
-            [os.path.join(ROOT, "target/release/eigenprune"), "generate", "--model", GGUF,
+            [binary or BINARY, "generate", "--model", GGUF,
              "--prompt", PROMPT, "--max-tokens", str(NEW), "--ignore-eos"]
             + (["--quantized"] if quantized else []),
             capture_output=True, text=True, check=True)
@@ -38,14 +46,15 @@ def eigenprune(runs, quantized=False):
     return best, "f32 weights (dequantised), candle CPU"
 
 
-def llama_cpp(runs, threads):
+def llama_cpp_runner(threads):
+    """One greedy run of llama.cpp on the loaded file per call (tok/s), or None when missing."""
     try:
         from llama_cpp import Llama
     except ImportError:
-        return None, "llama-cpp-python not installed"
+        return None
     llm = Llama(model_path=GGUF, n_threads=threads, n_ctx=512, verbose=False)
-    best = None
-    for _ in range(runs):
+
+    def once():
         llm.reset()
         tokens = llm.tokenize(PROMPT.encode(), add_bos=False)
         llm.eval(tokens)
@@ -55,10 +64,42 @@ def llama_cpp(runs, threads):
             n += 1
             if n == NEW:
                 break
-        tps = n / (time.perf_counter() - t0)
-        best = tps if best is None else max(best, tps)
+        return n / (time.perf_counter() - t0)
+    return once
+
+
+def llama_cpp_note():
     import llama_cpp
-    return best, f"llama-cpp-python {llama_cpp.__version__}, the GGUF's own weights"
+    return f"llama-cpp-python {llama_cpp.__version__}, the GGUF's own weights"
+
+
+def llama_cpp(runs, threads):
+    once = llama_cpp_runner(threads)
+    if once is None:
+        return None, "llama-cpp-python not installed"
+    return max(once() for _ in range(runs)), llama_cpp_note()
+
+
+def interleaved(runs, threads, baseline):
+    """eigenprune --quantized (and a baseline binary) and llama.cpp taking turns, run by run, so
+    that a shared machine's slower minutes fall on all of them; best of `runs` each."""
+    rows = [("eigenprune --quantized", lambda: eigenprune(1, quantized=True)[0])]
+    if baseline:
+        rows.append((f"baseline {os.path.basename(baseline)} --quantized",
+                     lambda: eigenprune(1, quantized=True, binary=baseline)[0]))
+    once = llama_cpp_runner(threads)
+    if once is not None:
+        rows.append(("llama.cpp", once))
+    best = {}
+    for _ in range(runs):
+        for name, fn in rows:
+            best[name] = max(best.get(name, 0.0), fn())
+    ref = best.get("llama.cpp")
+    print(f"| engine | tok/s (greedy, {NEW} new tokens, best of {runs}, runs interleaved) | ratio to llama.cpp |")
+    print("| --- | --- | --- |")
+    for name, _ in rows:
+        ratio = f"{best[name] / ref:.2f}x" if ref else "n/a"
+        print(f"| {name} | {best[name]:.1f} | {ratio} |", flush=True)
 
 
 # About 512 tokens in both tokenizers (each run prints its own count).
@@ -69,7 +110,7 @@ def eigenprune_ttft(runs):
     best = None
     for _ in range(runs):
         r = subprocess.run(
-            [os.path.join(ROOT, "target/release/eigenprune"), "generate", "--model", GGUF,
+            [BINARY, "generate", "--model", GGUF,
              "--prompt", LONG_PROMPT, "--max-tokens", "1", "--ignore-eos"],
             capture_output=True, text=True, check=True)
         m = re.search(r"prompt: (\d+) tokens in ([\d.]+)s.*generation: (\d+) tokens in ([\d.]+)s", r.stderr)
@@ -125,6 +166,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--gguf", default=GGUF)
     ap.add_argument("--ttft", action="store_true", help="time to first token, 512-token prompt")
+    ap.add_argument("--baseline", help="another eigenprune binary, a row decoding with --quantized")
+    ap.add_argument("--interleave", action="store_true",
+                    help="quantised decoding and llama.cpp run by run in turns (no dense row)")
     a = ap.parse_args()
     GGUF = a.gguf
     if a.ttft:
@@ -136,12 +180,19 @@ def main():
             n, secs = best if best else ("n/a", None)
             print(f"| {name} | {n} | {'n/a' if secs is None else f'{secs:.3f}'} | {note} |", flush=True)
         return
+    if a.interleave:
+        interleaved(a.runs, a.threads, a.baseline)
+        return
     print(f"| engine | tok/s (greedy, {NEW} new tokens, best of {a.runs}) | notes |")
     print("| --- | --- | --- |")
-    for name, fn in [("eigenprune", lambda: eigenprune(a.runs)),
-                     ("eigenprune --quantized", lambda: eigenprune(a.runs, quantized=True)),
-                     ("llama.cpp", lambda: llama_cpp(a.runs, a.threads)),
-                     ("HF transformers", lambda: transformers_cpu(a.runs, a.threads))]:
+    rows = [("eigenprune", lambda: eigenprune(a.runs)),
+            ("eigenprune --quantized", lambda: eigenprune(a.runs, quantized=True))]
+    if a.baseline:
+        rows.append((f"baseline {os.path.basename(a.baseline)} --quantized",
+                     lambda: eigenprune(a.runs, quantized=True, binary=a.baseline)))
+    rows += [("llama.cpp", lambda: llama_cpp(a.runs, a.threads)),
+             ("HF transformers", lambda: transformers_cpu(a.runs, a.threads))]
+    for name, fn in rows:
         tps, note = fn()
         print(f"| {name} | {'n/a' if tps is None else f'{tps:.1f}'} | {note} |", flush=True)
 
