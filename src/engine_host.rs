@@ -68,6 +68,8 @@ pub struct ModelHost {
     bases: Vec<BaseModel>,
     /// Serving dtype of resident models (jobs convert to f32 for the pruning math).
     dtype: DType,
+    /// Whether bases keep a GGUF's quantised blocks for decoding on the CPU.
+    quantized: bool,
     max_resident: usize,
     /// Most recently used last.
     resident: Mutex<Vec<(String, Arc<LoadedModel>)>>,
@@ -106,6 +108,7 @@ impl ModelHost {
             bases,
             device: opts.device,
             dtype: opts.dtype,
+            quantized: opts.quantized,
             max_resident: max_resident.max(1),
             resident: Mutex::new(Vec::new()),
             batchers: Mutex::new(Vec::new()),
@@ -215,7 +218,7 @@ impl ModelHost {
             &LoadOptions {
                 device: self.device.clone(),
                 dtype: self.dtype,
-                quantized: false,
+                quantized: self.quantized,
             },
         )?);
         tracing::info!(model = %name, %spec, seconds = t.elapsed().as_secs_f64(), "loaded");

@@ -58,6 +58,7 @@ async fn waiting_is_bounded_and_abandoned_sequences_stop() {
         max_batch_rows: 2,
         edit_pool_mb: 256,
         edit_host_mb: 1024,
+        quantized: false,
     };
     let lab = LabArgs {
         max_waiting_sequences: 3,

@@ -301,3 +301,67 @@ async fn smollm2_variants_share_their_base_batch() {
     state.shutdown.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `serve --quantized`: completions of a GGUF base decode from its quantised blocks (the
+/// resident base holds them; pruning jobs and scores keep the dense weights), with the CLI's
+/// tokens on the same file; a pruned variant decodes over them with its correction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_quantized_serving_decodes_from_the_files_blocks() {
+    let Some(gguf) = common::smollm2() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("eigenprune-quantized-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = StoreArgs {
+        data_dir: dir.clone(),
+        database_url: None,
+        object_store: None,
+    };
+    let mut engine = cpu_engine(vec![format!("smol={}", gguf.display())], 1);
+    engine.quantized = true;
+    let (base_url, state) = serve_lab(&store, &engine, &LabArgs::default(), 1).await;
+    let api = Api {
+        base: base_url,
+        client: reqwest::Client::new(),
+        key: None,
+    };
+    let served = state.host.base("smol").unwrap();
+    let linears = served.model.weights.linears();
+    assert!(
+        linears.iter().all(|l| l.is_quantized()),
+        "the base holds its blocks"
+    );
+
+    let opts = LoadOptions {
+        quantized: true,
+        ..Default::default()
+    };
+    let reference = load_model(gguf.to_str().unwrap(), &opts).unwrap();
+    let params = SamplingParams {
+        max_tokens: 8,
+        ..Default::default()
+    };
+    for prompt in PROMPTS {
+        let (text, _) = complete(&api, "smol", prompt).await;
+        let ids = reference.tokenizer.encode(prompt, true).unwrap();
+        let (tokens, _) = generate(&reference.model, ids.get_ids(), &params, |_| true).unwrap();
+        let want = reference.tokenizer.decode(&tokens, false).unwrap();
+        assert_eq!(text, want, "served vs generate --quantized on {prompt:?}");
+    }
+
+    // A pruning job on the quantised base runs on its dense weights, and its variant serves.
+    let body = json!({"model": "smol", "task": "int-mult",
+        "hyperparameters": {"portion": 0.05, "scoring_batches": 2, "components": ["k"]}});
+    let (status, job) = api.post("/v1/pruning/jobs", body).await;
+    assert_eq!(status, 200, "{job}");
+    let job = finished(
+        &api,
+        &format!("/v1/pruning/jobs/{}", job["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let variant = job["pruned_model"].as_str().unwrap().to_string();
+    let (text, lps) = complete(&api, &variant, PROMPTS[0]).await;
+    assert!(!text.is_empty() && lps.iter().all(|l| l.is_finite() && *l <= 0.0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -60,6 +60,9 @@ pub struct BenchServeArgs {
     /// MiB of edits the pool's device tier holds (the resident set).
     #[arg(long, default_value_t = 1024)]
     pub edit_pool_mb: u64,
+    /// On the CPU, decode from a `.gguf` model's quantised blocks (`serve --quantized`).
+    #[arg(long)]
+    pub quantized: bool,
     /// An evaluation of this many variants in one job against as many single jobs (needs a
     /// real tokenizer: --model); 0 skips it.
     #[arg(long, default_value_t = 0)]
@@ -105,6 +108,7 @@ async fn bench_in(args: &BenchServeArgs, dir: &std::path::Path) -> anyhow::Resul
         max_batch_rows: args.concurrency.max(1),
         edit_pool_mb: args.edit_pool_mb,
         edit_host_mb: 16 * 1024,
+        quantized: args.quantized,
     };
     let lab = LabArgs {
         auth: Some(AuthMode::None),

@@ -56,6 +56,12 @@ pub struct EngineArgs {
     /// Completion sequences one model decodes together (continuous batching); more wait.
     #[arg(long, env = "EIGENPRUNE_MAX_BATCH_ROWS", default_value_t = 32)]
     pub max_batch_rows: usize,
+    /// On the CPU, completions of a `.gguf` base decode from the file's quantised blocks (its
+    /// own, or Q8_0 where candle has no vectorised kernel for them); prompts, pruning jobs,
+    /// scores and evaluations stay on the dense f32 weights, and a pruned variant decodes as
+    /// those blocks plus its edit's low-rank correction.
+    #[arg(long, env = "EIGENPRUNE_QUANTIZED")]
+    pub quantized: bool,
 }
 
 #[derive(Args, Debug)]
@@ -113,7 +119,10 @@ pub async fn build_state(
         .with_context(|| format!("creating {}", store.data_dir.display()))?;
     let db = Db::connect(&store.database_url()).await?;
     let storage = Storage::from_url(&store.object_store()?)?;
-    let opts = super::load_options(&engine.device, &engine.dtype)?;
+    let opts = eigenprune_engine::LoadOptions {
+        quantized: engine.quantized,
+        ..super::load_options(&engine.device, &engine.dtype)?
+    };
     let bases = engine
         .preload
         .iter()

@@ -31,6 +31,7 @@ pub fn cpu_engine(preload: Vec<String>, max_resident_models: usize) -> EngineArg
         max_resident_models,
         edit_pool_mb: 256,
         edit_host_mb: 1024,
+        quantized: false,
     }
 }
 
