@@ -5,7 +5,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device};
 use eigenprune_engine::batcher::Batcher;
 use eigenprune_engine::edit::Edit;
 use eigenprune_engine::{load_model, LoadOptions, LoadedModel};
@@ -63,13 +62,11 @@ impl BaseModel {
 }
 
 pub struct ModelHost {
-    pub device: Device,
+    /// How bases load: the serving device, the dtype of resident models (jobs convert to f32
+    /// for the pruning math), whether a GGUF keeps its quantised blocks for CPU decoding.
+    load: LoadOptions,
     /// The base models served, by name (`--preload`).
     bases: Vec<BaseModel>,
-    /// Serving dtype of resident models (jobs convert to f32 for the pruning math).
-    dtype: DType,
-    /// Whether bases keep a GGUF's quantised blocks for decoding on the CPU.
-    quantized: bool,
     max_resident: usize,
     /// Most recently used last.
     resident: Mutex<Vec<(String, Arc<LoadedModel>)>>,
@@ -106,9 +103,7 @@ impl ModelHost {
         Self {
             pool: EditPool::new(opts.device.clone(), opts.dtype, pool.device, pool.host),
             bases,
-            device: opts.device,
-            dtype: opts.dtype,
-            quantized: opts.quantized,
+            load: opts,
             max_resident: max_resident.max(1),
             resident: Mutex::new(Vec::new()),
             batchers: Mutex::new(Vec::new()),
@@ -213,14 +208,7 @@ impl ModelHost {
             return Ok(m);
         }
         let t = std::time::Instant::now();
-        let m = Arc::new(load_model(
-            spec,
-            &LoadOptions {
-                device: self.device.clone(),
-                dtype: self.dtype,
-                quantized: self.quantized,
-            },
-        )?);
+        let m = Arc::new(load_model(spec, &self.load)?);
         tracing::info!(model = %name, %spec, seconds = t.elapsed().as_secs_f64(), "loaded");
         self.contexts
             .lock()
@@ -283,7 +271,7 @@ impl ModelHost {
     /// own model), not kept here.
     pub fn applied(&self, base: &str, file: &[u8]) -> anyhow::Result<Arc<LoadedModel>> {
         let b = self.base(base)?;
-        let edit = Edit::from_bytes(file, &self.device)?;
+        let edit = Edit::from_bytes(file, &self.load.device)?;
         let mut model = b.model.clone();
         edit.apply(&mut model)?;
         Ok(Arc::new(LoadedModel {
@@ -337,7 +325,7 @@ impl ModelHost {
     }
 
     pub fn device_memory(&self) -> Option<(u64, u64)> {
-        eigenprune_engine::device::memory(&self.device)
+        eigenprune_engine::device::memory(&self.load.device)
     }
 
     /// Whether `id` serves without a load: a resident model, or an edit in the device tier.

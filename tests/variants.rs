@@ -9,6 +9,7 @@
 mod common;
 
 use common::{cpu_engine, metric_value as metric, serve_lab, Api};
+use eigenprune::app::AppState;
 use eigenprune::cli::serve::StoreArgs;
 use eigenprune::lab::LabArgs;
 use eigenprune_engine::edit::Edit;
@@ -16,6 +17,7 @@ use eigenprune_engine::generate::{generate, sequence_logprobs, SamplingParams};
 use eigenprune_engine::{load_model, LoadOptions};
 use futures::future::join_all;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 
 const PROMPTS: [&str; 2] = ["7 x 8 =", "The capital of France is"];
 
@@ -68,24 +70,46 @@ fn close(a: &[f64], b: &[f64], tol: f64, what: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smollm2_variants_share_their_base_batch() {
-    let Some(gguf) = common::smollm2() else {
-        return;
-    };
-    let dir = std::env::temp_dir().join(format!("eigenprune-variants-{}", std::process::id()));
+/// The service over the real SmolLM2 GGUF as `smol` (the CPU, one worker; `quantized` as
+/// `serve --quantized`): its API, state, data folder and the GGUF. None when not fetched.
+async fn smol_service(tag: &str, quantized: bool) -> Option<(Api, AppState, PathBuf, PathBuf)> {
+    let gguf = common::smollm2()?;
+    let dir = std::env::temp_dir().join(format!("eigenprune-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = StoreArgs {
         data_dir: dir.clone(),
         database_url: None,
         object_store: None,
     };
-    let engine = cpu_engine(vec![format!("smol={}", gguf.display())], 1);
+    let mut engine = cpu_engine(vec![format!("smol={}", gguf.display())], 1);
+    engine.quantized = quantized;
     let (base_url, state) = serve_lab(&store, &engine, &LabArgs::default(), 1).await;
     let api = Api {
         base: base_url,
         client: reqwest::Client::new(),
         key: None,
+    };
+    Some((api, state, dir, gguf))
+}
+
+/// A pruning job of `smol` on int-mult with `hyperparameters`, run to success; the job.
+async fn pruned(api: &Api, hyperparameters: Value) -> Value {
+    let body = json!({"model": "smol", "task": "int-mult", "hyperparameters": hyperparameters});
+    let (status, job) = api.post("/v1/pruning/jobs", body).await;
+    assert_eq!(status, 200, "{job}");
+    let job = finished(
+        api,
+        &format!("/v1/pruning/jobs/{}", job["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_variants_share_their_base_batch() {
+    let Some((api, state, dir, gguf)) = smol_service("variants", false).await else {
+        return;
     };
 
     // Three real pruning jobs, of different maps and portions.
@@ -96,15 +120,7 @@ async fn smollm2_variants_share_their_base_batch() {
         json!({"portion": 0.1, "scoring_batches": 2, "components": ["v"], "seed": 1}),
         json!({"portion": 0.05, "scoring_batches": 2, "components": ["q", "mlp_out"], "seed": 2}),
     ] {
-        let body = json!({"model": "smol", "task": "int-mult", "hyperparameters": hp});
-        let (status, job) = api.post("/v1/pruning/jobs", body).await;
-        assert_eq!(status, 200, "{job}");
-        let job = finished(
-            &api,
-            &format!("/v1/pruning/jobs/{}", job["id"].as_str().unwrap()),
-        )
-        .await;
-        assert_eq!(job["status"], "succeeded", "{job}");
+        let job = pruned(&api, hp).await;
         assert!(job["result"]["pruned"].as_u64().unwrap() > 0, "{job}");
         variants.push(job["pruned_model"].as_str().unwrap().to_string());
         jobs.push(job);
@@ -307,23 +323,8 @@ async fn smollm2_variants_share_their_base_batch() {
 /// tokens on the same file; a pruned variant decodes over them with its correction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smollm2_quantized_serving_decodes_from_the_files_blocks() {
-    let Some(gguf) = common::smollm2() else {
+    let Some((api, state, dir, gguf)) = smol_service("quantized", true).await else {
         return;
-    };
-    let dir = std::env::temp_dir().join(format!("eigenprune-quantized-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = StoreArgs {
-        data_dir: dir.clone(),
-        database_url: None,
-        object_store: None,
-    };
-    let mut engine = cpu_engine(vec![format!("smol={}", gguf.display())], 1);
-    engine.quantized = true;
-    let (base_url, state) = serve_lab(&store, &engine, &LabArgs::default(), 1).await;
-    let api = Api {
-        base: base_url,
-        client: reqwest::Client::new(),
-        key: None,
     };
     let served = state.host.base("smol").unwrap();
     let linears = served.model.weights.linears();
@@ -350,18 +351,11 @@ async fn smollm2_quantized_serving_decodes_from_the_files_blocks() {
     }
 
     // A pruning job on the quantised base runs on its dense weights, and its variant serves.
-    let body = json!({"model": "smol", "task": "int-mult",
-        "hyperparameters": {"portion": 0.05, "scoring_batches": 2, "components": ["k"]}});
-    let (status, job) = api.post("/v1/pruning/jobs", body).await;
-    assert_eq!(status, 200, "{job}");
-    let job = finished(
-        &api,
-        &format!("/v1/pruning/jobs/{}", job["id"].as_str().unwrap()),
-    )
-    .await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    let hp = json!({"portion": 0.05, "scoring_batches": 2, "components": ["k"]});
+    let job = pruned(&api, hp).await;
     let variant = job["pruned_model"].as_str().unwrap().to_string();
     let (text, lps) = complete(&api, &variant, PROMPTS[0]).await;
     assert!(!text.is_empty() && lps.iter().all(|l| l.is_finite() && *l <= 0.0));
+    state.shutdown.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }

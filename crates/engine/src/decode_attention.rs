@@ -217,21 +217,12 @@ mod tests {
                 let lo = window.map_or(0, |w| (p as usize + 1).saturating_sub(w));
                 let n = p as usize + 1 - lo;
                 for head in 0..h {
-                    let kvh = head / (h / hkv);
-                    let keys = k
-                        .get(row)
-                        .unwrap()
-                        .get(kvh)
-                        .unwrap()
-                        .narrow(0, lo, n)
-                        .unwrap();
-                    let vals = v
-                        .get(row)
-                        .unwrap()
-                        .get(kvh)
-                        .unwrap()
-                        .narrow(0, lo, n)
-                        .unwrap();
+                    // The row's visible positions of its query head's kv head.
+                    let visible = |cache: &Tensor| {
+                        let kv = cache.get(row).unwrap().get(head / (h / hkv)).unwrap();
+                        kv.narrow(0, lo, n).unwrap()
+                    };
+                    let (keys, vals) = (visible(&k), visible(&v));
                     let qr = q.get(row).unwrap().get(head).unwrap();
                     let scores = (qr.matmul(&keys.t().unwrap()).unwrap() * 0.3).unwrap();
                     let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
